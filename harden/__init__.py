@@ -1,0 +1,10 @@
+"""harden: adversarially harden semantic-segmentation models and prove it survives deployment.
+
+The package is the training side of the pipeline (DESIGN.md §1): datasets (`harden.data`),
+segmentation models with a common attention interface (`harden.models`), metrics
+(`harden.metrics`) and training (`harden.training`). The command line is `harden.cli`.
+
+Importing `harden` is cheap on purpose: it imports neither torch nor any optional backend.
+"""
+
+__version__ = "0.1.0"
