@@ -86,7 +86,7 @@ def read_image(path: Path) -> np.ndarray:
     """An RGB image file as (H, W, 3) uint8; any decoding failure names the file."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise InputError(f"{path}: cannot read image ({err}); replace or remove the file") from err
 

@@ -20,6 +20,7 @@ that a transformation of the logits can never "unmask" a masked pair. Both broad
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -40,7 +41,7 @@ class AttentionCore(nn.Module):
     def __init__(self, scale: float | None = None) -> None:
         super().__init__()
         self.scale = scale
-        self._hooks: dict[int, AttentionHook] = {}
+        self._hooks: OrderedDict[int, AttentionHook] = OrderedDict()  # weak-referenceable, as handles need
 
     def forward(
         self,

@@ -1,0 +1,64 @@
+"""`harden eval`: clean mIoU, pixel accuracy and per-class IoU of a trained run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from harden.cli._options import SIZE, data_option, device_option, progress_option, resolve_device
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@data_option(default=None)
+@click.option("--split", default="val", show_default=True)
+@click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]")
+@click.option("--images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the results. [default: RUN_DIR/eval.json]")  # fmt: skip
+@device_option
+@progress_option
+def eval_command(run_dir: Path, data: str | None, split: str, image_size: tuple[int, int] | None,
+                 images: int | None, batch_size: int, json_path: Path | None, device: str,
+                 progress: bool) -> None:  # fmt: skip
+    """Evaluate the model of RUN_DIR on clean images.
+
+    Prints a per-class IoU table with mIoU and pixel accuracy, computed from one confusion
+    matrix over the whole split, and writes them as JSON. --data defaults to the run's dataset.
+    """
+    from harden._io import write_json
+    from harden.data import open_dataset
+    from harden.errors import InputError
+    from harden.training import evaluate, load_model, read_config
+
+    model_config, train_config = read_config(run_dir)
+    device = resolve_device(device)
+    model, _ = load_model(run_dir, device)
+    data = data or train_config.data
+    size = image_size or train_config.image_size
+    seed = train_config.seed
+    dataset = open_dataset(data, split, size=size, num_images=images or train_config.val_images, seed=seed)
+    if dataset.num_classes != model_config.num_classes:
+        raise InputError(f"{data} has {dataset.num_classes} classes but the model predicts "
+                         f"{model_config.num_classes}; evaluate on the dataset it was trained for")  # fmt: skip
+    confusion = evaluate(model, dataset, batch_size=batch_size, device=device,
+                         progress=progress and sys.stderr.isatty())  # fmt: skip
+    summary = {"run_dir": str(run_dir), "model": model_config.name, "data": data, "split": split,
+               "images": len(dataset), **confusion.summary(dataset.class_names)}  # fmt: skip
+    click.echo(format_table(summary))
+    out = json_path or run_dir / "eval.json"
+    write_json(out, summary)
+    click.echo(f"wrote {out}")
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images)",
+             f"{'class':<16} {'IoU':>7}"]  # fmt: skip
+    for name, iou in summary["per_class_iou"].items():
+        lines.append(f"{name:<16} {'—' if iou is None else f'{iou:.4f}':>7}")
+    lines.append(f"{'mIoU':<16} {summary['miou']:>7.4f}")
+    lines.append(f"{'pixel accuracy':<16} {summary['pixel_accuracy']:>7.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""Training and clean evaluation: run configuration, checkpoints, the training loop."""
+
+from harden.training.checkpoint import load_model, read_config
+from harden.training.config import ModelConfig, TrainConfig
+from harden.training.evaluate import evaluate
+from harden.training.loop import TrainingDivergedError, TrainResult, prepare_run, train
+
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "evaluate",
+    "load_model",
+    "prepare_run",
+    "read_config",
+    "train",
+]

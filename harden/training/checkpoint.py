@@ -1,0 +1,140 @@
+"""Run directories and checkpoints, safe to load and safe to crash in.
+
+A run directory holds:
+- `config.json`: model and training configuration (human-readable);
+- `model.safetensors`: the latest weights, with the model configuration in the file's metadata,
+  so the file alone rebuilds the model (`load_model`);
+- `state.safetensors`: everything needed to resume, in ONE file so one atomic rename commits it:
+  model weights, optimizer tensors and the torch RNG state as tensors; epoch, step, optimizer
+  hyper-parameters and scalars as JSON metadata. Nothing is ever unpickled;
+- `metrics.jsonl` (one line per epoch), `curves.png`, and `eval.json` after `harden eval`.
+
+Every file is written atomically (`harden._io`), so a run killed at any moment resumes from its
+last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from harden._io import atomic_path, write_json
+from harden.errors import InputError
+from harden.models import SegmentationModel, create_model
+from harden.training.config import ModelConfig, TrainConfig
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+@dataclass
+class Progress:
+    epoch: int  # number of completed epochs
+    step: int  # number of completed optimisation steps
+
+
+def write_config(run_dir: Path, model: ModelConfig, train: TrainConfig) -> None:
+    write_json(run_dir / CONFIG_FILE, {"model": json.loads(model.to_json()), "train": train.to_dict()})
+
+
+def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `harden train --out DIR`")
+    try:
+        data = json.loads(path.read_text())
+        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: not a valid harden run configuration ({err})") from err
+
+
+def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"harden_model_config": config.to_json()})
+
+
+def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelConfig]:
+    """Rebuild a model from `model.safetensors` (or a run directory holding one), in eval mode."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"no weights at {path}; train a model first (`harden train --out RUN_DIR`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+        config = ModelConfig.from_dict(json.loads(metadata["harden_model_config"]))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a readable harden weights file ({err}); retrain or restore it") from err
+    model = create_model(config.name, config.num_classes, **config.kwargs)
+    _load_state(model, tensors, path)
+    return model.to(device).eval(), config
+
+
+def save_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, extra: dict[str, Any]
+) -> None:
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {
+        "progress": json.dumps({"epoch": progress.epoch, "step": progress.step}),
+        "optimizer_groups": json.dumps(opt["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+        "extra": json.dumps(extra),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Progress, dict[str, Any]]:
+    """Restore model, optimizer and torch RNG from `state.safetensors`; returns progress and extras."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+        progress = Progress(**json.loads(metadata["progress"]))
+        groups = json.loads(metadata["optimizer_groups"])
+        scalars = json.loads(metadata["optimizer_scalars"])
+        extra = json.loads(metadata["extra"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError) as err:
+        raise InputError(f"{path}: cannot resume from this checkpoint ({err}); start again with --overwrite") from err
+    _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in scalars.items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    return progress, extra
+
+
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}); was the file written for another model?"
+        )

@@ -1,0 +1,141 @@
+"""Run configuration as dataclasses that round-trip through JSON.
+
+`ModelConfig` is everything needed to rebuild a trained model (stored inside model.safetensors
+and config.json); `TrainConfig` is everything needed to rerun or resume its training. Later
+issues add fields (RAM settings, adversarial-training method) with defaults, so older run
+directories still load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from harden.errors import InputError
+
+
+@dataclass
+class ModelConfig:
+    """Args:
+    name: registry name, e.g. "segformer_tiny".
+    num_classes: K.
+    class_names: names of the K classes (reports and plots).
+    kwargs: keyword overrides passed to the registry factory.
+    """
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass
+class TrainConfig:
+    """Args:
+    data: dataset spec ("synthetic", "cityscapes:PATH", ...).
+    epochs: number of passes over the training split.
+    batch_size: images per optimisation step.
+    optimizer: "adamw" or "sgd".
+    lr: peak learning rate; None means 1e-3 for AdamW, 1e-2 for SGD.
+    weight_decay: None means 1e-2 for AdamW, 5e-4 for SGD.
+    poly_power: the learning rate decays as (1 − step/total)^poly_power.
+    grad_clip: max gradient norm; 0 disables clipping.
+    image_size: synthetic image (height, width).
+    crop: training crop (height, width); None means the synthetic image size, or 512×512.
+    scale_range: random rescaling range before cropping.
+    train_images, val_images: limit the splits (synthetic: number of scenes); None = all/default.
+    seed: seeds weights, data order and augmentation; same seed → same run on CPU.
+    workers: data-loader worker processes.
+    """
+
+    data: str = "synthetic"
+    epochs: int = 12
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    poly_power: float = 0.9
+    grad_clip: float = 1.0
+    image_size: tuple[int, int] = (128, 256)
+    crop: tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    train_images: int | None = None
+    val_images: int | None = None
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if self.crop is not None:
+            self.crop = (int(self.crop[0]), int(self.crop[1]))
+        self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
+        self.validate()
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.optimizer == "adamw" else 1e-2)
+
+    @property
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-2 if self.optimizer == "adamw" else 5e-4
+
+    @property
+    def resolved_crop(self) -> tuple[int, int]:
+        if self.crop is not None:
+            return self.crop
+        return self.image_size if self.data == "synthetic" else (512, 512)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"learning rate must be > 0, got {self.lr}"),
+            (
+                self.weight_decay is None or (math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+                f"weight decay must be ≥ 0, got {self.weight_decay}",
+            ),
+            (self.poly_power >= 0, f"poly power must be ≥ 0, got {self.poly_power}"),
+            (self.grad_clip >= 0, f"gradient clip must be ≥ 0 (0 disables), got {self.grad_clip}"),
+            (
+                0 < self.scale_range[0] <= self.scale_range[1],
+                f"scale range must satisfy 0 < low ≤ high, got {self.scale_range}",
+            ),
+            (min(self.resolved_crop) >= 16, f"crop must be at least 16×16, got {self.resolved_crop}"),
+            (self.workers >= 0, f"workers must be ≥ 0, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise InputError(
+            f"unknown {cls.__name__} fields {sorted(unknown)}: the run was written by a newer harden; upgrade harden"
+        )
+    for key, value in data.items():  # JSON has no tuples
+        if isinstance(value, list) and key not in ("class_names",):
+            data = {**data, key: tuple(value)}
+    return cls(**data)

@@ -1,0 +1,38 @@
+"""Clean evaluation: a dataset-level confusion matrix of a model's predictions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from harden.data import SegmentationDataset, collate_pad
+from harden.metrics import ConfusionMatrix
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    workers: int = 0,
+) -> ConfusionMatrix:
+    """Predict every image (argmax of the logits) and accumulate one confusion matrix.
+
+    The model is put in eval mode and returned to its previous mode afterwards.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pad, num_workers=workers)
+    confusion = ConfusionMatrix(dataset.num_classes)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for images, labels in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+                logits = model(images.to(device))
+                confusion.update(logits.argmax(1).cpu(), labels)
+    finally:
+        model.train(was_training)
+    return confusion
