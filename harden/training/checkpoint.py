@@ -132,9 +132,13 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
 
 
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    hint = "was the file written for another model or configuration?"
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise InputError(f"{path}: weights do not fit the model; {hint}\n{err}") from err
     if missing or unexpected:
         raise InputError(
             f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected "
-            f"{sorted(unexpected)[:5]}); was the file written for another model?"
+            f"{sorted(unexpected)[:5]}); {hint}"
         )
