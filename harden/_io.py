@@ -55,6 +55,18 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         f.write("\n")
 
 
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporaries left by writers that were killed mid-write (SIGKILL cannot be caught).
+
+    Call it only where no other process is writing into `directory`. Returns what it removed.
+    """
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -92,8 +92,9 @@ def iou_ratio(adversarial_miou: float, clean_miou: float) -> float:
     return adversarial_miou / clean_miou
 
 
-def pixel_accuracy_excluding(pred: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor,
-                             ignore_index: int = IGNORE_INDEX) -> float:  # fmt: skip
+def pixel_accuracy_excluding(
+    pred: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> float:
     """RAM paper eq. (21): pixel accuracy over pixels outside `exclude` (e.g. an adversarial patch).
 
     pred, target: (B, H, W) class ids; exclude: bool, broadcastable to (B, H, W).

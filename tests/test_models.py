@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from harden.errors import InputError
 from harden.models import AttentionCore, create_model, find_attention, list_models, model_entry
 from harden.models.swin import shifted_window_mask, window_partition
-from harden.errors import InputError
 
 TINY = list_models(tiny=True)
 ATTENTION_TINY = list_models(tiny=True, has_attention=True)

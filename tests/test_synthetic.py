@@ -24,7 +24,7 @@ def test_items_are_images_in_unit_range_with_cityscapes_train_ids():
     assert image.dtype == torch.float32
     assert label.shape == (64, 128)
     assert label.dtype == torch.int64
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.min() >= 0.0 and image.max() <= 1.0
     assert set(label.unique().tolist()) <= set(SYNTHETIC_CLASS_IDS)
     assert ds.num_classes == len(CITYSCAPES_CLASSES) == 19
 

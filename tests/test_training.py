@@ -101,9 +101,25 @@ def test_crash_between_metrics_and_checkpoint_is_repaired_on_resume(tmp_path, mo
 
 def test_sigkill_at_any_moment_resumes_from_last_complete_checkpoint(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harden", "train", "--model", "pspnet_tiny", "--out", str(run),
-           "--image-size", "64x128", "--train-images", "16", "--val-images", "4", "--batch-size", "4",
-           "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "harden",
+        "train",
+        "--model",
+        "pspnet_tiny",
+        "--out",
+        str(run),
+        "--image-size",
+        "64x128",
+        "--train-images",
+        "16",
+        "--val-images",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     proc = subprocess.Popen([*cmd, "--epochs", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / STATE_FILE).exists() and time.time() < deadline:

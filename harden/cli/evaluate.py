@@ -17,13 +17,26 @@ from harden.cli._options import SIZE, data_option, device_option, progress_optio
 @click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]")
 @click.option("--images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the results. [default: RUN_DIR/eval.json]")  # fmt: skip
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the results. [default: RUN_DIR/eval.json]",
+)
 @device_option
 @progress_option
-def eval_command(run_dir: Path, data: str | None, split: str, image_size: tuple[int, int] | None,
-                 images: int | None, batch_size: int, json_path: Path | None, device: str,
-                 progress: bool) -> None:  # fmt: skip
+def eval_command(
+    run_dir: Path,
+    data: str | None,
+    split: str,
+    image_size: tuple[int, int] | None,
+    images: int | None,
+    batch_size: int,
+    json_path: Path | None,
+    device: str,
+    progress: bool,
+) -> None:
     """Evaluate the model of RUN_DIR on clean images.
 
     Prints a per-class IoU table with mIoU and pixel accuracy, computed from one confusion
@@ -42,12 +55,21 @@ def eval_command(run_dir: Path, data: str | None, split: str, image_size: tuple[
     seed = train_config.seed
     dataset = open_dataset(data, split, size=size, num_images=images or train_config.val_images, seed=seed)
     if dataset.num_classes != model_config.num_classes:
-        raise InputError(f"{data} has {dataset.num_classes} classes but the model predicts "
-                         f"{model_config.num_classes}; evaluate on the dataset it was trained for")  # fmt: skip
-    confusion = evaluate(model, dataset, batch_size=batch_size, device=device,
-                         progress=progress and sys.stderr.isatty())  # fmt: skip
-    summary = {"run_dir": str(run_dir), "model": model_config.name, "data": data, "split": split,
-               "images": len(dataset), **confusion.summary(dataset.class_names)}  # fmt: skip
+        raise InputError(
+            f"{data} has {dataset.num_classes} classes but the model predicts "
+            f"{model_config.num_classes}; evaluate on the dataset it was trained for"
+        )
+    confusion = evaluate(
+        model, dataset, batch_size=batch_size, device=device, progress=progress and sys.stderr.isatty()
+    )
+    summary = {
+        "run_dir": str(run_dir),
+        "model": model_config.name,
+        "data": data,
+        "split": split,
+        "images": len(dataset),
+        **confusion.summary(dataset.class_names),
+    }
     click.echo(format_table(summary))
     out = json_path or run_dir / "eval.json"
     write_json(out, summary)
@@ -55,8 +77,10 @@ def eval_command(run_dir: Path, data: str | None, split: str, image_size: tuple[
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images)",
-             f"{'class':<16} {'IoU':>7}"]  # fmt: skip
+    lines = [
+        f"{summary['model']} on {summary['data']} ({summary['split']}, {summary['images']} images)",
+        f"{'class':<16} {'IoU':>7}",
+    ]
     for name, iou in summary["per_class_iou"].items():
         lines.append(f"{name:<16} {'—' if iou is None else f'{iou:.4f}':>7}")
     lines.append(f"{'mIoU':<16} {summary['miou']:>7.4f}")

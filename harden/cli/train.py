@@ -12,26 +12,45 @@ from harden.cli._options import RANGE, SIZE, data_option, device_option, progres
 
 
 @click.command("train")
-@click.option("--model", "model_name", default="segformer_tiny", show_default=True,
-              help="Registry model name (`harden models` lists them).")  # fmt: skip
+@click.option(
+    "--model",
+    "model_name",
+    default="segformer_tiny",
+    show_default=True,
+    help="Registry model name (`harden models` lists them).",
+)
 @data_option()
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for checkpoints, metrics.jsonl and curves.png.")  # fmt: skip
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory for checkpoints, metrics.jsonl and curves.png.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate, decayed by a poly schedule. [default: 1e-3 AdamW, 1e-2 SGD]")  # fmt: skip
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
-              help="[default: 1e-2 AdamW, 5e-4 SGD]")  # fmt: skip
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Max gradient norm; 0 disables.")  # fmt: skip
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Peak learning rate, decayed by a poly schedule. [default: 1e-3 AdamW, 1e-2 SGD]",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 1e-2 AdamW, 5e-4 SGD]")
+@click.option(
+    "--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Max gradient norm; 0 disables."
+)
 @click.option("--image-size", type=SIZE, default="128x256", show_default=True, help="Synthetic image size.")
 @click.option("--crop", type=SIZE, default=None, help="Training crop. [default: image size; 512x512 on file datasets]")
-@click.option("--scale-range", type=RANGE, default="0.75,1.5", show_default=True,
-              help="Random rescaling before the crop.")  # fmt: skip
-@click.option("--train-images", type=click.IntRange(min=1), default=None,
-              help="Synthetic: number of training scenes [400]; file datasets: use only the first N.")  # fmt: skip
+@click.option(
+    "--scale-range", type=RANGE, default="0.75,1.5", show_default=True, help="Random rescaling before the crop."
+)
+@click.option(
+    "--train-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Synthetic: number of training scenes [400]; file datasets: use only the first N.",
+)
 @click.option("--val-images", type=click.IntRange(min=1), default=None, help="The same for validation [100].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed → same run on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loader processes.")
@@ -39,11 +58,28 @@ from harden.cli._options import RANGE, SIZE, data_option, device_option, progres
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @device_option
 @progress_option
-def train_command(model_name: str, data: str, run_dir: Path, epochs: int, batch_size: int, optimizer: str,
-                  lr: float | None, weight_decay: float | None, grad_clip: float, image_size: tuple[int, int],
-                  crop: tuple[int, int] | None, scale_range: tuple[float, float], train_images: int | None,
-                  val_images: int | None, seed: int, workers: int, resume: bool, overwrite: bool, device: str,
-                  progress: bool) -> None:  # fmt: skip
+def train_command(
+    model_name: str,
+    data: str,
+    run_dir: Path,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float | None,
+    weight_decay: float | None,
+    grad_clip: float,
+    image_size: tuple[int, int],
+    crop: tuple[int, int] | None,
+    scale_range: tuple[float, float],
+    train_images: int | None,
+    val_images: int | None,
+    seed: int,
+    workers: int,
+    resume: bool,
+    overwrite: bool,
+    device: str,
+    progress: bool,
+) -> None:
     """Train a segmentation model and validate it after every epoch.
 
     Writes into --out: model.safetensors (weights + model config), state.safetensors (resume
@@ -63,19 +99,45 @@ def train_command(model_name: str, data: str, run_dir: Path, epochs: int, batch_
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
-    config = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, grad_clip=grad_clip, image_size=image_size, crop=crop,
-                         scale_range=scale_range, train_images=train_images, val_images=val_images, seed=seed,
-                         workers=workers)  # fmt: skip
+    config = TrainConfig(
+        data=data,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        image_size=image_size,
+        crop=crop,
+        scale_range=scale_range,
+        train_images=train_images,
+        val_images=val_images,
+        seed=seed,
+        workers=workers,
+    )
     model_config, config = prepare_run(run_dir, model_name, config, {}, resume=resume, overwrite=overwrite)
     device = resolve_device(device)
     click.echo(f"training {model_config.name} on {config.data} for {config.epochs} epochs on {device} → {run_dir}")
     try:
-        result = train(run_dir, model_config, config, resume=resume, device=device,
-                       progress=progress and sys.stderr.isatty(), log=click.echo)  # fmt: skip
+        result = train(
+            run_dir,
+            model_config,
+            config,
+            resume=resume,
+            device=device,
+            progress=progress and sys.stderr.isatty(),
+            log=click.echo,
+        )
     except TrainingDivergedError as err:
         raise Failed(str(err)) from err
-    click.echo(json.dumps({"run_dir": str(result.run_dir), "epochs": result.epochs_done,
-                           "val_miou": round(result.val_miou, 4),
-                           "val_pixel_accuracy": round(result.val_pixel_accuracy, 4),
-                           "seconds": round(result.seconds, 1)}))  # fmt: skip
+    click.echo(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "epochs": result.epochs_done,
+                "val_miou": round(result.val_miou, 4),
+                "val_pixel_accuracy": round(result.val_pixel_accuracy, 4),
+                "seconds": round(result.seconds, 1),
+            }
+        )
+    )

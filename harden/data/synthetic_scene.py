@@ -167,7 +167,9 @@ def _paint_ground(canvas: _Canvas, street: _Street, rng: np.random.Generator) ->
     sidewalk_outer = half * (1 + street.sidewalk_ratio)
     sidewalk = below & (offset < sidewalk_outer)
     depth = 1.0 / street.t(yy)
-    joints = (np.mod(depth * rng.uniform(1.5, 3.0), 1.0) < 0.12) | (np.mod(offset / np.maximum(half, 1) * 6, 1.0) < 0.08)
+    joints = (np.mod(depth * rng.uniform(1.5, 3.0), 1.0) < 0.12) | (
+        np.mod(offset / np.maximum(half, 1) * 6, 1.0) < 0.08
+    )
     pave = _textured(_random_color(rng, 0.5, 0.7, 0.05), 0.12, 0.4 * fine + 0.6 * patches)
     pave = pave * np.where(joints, 0.8, 1.0)[..., None]
     canvas.paint(sidewalk, pave, SIDEWALK)
@@ -200,8 +202,11 @@ def _paint_facades(canvas: _Canvas, street: _Street, rng: np.random.Generator, s
     if rng.uniform() < 0.15:  # no buildings here: a fence with vegetation behind it
         metre = (ground_y - street.horizon) / (height - street.horizon) * 2 * street.half_width_bottom / _ROAD_WIDTH_M
         hedge = in_front & (yy > ground_y - rng.uniform(2.0, 4.0) * metre)
-        canvas.paint(hedge, _textured(np.array([0.2, 0.45, 0.15], np.float32), 0.35,
-                                      _smooth_noise(rng, height, width, 4)), VEGETATION)  # fmt: skip
+        canvas.paint(
+            hedge,
+            _textured(np.array([0.2, 0.45, 0.15], np.float32), 0.35, _smooth_noise(rng, height, width, 4)),
+            VEGETATION,
+        )
         fence = in_front & (yy > ground_y - 1.2 * metre) & (np.mod(depth * 8, 1.0) < 0.35)
         canvas.paint(fence, _random_color(rng, 0.45, 0.65, 0.08), FENCE)
         return
@@ -346,12 +351,15 @@ def _paint_tree(canvas: _Canvas, rng: np.random.Generator, x: float, y: float, m
     # A ragged crown: the ellipse boundary is perturbed by low-frequency noise.
     angle = np.arctan2(canvas.yy - cy, canvas.xx - x)
     radius = 1 + 0.25 * np.sin(angle * rng.integers(3, 7) + rng.uniform(0, 6.3))
-    crown_mask = _ellipse(canvas, x, cy, crown * 1.0, crown * 1.1) if crown < 2 else (
-        (((canvas.xx - x) / crown) ** 2 + ((canvas.yy - cy) / (1.1 * crown)) ** 2) <= radius**2
+    crown_mask = (
+        _ellipse(canvas, x, cy, crown * 1.0, crown * 1.1)
+        if crown < 2
+        else ((((canvas.xx - x) / crown) ** 2 + ((canvas.yy - cy) / (1.1 * crown)) ** 2) <= radius**2)
     )
     height, width = canvas.label.shape
-    leaves = _textured(np.array([0.2, rng.uniform(0.35, 0.55), 0.12], np.float32), 0.45,
-                       _smooth_noise(rng, height, width, 3))  # fmt: skip
+    leaves = _textured(
+        np.array([0.2, rng.uniform(0.35, 0.55), 0.12], np.float32), 0.45, _smooth_noise(rng, height, width, 3)
+    )
     canvas.paint(crown_mask, leaves, VEGETATION)
 
 

@@ -26,6 +26,8 @@ class SegmentationModel(nn.Module):
         if num_classes < 2:
             raise ValueError(f"a segmentation model needs at least 2 classes, got {num_classes}")
         self.num_classes = num_classes
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -36,7 +36,9 @@ class ASPP(nn.Module):
 
     def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (12, 24, 36)) -> None:
         super().__init__()
-        self.branches = nn.ModuleList([ConvBNReLU(cin, cout, 1), *(ConvBNReLU(cin, cout, 3, dilation=r) for r in rates)])
+        self.branches = nn.ModuleList(
+            [ConvBNReLU(cin, cout, 1), *(ConvBNReLU(cin, cout, 3, dilation=r) for r in rates)]
+        )
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(cin, cout, 1))
         self.project = ConvBNReLU(cout * (len(rates) + 2), cout, 1)
 

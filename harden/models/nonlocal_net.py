@@ -33,8 +33,9 @@ class NonLocalBlock(nn.Module):
         self.g = nn.Conv2d(channels, inner, 1)
         self.pool = nn.MaxPool2d(subsample) if subsample > 1 else nn.Identity()
         self.core = AttentionCore(scale=1.0)  # the embedded-Gaussian form has no 1/sqrt(d)
-        self.out = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False), nn.BatchNorm2d(channels))
-        nn.init.zeros_(self.out[1].weight)  # starts as identity, as in the paper
+        norm = nn.BatchNorm2d(channels)
+        nn.init.zeros_(norm.weight)  # the block starts as the identity, as in the paper
+        self.out = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False), norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

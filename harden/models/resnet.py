@@ -71,9 +71,7 @@ class DilatedResNet(nn.Module):
     ) -> None:
         super().__init__()
         block = Bottleneck if bottleneck else BasicBlock
-        self.stem = nn.Sequential(
-            ConvBNReLU(3, stem, 3, 2), ConvBNReLU(stem, stem, 3), nn.MaxPool2d(3, 2, 1)
-        )  # /4
+        self.stem = nn.Sequential(ConvBNReLU(3, stem, 3, 2), ConvBNReLU(stem, stem, 3), nn.MaxPool2d(3, 2, 1))  # /4
         strides, dilations = (1, 2, 1, 1), (1, 1, 2, 4)
         stages, cin = [], stem
         for depth, width, stride, dilation in zip(depths, widths, strides, dilations, strict=True):

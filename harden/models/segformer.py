@@ -68,8 +68,9 @@ class MixBlock(nn.Module):
 class MixStage(nn.Module):
     """Overlapping patch embedding (strided conv) followed by Mix blocks and a norm."""
 
-    def __init__(self, cin: int, dim: int, depth: int, heads: int, reduction: int, stride: int,
-                 mlp_ratio: int, drop_path: float) -> None:  # fmt: skip
+    def __init__(
+        self, cin: int, dim: int, depth: int, heads: int, reduction: int, stride: int, mlp_ratio: int, drop_path: float
+    ) -> None:
         super().__init__()
         kernel = 7 if stride == 4 else 3
         self.embed = nn.Conv2d(cin, dim, kernel, stride, kernel // 2)
@@ -135,8 +136,9 @@ class SegFormer(SegmentationModel):
 @register_model(family="segformer", has_attention=True, tiny=True)
 def segformer_tiny(num_classes: int, **kwargs: Any) -> SegFormer:
     """SegFormer with widths 16–128, one block per stage: CPU demos and tests."""
-    defaults: dict[str, Any] = dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), heads=(1, 1, 2, 4),
-                                    decoder_dim=64, drop_path=0.0)  # fmt: skip
+    defaults: dict[str, Any] = dict(
+        dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), heads=(1, 1, 2, 4), decoder_dim=64, drop_path=0.0
+    )
     return SegFormer(num_classes, **{**defaults, **kwargs})
 
 

@@ -92,7 +92,7 @@ class Segmenter(SegmentationModel):
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embed(x)  # (B, dim, H/P, W/P)
         height, width = x.shape[-2:]
-        pos = self.pos_embed
+        pos: torch.Tensor = self.pos_embed
         if pos.shape[-2:] != x.shape[-2:]:
             pos = F.interpolate(pos, size=(height, width), mode="bilinear", align_corners=False)
         tokens = (x + pos).flatten(2).transpose(1, 2)
@@ -116,8 +116,9 @@ def segmenter_tiny(num_classes: int, **kwargs: Any) -> Segmenter:
 @register_model(family="segmenter", has_attention=True, tiny=True)
 def segmenter_tiny_mask(num_classes: int, **kwargs: Any) -> Segmenter:
     """segmenter_tiny with a one-block mask-transformer decoder."""
-    defaults: dict[str, Any] = dict(patch=8, dim=64, depth=4, heads=2, decoder="mask", decoder_depth=1,
-                                    grid=(16, 32), drop_path=0.0)  # fmt: skip
+    defaults: dict[str, Any] = dict(
+        patch=8, dim=64, depth=4, heads=2, decoder="mask", decoder_depth=1, grid=(16, 32), drop_path=0.0
+    )
     return Segmenter(num_classes, **{**defaults, **kwargs})
 
 

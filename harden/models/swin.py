@@ -99,6 +99,21 @@ class SwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class SwinStage(nn.Module):
+    """Blocks alternating regular and shifted windows."""
+
+    def __init__(self, dim: int, depth: int, heads: int, window: int, drop_path: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, heads, window, shifted=i % 2 == 1, drop_path=drop_path) for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, height, width)
+        return x
+
+
 class PatchMerging(nn.Module):
     """2×2 neighbouring tokens concatenated and projected: half the resolution, twice the width."""
 
@@ -141,8 +156,7 @@ class Swin(SegmentationModel):
         self.embed_norm = nn.LayerNorm(embed_dim)
         dims = [embed_dim * 2**i for i in range(len(depths))]
         self.stages = nn.ModuleList(
-            nn.ModuleList(SwinBlock(d, h, window, shifted=i % 2 == 1, drop_path=drop_path) for i in range(n))
-            for d, n, h in zip(dims, depths, heads, strict=True)
+            SwinStage(d, n, h, window, drop_path) for d, n, h in zip(dims, depths, heads, strict=True)
         )
         self.merges = nn.ModuleList(PatchMerging(d) for d in dims[:-1])
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
@@ -155,9 +169,8 @@ class Swin(SegmentationModel):
         height, width = x.shape[-2:]
         tokens = self.embed_norm(x.flatten(2).transpose(1, 2))
         maps = []
-        for i, blocks in enumerate(self.stages):
-            for block in blocks:
-                tokens = block(tokens, height, width)
+        for i, stage in enumerate(self.stages):
+            tokens = stage(tokens, height, width)
             maps.append(tokens_to_map(self.norms[i](tokens), height, width))
             if i < len(self.merges):
                 tokens, height, width = self.merges[i](tokens, height, width)
@@ -173,8 +186,9 @@ class Swin(SegmentationModel):
 @register_model(family="swin", has_attention=True, tiny=True)
 def swin_tiny(num_classes: int, **kwargs: Any) -> Swin:
     """Swin with width 24–192, two blocks (regular + shifted) per stage, 8×8 windows: CPU demos and tests."""
-    defaults: dict[str, Any] = dict(embed_dim=24, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), window=8,
-                                    decoder_dim=64, drop_path=0.0)  # fmt: skip
+    defaults: dict[str, Any] = dict(
+        embed_dim=24, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8), window=8, decoder_dim=64, drop_path=0.0
+    )
     return Swin(num_classes, **{**defaults, **kwargs})
 
 

@@ -50,7 +50,9 @@ def write_config(run_dir: Path, model: ModelConfig, train: TrainConfig) -> None:
 def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise InputError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `harden train --out DIR`")
+        raise InputError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `harden train --out DIR`"
+        )
     try:
         data = json.loads(path.read_text())
         return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
@@ -86,7 +88,9 @@ def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> t
 def save_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, extra: dict[str, Any]
 ) -> None:
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    }
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from harden._io import atomic_open
+from harden._io import atomic_open, remove_stale_temporaries
 from harden.data import IGNORE_INDEX, Augmented, TrainAugment, open_dataset
 from harden.errors import InputError
 from harden.models import SegmentationModel, create_model
@@ -60,8 +60,9 @@ class TrainResult:
     seconds: float
 
 
-def prepare_run(run_dir: Path, model_name: str, config: TrainConfig, model_kwargs: dict[str, Any],
-                *, resume: bool, overwrite: bool) -> tuple[ModelConfig, TrainConfig]:  # fmt: skip
+def prepare_run(
+    run_dir: Path, model_name: str, config: TrainConfig, model_kwargs: dict[str, Any], *, resume: bool, overwrite: bool
+) -> tuple[ModelConfig, TrainConfig]:
     """Decide what to train: a new run, or the saved configuration of the run being resumed."""
     has_run = (run_dir / STATE_FILE).exists() or (run_dir / MODEL_FILE).exists()
     if resume:
@@ -71,8 +72,10 @@ def prepare_run(run_dir: Path, model_name: str, config: TrainConfig, model_kwarg
         saved.epochs = config.epochs  # the one setting a resume may change: train for longer
         return model_config, saved
     if has_run and not overwrite:
-        raise InputError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                         "or choose another --out")  # fmt: skip
+        raise InputError(
+            f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     if overwrite:
         for name in (STATE_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
@@ -95,18 +98,22 @@ def train(
     """Train `model_config` with `config`, writing checkpoints and metrics into `run_dir`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # debris of a writer killed mid-write; the real files are intact
     started = time.perf_counter()
     torch.manual_seed(config.seed)
 
-    train_base = open_dataset(config.data, "train", size=config.image_size, num_images=config.train_images,
-                              seed=config.seed)  # fmt: skip
+    train_base = open_dataset(
+        config.data, "train", size=config.image_size, num_images=config.train_images, seed=config.seed
+    )
     val_set = open_dataset(config.data, "val", size=config.image_size, num_images=config.val_images, seed=config.seed)
     augment = TrainAugment(crop=config.resolved_crop, scale=config.scale_range)
     train_set = Augmented(train_base, augment, seed=config.seed)
     steps_per_epoch = len(train_set) // config.batch_size
     if steps_per_epoch == 0:
-        raise InputError(f"the training split has {len(train_set)} images, fewer than one batch of "
-                         f"{config.batch_size}; lower --batch-size")  # fmt: skip
+        raise InputError(
+            f"the training split has {len(train_set)} images, fewer than one batch of "
+            f"{config.batch_size}; lower --batch-size"
+        )
     total_steps = steps_per_epoch * config.epochs
 
     model = create_model(model_config.name, model_config.num_classes, **model_config.kwargs).to(device)
@@ -125,8 +132,14 @@ def train(
         epoch_start = time.perf_counter()
         train_set.set_epoch(epoch)
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            generator=order, num_workers=config.workers)  # fmt: skip
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=order,
+            num_workers=config.workers,
+        )
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
@@ -165,12 +178,13 @@ def train(
         save_model(run_dir / MODEL_FILE, model, model_config)
         save_state(run_dir / STATE_FILE, model, optimizer, done, extra={})
         plot_curves(rows, run_dir / CURVES_FILE, title=f"{model_config.name} on {config.data}")
-        log(f"epoch {done.epoch}/{config.epochs}: loss {row['train_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
-            f"pixel acc {row['val_pixel_accuracy']:.4f}  ({row['epoch_seconds']:.1f} s)")  # fmt: skip
+        log(
+            f"epoch {done.epoch}/{config.epochs}: loss {row['train_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
+            f"pixel acc {row['val_pixel_accuracy']:.4f}  ({row['epoch_seconds']:.1f} s)"
+        )
 
     last = rows[-1] if rows else {"val_miou": math.nan, "val_pixel_accuracy": math.nan}
-    return TrainResult(run_dir, done.epoch, last["val_miou"], last["val_pixel_accuracy"],
-                       time.perf_counter() - started)  # fmt: skip
+    return TrainResult(run_dir, done.epoch, last["val_miou"], last["val_pixel_accuracy"], time.perf_counter() - started)
 
 
 def _build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.optim.Optimizer:
