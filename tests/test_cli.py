@@ -46,6 +46,10 @@ def test_train_then_eval(tmp_path):
     assert report["images"] == 4
     assert 0 <= report["miou"] <= 1
     assert set(report["per_class_iou"]) >= {"road", "sky", "car"}
+    from PIL import Image
+
+    with Image.open(out / "examples.png") as panels:  # 4 rows of image | truth | prediction
+        assert panels.size == (3 * 128 + 2 * 4, 4 * 64 + 3 * 4)
 
 
 @pytest.mark.parametrize(

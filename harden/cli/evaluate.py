@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from harden.cli._options import SIZE, data_option, device_option, progress_option, resolve_device
+
+if TYPE_CHECKING:
+    from harden.data import SegmentationDataset
+    from harden.models import SegmentationModel
 
 
 @click.command("eval")
@@ -24,6 +29,13 @@ from harden.cli._options import SIZE, data_option, device_option, progress_optio
     default=None,
     help="Where to write the results. [default: RUN_DIR/eval.json]",
 )
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Save image | ground truth | prediction panels of the first N images to RUN_DIR/examples.png.",
+)
 @device_option
 @progress_option
 def eval_command(
@@ -34,6 +46,7 @@ def eval_command(
     images: int | None,
     batch_size: int,
     json_path: Path | None,
+    examples: int,
     device: str,
     progress: bool,
 ) -> None:
@@ -74,6 +87,21 @@ def eval_command(
     out = json_path or run_dir / "eval.json"
     write_json(out, summary)
     click.echo(f"wrote {out}")
+    if examples:
+        _save_examples(model, dataset, examples, device, run_dir / "examples.png")
+        click.echo(f"wrote {run_dir / 'examples.png'}")
+
+
+def _save_examples(model: SegmentationModel, dataset: SegmentationDataset, count: int, device: str, path: Path) -> None:
+    import torch
+
+    from harden.data import collate_pad
+    from harden.visualize import palette_for, save_examples
+
+    images, labels = collate_pad([dataset[i] for i in range(min(count, len(dataset)))])
+    with torch.inference_mode():
+        predictions = model(images.to(device)).argmax(1).cpu()
+    save_examples(images, labels, predictions, path, palette_for(dataset.name, dataset.num_classes))
 
 
 def format_table(summary: dict) -> str:

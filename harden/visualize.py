@@ -1,0 +1,45 @@
+"""Pictures of segmentations: colour-coded label maps and image | truth | prediction panels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harden._io import atomic_path
+from harden.data.classes import CITYSCAPES_PALETTE, IGNORE_INDEX, voc_palette
+
+
+def palette_for(dataset_name: str, num_classes: int) -> np.ndarray:
+    """(256, 3) uint8 colours: the dataset's own palette where it has one; ignored pixels black."""
+    if dataset_name in ("synthetic", "cityscapes"):
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: len(CITYSCAPES_PALETTE)] = CITYSCAPES_PALETTE
+    elif dataset_name == "voc":
+        palette = voc_palette()
+    else:  # a fixed, well-spread palette for any other class count
+        palette = np.random.default_rng(0).integers(40, 256, size=(256, 3)).astype(np.uint8)
+    palette[IGNORE_INDEX] = 0
+    return palette
+
+
+def colorize(label: torch.Tensor, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids → (H, W, 3) uint8."""
+    return palette[label.cpu().numpy().clip(0, 255).astype(np.uint8)]
+
+
+def save_examples(
+    images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, path: Path, palette: np.ndarray
+) -> None:
+    """One row per image: the image, its ground truth and the prediction, side by side, as PNG."""
+    from PIL import Image
+
+    rows = []
+    for image, label, pred in zip(images, labels, predictions, strict=True):
+        rgb = (image.permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([rgb, gap, colorize(label, palette), gap, colorize(pred, palette)], axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(tmp, format="PNG")
