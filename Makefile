@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 DEMO_DIR    ?= runs/demo
 DEMO_MODEL  ?= segformer_tiny
-DEMO_EPOCHS ?= 12
+DEMO_EPOCHS ?= 30
 
 .PHONY: demo test test-all lint bench clean
 

@@ -44,7 +44,7 @@ def cli() -> None:
 
     \b
     Start here:
-      harden train --model segformer_tiny --data synthetic --epochs 12 --out runs/demo
+      harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/demo
       harden eval runs/demo --data synthetic
       harden models                       # what can be trained
 

@@ -27,7 +27,7 @@ from harden.cli._options import RANGE, SIZE, data_option, device_option, progres
     type=click.Path(file_okay=False, path_type=Path),
     help="Run directory for checkpoints, metrics.jsonl and curves.png.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option(
@@ -89,9 +89,9 @@ def train_command(
 
     \b
     Examples:
-      harden train --model segformer_tiny --data synthetic --epochs 12 --out runs/seg
+      harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/seg
       harden train --model pspnet_r50 --data cityscapes:/data/cityscapes --crop 512x1024 --out runs/psp
-      harden train --out runs/seg --resume --epochs 20     # train an existing run for longer
+      harden train --out runs/seg --resume --epochs 40     # train an existing run for longer
     """
     from harden.cli import Failed
     from harden.errors import InputError

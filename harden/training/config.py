@@ -59,7 +59,7 @@ class TrainConfig:
     """
 
     data: str = "synthetic"
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = None
