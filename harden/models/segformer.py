@@ -15,7 +15,8 @@ from torch import nn
 
 from harden.models._registry import register_model
 from harden.models.attention import AttentionCore, merge_heads, split_heads
-from harden.models.base import ConvBNReLU, DropPath, SegmentationModel, map_to_tokens, tokens_to_map
+from harden.models.base import DropPath, SegmentationModel, map_to_tokens, tokens_to_map
+from harden.models.decoders import AllMLPDecoder
 
 
 class SpatialReductionAttention(nn.Module):
@@ -115,22 +116,14 @@ class SegFormer(SegmentationModel):
             MixStage(c, d, n, h, r, s, mlp_ratio, drop_path)
             for c, d, n, h, r, s in zip(cins, dims, depths, heads, reductions, strides, strict=True)
         )
-        self.linear = nn.ModuleList(nn.Conv2d(d, decoder_dim, 1) for d in dims)
-        self.fuse = ConvBNReLU(decoder_dim * len(dims), decoder_dim, 1)
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(decoder_dim, num_classes, 1))
+        self.decoder = AllMLPDecoder(dims, decoder_dim, num_classes, dropout)
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = []
         for stage in self.stages:
             x = stage(x)
             maps.append(x)
-        size = maps[0].shape[-2:]  # 1/4 of the input
-        upsampled = [
-            F.interpolate(lin(m), size=size, mode="bilinear", align_corners=False)
-            for lin, m in zip(self.linear, maps, strict=True)
-        ]
-        features = self.fuse(torch.cat(upsampled, dim=1))
-        return self.classifier(features), features
+        return self.decoder(maps)
 
 
 @register_model(family="segformer", has_attention=True, tiny=True)

@@ -17,7 +17,8 @@ from torch import nn
 
 from harden.models._registry import register_model
 from harden.models.attention import AttentionCore, merge_heads, split_heads
-from harden.models.base import ConvBNReLU, DropPath, SegmentationModel, tokens_to_map
+from harden.models.base import DropPath, SegmentationModel, tokens_to_map
+from harden.models.decoders import AllMLPDecoder
 
 
 def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
@@ -160,9 +161,7 @@ class Swin(SegmentationModel):
         )
         self.merges = nn.ModuleList(PatchMerging(d) for d in dims[:-1])
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
-        self.linear = nn.ModuleList(nn.Conv2d(d, decoder_dim, 1) for d in dims)
-        self.fuse = ConvBNReLU(decoder_dim * len(dims), decoder_dim, 1)
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(decoder_dim, num_classes, 1))
+        self.decoder = AllMLPDecoder(dims, decoder_dim, num_classes, dropout)
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embed(x)
@@ -174,13 +173,7 @@ class Swin(SegmentationModel):
             maps.append(tokens_to_map(self.norms[i](tokens), height, width))
             if i < len(self.merges):
                 tokens, height, width = self.merges[i](tokens, height, width)
-        size = maps[0].shape[-2:]
-        upsampled = [
-            F.interpolate(lin(m), size=size, mode="bilinear", align_corners=False)
-            for lin, m in zip(self.linear, maps, strict=True)
-        ]
-        features = self.fuse(torch.cat(upsampled, dim=1))
-        return self.classifier(features), features
+        return self.decoder(maps)
 
 
 @register_model(family="swin", has_attention=True, tiny=True)
