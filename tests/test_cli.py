@@ -83,6 +83,17 @@ def test_existing_run_without_resume_exits_2_and_keeps_the_run(tmp_path):
     assert (out / "model.safetensors").read_bytes() == before
 
 
+def test_resume_keeps_the_saved_epoch_count_unless_epochs_is_given(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--model", "pspnet_tiny", "--epochs", "2", "--out", out, *SMALL).exit_code == 0
+    result = run("train", "--out", out, "--resume", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "already trained 2 of 2 epochs" in result.output
+    result = run("train", "--out", out, "--resume", "--epochs", "3", *SMALL)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["epochs"] == 3
+
+
 def test_eval_with_corrupt_weights_exits_2(tmp_path):
     out = tmp_path / "run"
     assert run("train", "--model", "pspnet_tiny", "--epochs", "1", "--out", out, *SMALL).exit_code == 0

@@ -18,7 +18,9 @@ TINY = dict(image_size=(64, 128), train_images=16, val_images=4, batch_size=4)
 
 def _train(run_dir, epochs, model="pspnet_tiny", resume=False, overwrite=False, **overrides):
     config = TrainConfig(epochs=epochs, **{**TINY, **overrides})
-    model_config, config = prepare_run(run_dir, model, config, {}, resume=resume, overwrite=overwrite)
+    model_config, config = prepare_run(
+        run_dir, model, config, {}, resume=resume, overwrite=overwrite, resume_epochs=epochs if resume else None
+    )
     return train(run_dir, model_config, config, resume=resume, progress=False, log=lambda _: None)
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from harden.cli._options import RANGE, SIZE, data_option, device_option, progress_option, resolve_device
 
@@ -115,7 +116,17 @@ def train_command(
         seed=seed,
         workers=workers,
     )
-    model_config, config = prepare_run(run_dir, model_name, config, {}, resume=resume, overwrite=overwrite)
+    # On --resume the run's saved settings win; --epochs counts only when given explicitly.
+    epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
+    model_config, config = prepare_run(
+        run_dir,
+        model_name,
+        config,
+        {},
+        resume=resume,
+        overwrite=overwrite,
+        resume_epochs=epochs if epochs_given else None,
+    )
     device = resolve_device(device)
     click.echo(f"training {model_config.name} on {config.data} for {config.epochs} epochs on {device} → {run_dir}")
     try:

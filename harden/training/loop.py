@@ -61,15 +61,27 @@ class TrainResult:
 
 
 def prepare_run(
-    run_dir: Path, model_name: str, config: TrainConfig, model_kwargs: dict[str, Any], *, resume: bool, overwrite: bool
+    run_dir: Path,
+    model_name: str,
+    config: TrainConfig,
+    model_kwargs: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    resume_epochs: int | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Decide what to train: a new run, or the saved configuration of the run being resumed."""
+    """Decide what to train: a new run, or the saved configuration of the run being resumed.
+
+    A resumed run keeps its saved configuration; only its number of epochs may change
+    (`resume_epochs`; None keeps the saved number).
+    """
     has_run = (run_dir / STATE_FILE).exists() or (run_dir / MODEL_FILE).exists()
     if resume:
         if not (run_dir / STATE_FILE).exists():
             raise InputError(f"--resume: {run_dir} has no {STATE_FILE} to resume from; drop --resume to start a run")
         model_config, saved = read_config(run_dir)
-        saved.epochs = config.epochs  # the one setting a resume may change: train for longer
+        if resume_epochs is not None:
+            saved.epochs = resume_epochs
         return model_config, saved
     if has_run and not overwrite:
         raise InputError(
