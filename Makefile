@@ -13,7 +13,7 @@ DEMO_DIR    ?= runs/demo
 DEMO_MODEL  ?= segformer_tiny
 DEMO_EPOCHS ?= 30
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,6 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
-
-test-all: $(STAMP)
-	$(BIN)/pytest -q -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -54,9 +54,6 @@ class ConfusionMatrix:
         counts = torch.bincount(t * self.num_classes + p, minlength=self.num_classes**2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes).cpu().numpy()
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self.matrix += other.matrix
-
     def per_class_iou(self) -> np.ndarray:
         """(K,) IoU = TP / (TP + FP + FN); NaN where a class is neither labelled nor predicted."""
         tp = np.diag(self.matrix).astype(np.float64)

@@ -94,6 +94,16 @@ def test_resume_keeps_the_saved_epoch_count_unless_epochs_is_given(tmp_path):
     assert json.loads(result.output.strip().splitlines()[-1])["epochs"] == 3
 
 
+@pytest.mark.parametrize("bad", [["--model", "nope"], ["--data", "voc:/does/not/exist"]])
+def test_overwrite_with_bad_input_keeps_the_old_run(tmp_path, bad):
+    out = tmp_path / "run"
+    assert run("train", "--model", "pspnet_tiny", "--epochs", "1", "--out", out, *SMALL).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("train", "--out", out, "--overwrite", "--epochs", "1", *bad, *SMALL)
+    assert result.exit_code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_eval_with_corrupt_weights_exits_2(tmp_path):
     out = tmp_path / "run"
     assert run("train", "--model", "pspnet_tiny", "--epochs", "1", "--out", out, *SMALL).exit_code == 0

@@ -50,15 +50,6 @@ def rescale(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[to
     return image.clamp_(0, 1), label
 
 
-def resize(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize a pair to an exact (height, width)."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image, label
-    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-    label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-    return image.clamp_(0, 1), label
-
-
 def random_crop(
     image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int], generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

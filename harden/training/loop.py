@@ -88,12 +88,13 @@ def prepare_run(
             f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"
         )
+    # Check the new run before touching the old one: bad input must lose nothing.
+    probe = open_dataset(config.data, "train", size=config.image_size, num_images=1)
+    model_config = ModelConfig(model_name, probe.num_classes, list(probe.class_names), dict(model_kwargs))
+    create_model(model_name, probe.num_classes, **model_kwargs)
     if overwrite:
         for name in (STATE_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
-    probe = open_dataset(config.data, "train", size=config.image_size, num_images=1)
-    model_config = ModelConfig(model_name, probe.num_classes, list(probe.class_names), dict(model_kwargs))
-    create_model(model_name, probe.num_classes, **model_kwargs)  # fail now on a bad name or option
     return model_config, config
 
 
