@@ -56,7 +56,7 @@ def test_attention_hooks_see_normalised_rows_and_leave_outputs_unchanged(name):
     with torch.no_grad():
         reference = model(x)
     seen = []
-    handles = [core.register_attention_hook(lambda m, a: seen.append(a)) for _, core in find_attention(model)]
+    handles = [core.register_attention_hook(lambda m, t: seen.append(t.attention)) for _, core in find_attention(model)]
     with torch.no_grad():
         hooked = model(x)
     for h in handles:
@@ -72,7 +72,7 @@ def test_spatial_reduction_gives_fewer_keys_than_queries():
     model = create_model("segformer_tiny", num_classes=3).eval()
     shapes = []
     _, first = find_attention(model)[0]
-    first.register_attention_hook(lambda m, a: shapes.append(a.shape))
+    first.register_attention_hook(lambda m, t: shapes.append(t.attention.shape))
     model(torch.rand(1, 3, 64, 128))
     _, _, queries, keys = shapes[0]
     assert queries == 16 * 32 and keys == 2 * 4  # stage 1 at 1/4, keys reduced 8× per side

@@ -7,11 +7,12 @@ attention-aware attacks rely on.
 
 from harden.models import cnn, nonlocal_net, segformer, segmenter, swin  # noqa: F401  (registers)
 from harden.models._registry import create_model, list_models, model_entry, register_model
-from harden.models.attention import AttentionCore, find_attention
+from harden.models.attention import AttentionCore, AttentionTrace, find_attention
 from harden.models.base import SegmentationModel
 
 __all__ = [
     "AttentionCore",
+    "AttentionTrace",
     "SegmentationModel",
     "create_model",
     "find_attention",

@@ -8,8 +8,11 @@ the one place later work needs:
 - RAM (`insert_ram_`) replaces `AttentionCore` modules, found with `find_attention`, by robust
   ones; everything RAM needs is in the call: the logits, N = number of KEYS (`k.shape[-2]`,
   fewer than queries under spatial reduction), and an optional bias and mask kept apart.
-- attention-aware attacks (Patch-Fool, Attention-Fool, MaxVarDAG) read the normalised attention
-  matrix through `register_attention_hook`.
+- attention-aware attacks (Patch-Fool, Attention-Fool, MaxVarDAG) and attention pictures read
+  the logits and attention matrices through `register_attention_hook`.
+
+The computation is split into three overridable steps, `logits` → `normalise` → `drop`, so that
+RAM's `RobustAttentionCore` changes only what differs (MAS in `normalise`, RAD in `drop`).
 
 Shapes: q (B, heads, Nq, d); k, v (B, heads, Nk, d); out (B, heads, Nq, d). `bias` is added to
 the logits before the softmax (relative position bias: part of the logits); `mask` is a boolean
@@ -22,13 +25,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-AttentionHook = Callable[["AttentionCore", torch.Tensor], None]
+
+@dataclass(frozen=True)
+class AttentionTrace:
+    """What one attention call computed, handed to hooks; all (B, heads, Nq, Nk), in the graph.
+
+    Args:
+        logits: the query-key products A (scaled, with bias; under RAM also after temperature or
+            learnable gain), before any masking.
+        attention: the normalised attention (softmax, or MAS under RAM), before RAD.
+        applied: the matrix multiplied with V: after RAD, or `attention` itself without RAD.
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+    applied: torch.Tensor
+
+
+AttentionHook = Callable[["AttentionCore", AttentionTrace], None]
 
 
 class AttentionCore(nn.Module):
@@ -51,16 +72,36 @@ class AttentionCore(nn.Module):
         bias: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if not self._hooks:
+        if not self._hooks and self.uses_fused_kernel:
             attn_mask = bias
             if mask is not None:
                 base = bias if bias is not None else torch.zeros((), dtype=q.dtype, device=q.device)
                 attn_mask = base.masked_fill(~mask, float("-inf"))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-        attn = self.attention(q, k, bias, mask)  # (B, heads, Nq, Nk)
-        for hook in list(self._hooks.values()):
-            hook(self, attn)
-        return attn @ v
+        return self.forward_with_attention(q, k, v, bias, mask)[0]
+
+    def forward_with_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The explicit path: (output (B, heads, Nq, d), applied attention (B, heads, Nq, Nk))."""
+        logits = self.logits(q, k, bias)  # (B, heads, Nq, Nk)
+        attention = self.normalise(logits, mask)
+        applied = self.drop(attention)
+        if self._hooks:
+            trace = AttentionTrace(logits, attention, applied)
+            for hook in list(self._hooks.values()):
+                hook(self, trace)
+        return applied @ v, applied
+
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """Whether an unhooked call may take the fused SDPA kernel (same maths, less memory)."""
+        return True
 
     def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention logits A = q·kᵀ·scale (+ bias): (B, heads, Nq, Nk)."""
@@ -68,19 +109,26 @@ class AttentionCore(nn.Module):
         logits = (q * scale) @ k.transpose(-2, -1)
         return logits + bias if bias is not None else logits
 
-    def attention(
-        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The normalised attention matrix softmax(A): (B, heads, Nq, Nk), rows sum to 1."""
-        logits = self.logits(q, k, bias)
+    def normalise(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax over keys, masked pairs excluded: rows sum to 1."""
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
         return logits.softmax(dim=-1)
 
-    def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
-        """Call `hook(module, attention)` on every forward; returns a handle with `.remove()`.
+    def drop(self, attention: torch.Tensor) -> torch.Tensor:
+        """A hook for attention dropout; the plain core drops nothing."""
+        return attention
 
-        The attention tensor is part of the autograd graph, so a hook may build a loss from it.
+    def attention(
+        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The normalised attention matrix (before any dropout): (B, heads, Nq, Nk)."""
+        return self.normalise(self.logits(q, k, bias), mask)
+
+    def register_attention_hook(self, hook: AttentionHook) -> RemovableHandle:
+        """Call `hook(module, trace)` on every forward (see `AttentionTrace`); returns a handle.
+
+        The traced tensors are part of the autograd graph, so a hook may build a loss from them.
         """
         handle = RemovableHandle(self._hooks)
         self._hooks[handle.id] = hook

@@ -1,0 +1,131 @@
+"""`RobustAttentionCore`: the attention core with RAM (MAS, RAD) and the §5.1 comparisons.
+
+One core per attention layer; the cores that one `insert_ram_` call creates share a `RadSeeds`,
+which gives every forward pass one seed and every RAD call in it its own counter value, so that
+all RAD calls of a pass draw distinct masks, a fixed seed reproduces the whole pass, and
+without one every pass draws afresh (from torch's global generator, so `torch.manual_seed`
+makes training with RAD reproducible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from harden.models.attention import AttentionCore
+from harden.ram import ops  # noqa: F401  (registers torch.ops.harden.*)
+from harden.ram.config import RAMConfig
+from harden.ram.counter_rng import MAX_COUNTER
+
+Seed = int | torch.Tensor
+
+
+class RadSeeds:
+    """The seed of the current forward pass and the number of RAD calls made in it."""
+
+    def __init__(self) -> None:
+        self.fixed: Seed | None = None  # None: a fresh seed per forward pass
+        self._seed: torch.Tensor | None = None
+        self._calls = 0
+
+    def start_forward(self) -> None:
+        self._calls = 0
+        seed = self.fixed
+        if seed is None:  # fresh, but reproducible under torch.manual_seed
+            seed = torch.randint(-(2**62), 2**62, (), dtype=torch.int64)
+        self._seed = torch.as_tensor(seed, dtype=torch.int64)
+
+    def next_call(self) -> tuple[torch.Tensor, int]:
+        """(seed, counter) for the next RAD call of this forward pass."""
+        if self._seed is None:
+            self.start_forward()
+        assert self._seed is not None
+        counter = self._calls
+        self._calls = (self._calls + 1) % MAX_COUNTER
+        return self._seed, counter
+
+
+class StartForward:
+    """Forward pre-hook on the model RAM was inserted into: a new pass, a new seed.
+
+    A class rather than a closure so that `copy.deepcopy(model)` gives the copy its own seeds.
+    """
+
+    def __init__(self, seeds: RadSeeds) -> None:
+        self.seeds = seeds
+
+    def __call__(self, module: nn.Module, args: object) -> None:
+        self.seeds.start_forward()
+
+
+class RobustAttentionCore(AttentionCore):
+    """An `AttentionCore` computing RAM: logits → (temperature, gain) → MAS or softmax → RAD.
+
+    Args:
+        scale: logit scale; None means 1/sqrt(head dim).
+        config: which parts are on.
+        seeds: shared per model; see `RadSeeds`.
+    """
+
+    def __init__(self, scale: float | None, config: RAMConfig, seeds: RadSeeds) -> None:
+        super().__init__(scale)
+        self.config = config
+        self.seeds = seeds
+        self.logit_gain = nn.Parameter(torch.ones(())) if config.learnable else None
+
+    @property
+    def uses_fused_kernel(self) -> bool:
+        return self.config.is_identity
+
+    def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super().logits(q, k, bias)
+        if self.config.temperature is not None:
+            logits = logits / self.config.temperature
+        if self.logit_gain is not None:
+            logits = logits * self.logit_gain
+        return logits
+
+    def normalise(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.config.mas:
+            return super().normalise(logits, mask)
+        return torch.ops.harden.mas(logits, self.config.threshold, mask)
+
+    def drop(self, attention: torch.Tensor) -> torch.Tensor:
+        if not self.config.rad or self.config.drop_p == 0.0:
+            return attention
+        seed, counter = self.seeds.next_call()
+        return torch.ops.harden.rad(attention, seed, counter, self.config.drop_p)
+
+    def extra_repr(self) -> str:
+        return self.config.describe()
+
+
+def robust_cores(model: nn.Module) -> list[tuple[str, RobustAttentionCore]]:
+    """All RAM cores of a model (own models, wrapped `nn.MultiheadAttention`, HF layers)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, RobustAttentionCore)]
+
+
+def set_rad_seed(model: nn.Module, seed: Seed | None) -> None:
+    """Fix RAD's seed for every following forward pass (None: a fresh seed per pass again).
+
+    A 0-d int64 tensor works as well as an int: it is how an exported graph takes `rad_seed`
+    as an input.
+    """
+    for _, core in robust_cores(model):
+        core.seeds.fixed = seed
+
+
+@contextlib.contextmanager
+def fixed_rad_seed(model: nn.Module, seed: Seed) -> Iterator[None]:
+    """`with fixed_rad_seed(model, 7): ...`: reproducible RAD draws inside the block."""
+    cores = robust_cores(model)
+    previous = [core.seeds.fixed for _, core in cores]
+    set_rad_seed(model, seed)
+    try:
+        yield
+    finally:
+        for (_, core), old in zip(cores, previous, strict=True):
+            core.seeds.fixed = old
