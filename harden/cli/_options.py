@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from harden.data import DATA_SPEC_HELP
+from harden.errors import InputError
 
 
 class SizeType(click.ParamType):
@@ -82,3 +83,69 @@ def progress_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--progress/--no-progress", default=True, show_default=True, help="Show progress bars (on a terminal)."
     )(fn)
+
+
+def ram_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--ram and its settings (RAM paper §4; defaults from its §5): see `ram_settings`."""
+    options = [
+        click.option(
+            "--ram",
+            is_flag=True,
+            help="Insert the Robust Attention Mechanism (MAS + RAD) into every attention layer.",
+        ),
+        click.option("--mas/--no-mas", default=True, show_default=True, help="With --ram: Max Attention Suppression."),
+        click.option(
+            "--mas-threshold",
+            type=float,
+            default=None,
+            help="With --ram: MAS bound T on every attention weight, in (1/keys, 1). [default: 0.3]",
+        ),
+        click.option("--rad/--no-rad", default=True, show_default=True, help="With --ram: Random Attention Dropout."),
+        click.option(
+            "--rad-p",
+            type=float,
+            default=None,
+            help="With --ram: RAD drop probability in [0, 1); RAD stays on at evaluation. [default: 0.5]",
+        ),
+        click.option(
+            "--attn-temperature",
+            type=float,
+            default=None,
+            help="Comparison (Gu et al.): divide attention logits by this temperature.",
+        ),
+        click.option(
+            "--attn-learnable",
+            is_flag=True,
+            help="Comparison (Mao et al.): multiply attention logits by a learnable scalar per layer.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def ram_settings(
+    ram: bool,
+    mas: bool,
+    mas_threshold: float | None,
+    rad: bool,
+    rad_p: float | None,
+    attn_temperature: float | None,
+    attn_learnable: bool,
+) -> dict[str, Any] | None:
+    """The RAMConfig (as a dict) the options ask for, or None for a plain model."""
+    from harden.ram import RAMConfig
+
+    if not ram and (mas_threshold is not None or rad_p is not None):
+        raise InputError("--mas-threshold and --rad-p configure RAM; add --ram")
+    if not (ram or attn_temperature is not None or attn_learnable):
+        return None
+    config = RAMConfig(
+        mas=ram and mas,
+        threshold=0.3 if mas_threshold is None else mas_threshold,
+        rad=ram and rad,
+        drop_p=0.5 if rad_p is None else rad_p,
+        temperature=attn_temperature,
+        learnable=attn_learnable,
+    )
+    return config.to_dict()

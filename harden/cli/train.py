@@ -9,7 +9,16 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from harden.cli._options import RANGE, SIZE, data_option, device_option, progress_option, resolve_device
+from harden.cli._options import (
+    RANGE,
+    SIZE,
+    data_option,
+    device_option,
+    progress_option,
+    ram_options,
+    ram_settings,
+    resolve_device,
+)
 
 
 @click.command("train")
@@ -55,6 +64,13 @@ from harden.cli._options import RANGE, SIZE, data_option, device_option, progres
 @click.option("--val-images", type=click.IntRange(min=1), default=None, help="The same for validation [100].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed → same run on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loader processes.")
+@ram_options
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Fine-tune: start from the weights of this run directory (or model.safetensors).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @device_option
@@ -76,6 +92,14 @@ def train_command(
     val_images: int | None,
     seed: int,
     workers: int,
+    ram: bool,
+    mas: bool,
+    mas_threshold: float | None,
+    rad: bool,
+    rad_p: float | None,
+    attn_temperature: float | None,
+    attn_learnable: bool,
+    init_from: Path | None,
     resume: bool,
     overwrite: bool,
     device: str,
@@ -88,9 +112,16 @@ def train_command(
     moment continues with --resume from its last complete epoch; the same --seed reproduces a
     run exactly on CPU.
 
+    With --ram the model's attention layers compute the Robust Attention Mechanism: MAS bounds
+    every attention weight by --mas-threshold, RAD drops attention weights with probability
+    --rad-p in training AND evaluation. The settings are stored with the weights and restored
+    whenever the model is loaded.
+
     \b
     Examples:
       harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/seg
+      harden train --model segformer_tiny --ram --mas-threshold 0.3 --rad-p 0.5 --out runs/seg-ram
+      harden train --model segformer_tiny --ram --init-from runs/seg --epochs 10 --out runs/seg-ft
       harden train --model pspnet_r50 --data cityscapes:/data/cityscapes --crop 512x1024 --out runs/psp
       harden train --out runs/seg --resume --epochs 40     # train an existing run for longer
     """
@@ -115,7 +146,9 @@ def train_command(
         val_images=val_images,
         seed=seed,
         workers=workers,
+        init_from=str(init_from) if init_from is not None else None,
     )
+    ram_config = ram_settings(ram, mas, mas_threshold, rad, rad_p, attn_temperature, attn_learnable)
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
     epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
     model_config, config = prepare_run(
@@ -123,12 +156,20 @@ def train_command(
         model_name,
         config,
         {},
+        ram=ram_config,
         resume=resume,
         overwrite=overwrite,
         resume_epochs=epochs if epochs_given else None,
     )
     device = resolve_device(device)
-    click.echo(f"training {model_config.name} on {config.data} for {config.epochs} epochs on {device} → {run_dir}")
+    ram_note = ""
+    if model_config.ram is not None:
+        from harden.ram import RAMConfig
+
+        ram_note = f" with RAM {RAMConfig.from_dict(model_config.ram).describe()}"
+    click.echo(
+        f"training {model_config.name}{ram_note} on {config.data} for {config.epochs} epochs on {device} → {run_dir}"
+    )
     try:
         result = train(
             run_dir,

@@ -1,6 +1,6 @@
 """Training and clean evaluation: run configuration, checkpoints, the training loop."""
 
-from harden.training.checkpoint import load_model, read_config
+from harden.training.checkpoint import build_model, load_model, read_config
 from harden.training.config import ModelConfig, TrainConfig
 from harden.training.evaluate import evaluate
 from harden.training.loop import TrainingDivergedError, TrainResult, prepare_run, train
@@ -10,6 +10,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
+    "build_model",
     "evaluate",
     "load_model",
     "prepare_run",

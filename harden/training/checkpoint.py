@@ -28,6 +28,7 @@ from torch import nn
 from harden._io import atomic_path, write_json
 from harden.errors import InputError
 from harden.models import SegmentationModel, create_model
+from harden.ram import RAMConfig, insert_ram_
 from harden.training.config import ModelConfig, TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -60,6 +61,19 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
         raise InputError(f"{path}: not a valid harden run configuration ({err})") from err
 
 
+def build_model(config: ModelConfig) -> SegmentationModel:
+    """A fresh model as `config` describes it, RAM inserted when the config has RAM settings."""
+    model = create_model(config.name, config.num_classes, **config.kwargs)
+    if config.ram is not None:
+        report = insert_ram_(model, RAMConfig.from_dict(config.ram))
+        if not report.converted:
+            raise InputError(
+                f"model {config.name} has no attention layer RAM can convert; choose an attention model "
+                "(`harden models` marks them) or drop the RAM options"
+            )
+    return model
+
+
 def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -80,9 +94,25 @@ def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> t
         config = ModelConfig.from_dict(json.loads(metadata["harden_model_config"]))
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as err:
         raise InputError(f"{path}: not a readable harden weights file ({err}); retrain or restore it") from err
-    model = create_model(config.name, config.num_classes, **config.kwargs)
+    model = build_model(config)
     _load_state(model, tensors, path)
     return model.to(device).eval(), config
+
+
+def init_weights(model: nn.Module, path_or_run: str | Path) -> None:
+    """Start from trained weights (fine-tuning): parameters RAM adds may be missing from them."""
+    path = Path(path_or_run)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"--init-from: no weights at {path}; give a run directory or a model.safetensors file")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+    ram_only = [k for k in model.state_dict() if k.endswith("logit_gain")]
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("logit_gain") or k in ram_only}
+    _load_state(model, tensors, path, may_miss=set(ram_only))
 
 
 def save_state(
@@ -135,12 +165,15 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     return progress, extra
 
 
-def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, may_miss: set[str] | None = None
+) -> None:
     hint = "was the file written for another model or configuration?"
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise InputError(f"{path}: weights do not fit the model; {hint}\n{err}") from err
+    missing = [k for k in missing if k not in (may_miss or set())]
     if missing or unexpected:
         raise InputError(
             f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected "

@@ -24,12 +24,14 @@ class ModelConfig:
     num_classes: K.
     class_names: names of the K classes (reports and plots).
     kwargs: keyword overrides passed to the registry factory.
+    ram: the `RAMConfig` (as a dict) inserted into the model's attention layers; None = no RAM.
     """
 
     name: str
     num_classes: int
     class_names: list[str]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    ram: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -56,6 +58,7 @@ class TrainConfig:
     train_images, val_images: limit the splits (synthetic: number of scenes); None = all/default.
     seed: seeds weights, data order and augmentation; same seed → same run on CPU.
     workers: data-loader worker processes.
+    init_from: weights to start from (a run directory or model.safetensors): fine-tuning.
     """
 
     data: str = "synthetic"
@@ -73,6 +76,7 @@ class TrainConfig:
     val_images: int | None = None
     seed: int = 0
     workers: int = 0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))

@@ -29,13 +29,15 @@ from tqdm import tqdm
 from harden._io import atomic_open, remove_stale_temporaries
 from harden.data import IGNORE_INDEX, Augmented, TrainAugment, open_dataset
 from harden.errors import InputError
-from harden.models import SegmentationModel, create_model
+from harden.models import SegmentationModel
 from harden.training.checkpoint import (
     CURVES_FILE,
     METRICS_FILE,
     MODEL_FILE,
     STATE_FILE,
     Progress,
+    build_model,
+    init_weights,
     load_state,
     read_config,
     save_model,
@@ -66,6 +68,7 @@ def prepare_run(
     config: TrainConfig,
     model_kwargs: dict[str, Any],
     *,
+    ram: dict[str, Any] | None = None,
     resume: bool,
     overwrite: bool,
     resume_epochs: int | None = None,
@@ -90,8 +93,10 @@ def prepare_run(
         )
     # Check the new run before touching the old one: bad input must lose nothing.
     probe = open_dataset(config.data, "train", size=config.image_size, num_images=1)
-    model_config = ModelConfig(model_name, probe.num_classes, list(probe.class_names), dict(model_kwargs))
-    create_model(model_name, probe.num_classes, **model_kwargs)
+    model_config = ModelConfig(model_name, probe.num_classes, list(probe.class_names), dict(model_kwargs), ram)
+    model = build_model(model_config)
+    if config.init_from is not None:
+        init_weights(model, config.init_from)
     if overwrite:
         for name in (STATE_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
@@ -129,7 +134,11 @@ def train(
         )
     total_steps = steps_per_epoch * config.epochs
 
-    model = create_model(model_config.name, model_config.num_classes, **model_config.kwargs).to(device)
+    model = build_model(model_config)
+    if config.init_from is not None and not resume:
+        init_weights(model, config.init_from)
+        log(f"starting from the weights in {config.init_from}")
+    model = model.to(device)
     optimizer = _build_optimizer(model, config)
     done = Progress(epoch=0, step=0)
     if resume:
