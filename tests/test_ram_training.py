@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
@@ -81,3 +82,47 @@ def test_mas_threshold_too_low_for_the_keys_is_refused_with_a_hint(tmp_path: Pat
     result = run("train", "--epochs", "1", "--out", tmp_path / "r", *SMALL, "--ram", "--mas-threshold", "0.1")
     assert result.exit_code == 2, result.output
     assert "MAS threshold must lie in (1/8" in result.output and "Raise --mas-threshold" in result.output
+
+
+def test_attention_map_draws_baseline_and_ram(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert run("train", "--model", "segformer_tiny", "--epochs", "1", "--out", run_dir, *SMALL).exit_code == 0
+    out = tmp_path / "map.png"
+    result = run("attention-map", run_dir, "--query", "10,100", "--out", out)
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(out) as picture:
+        assert picture.size[0] > 800
+    assert run("attention-map", run_dir, "--query", "64,0").exit_code == 2  # outside a 64×128 image
+    assert run("attention-map", run_dir, "--layer", "no-such-layer").exit_code == 2
+
+
+def test_query_attention_rows_are_distributions_and_mas_bounds_them() -> None:
+    from harden.models import create_model
+    from harden.ram.attention_maps import query_attention, ram_comparison
+
+    torch.manual_seed(0)
+    model = create_model("segmenter_tiny_mask", num_classes=5).eval()
+    baseline, ram = ram_comparison(model, RAMConfig(threshold=0.3, drop_p=0.5))
+    assert not robust_cores(baseline) and robust_cores(ram)
+    image = torch.rand(3, 64, 128)
+    base_maps, skipped = query_attention(baseline, image, (5, 120))
+    ram_maps, _ = query_attention(ram, image, (5, 120))
+    assert base_maps and not skipped
+    assert base_maps[0].query_cell == (0, 15)  # 8×16 patch grid at stride 8
+    for layer in ram_maps:
+        assert layer.attention.max() <= 0.3 + 1e-6
+        assert not np.array_equal(layer.attention, layer.applied)
+    encoder = [m for m in base_maps if "decoder" not in m.name]
+    for layer in encoder:
+        assert abs(layer.attention.sum() - 1.0) < 1e-4
+
+
+def test_windowed_layers_are_named_not_drawn() -> None:
+    from harden.models import create_model
+    from harden.ram.attention_maps import query_attention
+
+    model = create_model("swin_tiny", num_classes=5).eval()
+    maps, skipped = query_attention(model, torch.rand(3, 64, 128), (0, 0))
+    assert skipped and all(m.name not in skipped for m in maps)

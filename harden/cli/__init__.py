@@ -53,11 +53,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import evaluate, models, train
+    from harden.cli import attention_map, evaluate, models, train
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
     cli.add_command(models.models_command)
+    cli.add_command(attention_map.attention_map_command)
 
 
 _register()
