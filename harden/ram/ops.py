@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from harden.errors import InputError
 from harden.ram.counter_rng import keep_mask_torch, keep_scale
@@ -58,11 +57,18 @@ def mas(logits: torch.Tensor, threshold: float, mask: torch.Tensor | None = None
         because softmax ignores the constant "+1" term of A'.
     """
     check_threshold(threshold, logits.shape[-1])
+    z = _softsign(logits)
     if mask is None:
-        return (F.softsign(logits) * mas_gain(threshold, logits.shape[-1])).softmax(dim=-1)
+        return z.mul_(mas_gain(threshold, logits.shape[-1])).softmax(dim=-1)
     mask = mask.expand(logits.shape)
-    z = F.softsign(logits) * _row_gain(threshold, mask, logits.dtype)
-    return z.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    z.mul_(_row_gain(threshold, mask, logits.dtype))
+    return z.masked_fill_(~mask, float("-inf")).softmax(dim=-1)
+
+
+def _softsign(x: torch.Tensor) -> torch.Tensor:
+    """x / (1 + |x|) in one new tensor (F.softsign allocates three): the same float operations."""
+    denominator = x.abs().add_(1.0)
+    return torch.div(x, denominator, out=denominator)
 
 
 @mas.register_fake
@@ -106,7 +112,8 @@ def rad(attention: torch.Tensor, seed: torch.Tensor, counter: int, p: float) -> 
         p: drop probability in [0, 1).
     """
     keep = keep_mask_torch(seed, counter, attention.shape, p, attention.device)
-    return torch.where(keep, attention * keep_scale(p), 0.0)
+    # where-then-scale equals scale-then-where bit for bit (0 · s = 0), and saves a tensor.
+    return torch.where(keep, attention, 0.0).mul_(keep_scale(p))
 
 
 @rad.register_fake
