@@ -126,3 +126,17 @@ def test_windowed_layers_are_named_not_drawn() -> None:
     model = create_model("swin_tiny", num_classes=5).eval()
     maps, skipped = query_attention(model, torch.rand(3, 64, 128), (0, 0))
     assert skipped and all(m.name not in skipped for m in maps)
+
+
+def test_eval_of_a_rad_model_is_reproducible_per_rad_seed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--model", "segmenter_tiny", "--epochs", "1", "--out", run_dir, *SMALL, "--ram"]
+    assert run(*args).exit_code == 0
+    results = []
+    for seed in (3, 3, 4):
+        result = run("eval", run_dir, "--no-progress", "--examples", "0", "--rad-seed", seed)
+        assert result.exit_code == 0, result.output
+        assert f"draw of --rad-seed {seed}" in result.output
+        results.append(json.loads((run_dir / "eval.json").read_text()))
+    assert results[0] == results[1] and results[0]["rad_seed"] == 3
+    assert results[0]["per_class_iou"] != results[2]["per_class_iou"]

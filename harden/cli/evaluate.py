@@ -36,6 +36,13 @@ if TYPE_CHECKING:
     show_default=True,
     help="Save image | ground truth | prediction panels of the first N images to RUN_DIR/examples.png.",
 )
+@click.option(
+    "--rad-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="For models with RAD (random at evaluation): the seed of the evaluated draw.",
+)
 @device_option
 @progress_option
 def eval_command(
@@ -47,6 +54,7 @@ def eval_command(
     batch_size: int,
     json_path: Path | None,
     examples: int,
+    rad_seed: int,
     device: str,
     progress: bool,
 ) -> None:
@@ -54,10 +62,12 @@ def eval_command(
 
     Prints a per-class IoU table with mIoU and pixel accuracy, computed from one confusion
     matrix over the whole split, and writes them as JSON. --data defaults to the run's dataset.
+    A model with RAD is random at evaluation: the result is the draw of --rad-seed.
     """
     from harden._io import write_json
     from harden.data import open_dataset
     from harden.errors import InputError
+    from harden.ram import RAMConfig, fixed_rad_seed
     from harden.training import evaluate, load_model, read_config
 
     model_config, train_config = read_config(run_dir)
@@ -72,23 +82,29 @@ def eval_command(
             f"{data} has {dataset.num_classes} classes but the model predicts "
             f"{model_config.num_classes}; evaluate on the dataset it was trained for"
         )
-    confusion = evaluate(
-        model, dataset, batch_size=batch_size, device=device, progress=progress and sys.stderr.isatty()
-    )
+    has_rad = model_config.ram is not None and RAMConfig.from_dict(model_config.ram).rad
+    with fixed_rad_seed(model, rad_seed):
+        confusion = evaluate(
+            model, dataset, batch_size=batch_size, device=device, progress=progress and sys.stderr.isatty()
+        )
     summary = {
         "run_dir": str(run_dir),
         "model": model_config.name,
         "data": data,
         "split": split,
         "images": len(dataset),
+        **({"ram": model_config.ram, "rad_seed": rad_seed} if model_config.ram is not None else {}),
         **confusion.summary(dataset.class_names),
     }
     click.echo(format_table(summary))
+    if has_rad:
+        click.echo(f"RAD is active at evaluation: this is the draw of --rad-seed {rad_seed}")
     out = json_path or run_dir / "eval.json"
     write_json(out, summary)
     click.echo(f"wrote {out}")
     if examples:
-        _save_examples(model, dataset, examples, device, run_dir / "examples.png")
+        with fixed_rad_seed(model, rad_seed):
+            _save_examples(model, dataset, examples, device, run_dir / "examples.png")
         click.echo(f"wrote {run_dir / 'examples.png'}")
 
 
