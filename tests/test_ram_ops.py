@@ -142,3 +142,17 @@ def test_custom_ops_compile_without_graph_breaks() -> None:
 
     compiled = torch.compile(ram, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(logits), ram(logits))
+
+
+def test_torch_export_sees_one_node_per_mas_and_rad_call() -> None:
+    from harden.models import create_model
+    from harden.ram import RAMConfig, fixed_rad_seed, insert_ram_, robust_cores
+
+    model = create_model("segformer_tiny", num_classes=5).eval()
+    insert_ram_(model, RAMConfig())
+    with fixed_rad_seed(model, 3):
+        program = torch.export.export(model, (torch.rand(1, 3, 64, 128),))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    layers = len(robust_cores(model))
+    assert targets.count("harden.mas.default") == layers
+    assert targets.count("harden.rad.default") == layers
