@@ -64,7 +64,7 @@ def main() -> None:
     attention = torch.rand(4, 512, 512).softmax(-1)
     seed = torch.tensor(7)
     softmax = median_ms(lambda: attention.softmax(-1))
-    mask = median_ms(lambda: keep_mask_torch(seed, 0, attention.shape, 0.5, attention.device))
+    mask = median_ms(lambda: keep_mask_torch(7, 0, attention.shape, 0.5, attention.device))
     full = median_ms(lambda: rad(attention, seed, 0, 0.5))
     print()
     print(

@@ -136,51 +136,31 @@ def keep_mask_numpy(seed: int, counter: int, shape: tuple[int, ...], p: float) -
     return (hash_numpy(seed, counter, rows, cols) >= drop_threshold(p)).reshape(shape)
 
 
-def _lane_torch(index: torch.Tensor, key: torch.Tensor, k1: int, k2: int) -> torch.Tensor:
-    x = (index + key + k1).remainder_(P)
-    x = (x * x + k2).remainder_(P)
-    x = (x * x).remainder_(P)
-    return x.remainder_(2**30)
+def _square_torch(seed: int, counter: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """x² per element, (rows, cols) int64: the spec up to its last step.
 
-
-def stream_keys_torch(seed: torch.Tensor, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`stream_keys` on a 0-d int64 seed tensor, so that the seed can be a graph input."""
-    if not 0 <= counter < MAX_COUNTER:
-        raise ValueError(f"RAD call counter must be in [0, 2^31 - 1), got {counter}")
-
-    def mix(x: torch.Tensor, k: int) -> torch.Tensor:
-        x = (x + k).remainder(P)
-        return (x * x).remainder(P)
-
-    s = seed.to(dtype=_int64()).remainder(P)
-    kr = mix(mix(mix(s, KEYS[0]) + counter, KEYS[1]), KEYS[2])
-    kc = mix(mix(kr, KEYS[3]), KEYS[4])
-    return kr, kc
-
-
-def _square_torch(seed: torch.Tensor, counter: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """x² per element, (rows, cols) int64: the spec up to its last step."""
+    The key schedule and the two lane vectors are small, so the numpy reference computes them
+    (a few µs, against ~25 tiny tensor ops); only the full-size work runs in torch.
+    """
     import torch
 
     if not (0 < rows < 2**31 and 0 < cols < 2**31):
         raise ValueError(f"RAD hash needs 0 < rows, cols < 2^31, got {rows}×{cols}")
-    kr, kc = stream_keys_torch(seed.to(device), counter)
-    hr = _lane_torch(torch.arange(rows, dtype=torch.int64, device=device), kr, KEYS[5], KEYS[6])
-    hc = _lane_torch(torch.arange(cols, dtype=torch.int64, device=device), kc, KEYS[7], KEYS[8])
+    kr, kc = stream_keys(seed, counter)
+    hr = torch.from_numpy(_lane_numpy(np.arange(rows, dtype=np.int64), kr, KEYS[5], KEYS[6])).to(device)
+    hc = torch.from_numpy(_lane_numpy(np.arange(cols, dtype=np.int64), kc, KEYS[7], KEYS[8])).to(device)
     x = hr[:, None] + hc[None, :]  # (rows, cols), < 2³¹
     return x.mul_(x)  # < 2⁶², exact
 
 
-def hash_torch(seed: torch.Tensor, counter: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+def hash_torch(seed: int, counter: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
     """`hash_numpy` in PyTorch: (rows, cols) int64 on `device`."""
     x = _square_torch(seed, counter, rows, cols, device)
     # x is non-negative, so the shift is floor(x / 2²⁰) and the mask is mod 2²⁴.
     return x.bitwise_right_shift_(20).bitwise_and_(2**MASK_BITS - 1)
 
 
-def keep_mask_torch(
-    seed: torch.Tensor, counter: int, shape: torch.Size, p: float, device: torch.device
-) -> torch.Tensor:
+def keep_mask_torch(seed: int, counter: int, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """The boolean keep-mask of one RAD call, identical to `keep_mask_numpy`."""
     cols = shape[-1]
     rows = 1
@@ -190,9 +170,3 @@ def keep_mask_torch(
     # h ≥ θ  ⇔  floor(x / 2²⁰) mod 2²⁴ ≥ θ  ⇔  x mod 2⁴⁴ ≥ θ·2²⁰: one pass fewer than computing h.
     keep = x.bitwise_and_(2 ** (20 + MASK_BITS) - 1) >= drop_threshold(p) << 20
     return keep.reshape(shape)
-
-
-def _int64() -> torch.dtype:
-    import torch
-
-    return torch.int64

@@ -111,7 +111,9 @@ def rad(attention: torch.Tensor, seed: torch.Tensor, counter: int, p: float) -> 
         counter: index of this RAD call within the forward pass, 0 ≤ counter < 2³¹ − 1.
         p: drop probability in [0, 1).
     """
-    keep = keep_mask_torch(seed, counter, attention.shape, p, attention.device)
+    # The kernel always sees a real seed (tracing uses the fake implementation below), so the
+    # scalar key schedule may run in Python.
+    keep = keep_mask_torch(int(seed.item()), counter, attention.shape, p, attention.device)
     # M·keep then ·s equals "s·M where kept, else 0" bit for bit (M·1 = M, M·0 = 0 for finite M),
     # and a multiply by a bool tensor is ~5× faster than torch.where on CPU.
     return (attention * keep).mul_(keep_scale(p))
