@@ -12,12 +12,12 @@ several runs). Prints Markdown for docs/benchmarks.md.
 
 from __future__ import annotations
 
-import statistics
-import time
+from collections.abc import Callable
 from datetime import date
 
 import numpy as np
 import torch
+from _timing import median_seconds  # bench/ is the script's directory
 
 from harden.ram.counter_rng import GENERATOR, MASK_BITS, hash_numpy, keep_mask_torch
 from harden.ram.ops import rad
@@ -42,14 +42,8 @@ def quality(rows: int, cols: int) -> str:
     )
 
 
-def median_ms(fn, repeats: int = 15) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def median_ms(fn: Callable[[], object]) -> float:
+    return median_seconds(fn, repeats=15, warmup=1) * 1e3
 
 
 def main() -> None:

@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from datetime import date
 
 import torch
 import torch.nn.functional as F
+from _timing import median_seconds  # bench/ is the script's directory
 
 from harden.models import create_model, list_models
 
 BASELINE = "pspnet_tiny"
-
-
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(name: str, batch: int, size: tuple[int, int], repeats: int) -> tuple[float, float]:

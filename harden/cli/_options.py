@@ -85,6 +85,24 @@ def progress_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+class PointType(click.ParamType):
+    """`Y,X` pixel coordinates."""
+
+    name = "Y,X"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            y, x = (int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not Y,X pixel coordinates, e.g. 64,200", param, ctx)
+        return y, x
+
+
+POINT = PointType()
+
+
 def ram_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--ram and its settings (RAM paper §4; defaults from its §5): see `ram_settings`."""
     options = [

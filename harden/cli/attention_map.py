@@ -7,27 +7,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli._options import device_option, resolve_device
+from harden.cli._options import POINT, device_option, resolve_device
 
 if TYPE_CHECKING:
     import numpy as np
 
     from harden.ram.attention_maps import LayerAttention
-
-
-class PointType(click.ParamType):
-    """`Y,X` pixel coordinates."""
-
-    name = "Y,X"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            y, x = (int(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not Y,X pixel coordinates, e.g. 64,200", param, ctx)
-        return y, x
 
 
 @click.command("attention-map")
@@ -40,7 +25,7 @@ class PointType(click.ParamType):
     help="An RGB image file. [default: validation image --index of the run's dataset]",
 )
 @click.option("--index", type=click.IntRange(min=0), default=0, show_default=True, help="Validation image to use.")
-@click.option("--query", type=PointType(), default=None, help="Query pixel Y,X. [default: the image centre]")
+@click.option("--query", type=POINT, default=None, help="Query pixel Y,X. [default: the image centre]")
 @click.option("--layer", default=None, help="Only layers whose name contains this text.")
 @click.option(
     "--mas-threshold",

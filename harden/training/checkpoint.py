@@ -82,11 +82,7 @@ def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
 
 def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelConfig]:
     """Rebuild a model from `model.safetensors` (or a run directory holding one), in eval mode."""
-    path = Path(path_or_run)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise InputError(f"no weights at {path}; train a model first (`harden train --out RUN_DIR`)")
+    path = _weights_path(path_or_run, "train a model first (`harden train --out RUN_DIR`)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -99,13 +95,18 @@ def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), config
 
 
-def init_weights(model: nn.Module, path_or_run: str | Path) -> None:
-    """Start from trained weights (fine-tuning): parameters RAM adds may be missing from them."""
+def _weights_path(path_or_run: str | Path, hint: str) -> Path:
     path = Path(path_or_run)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
-        raise InputError(f"--init-from: no weights at {path}; give a run directory or a model.safetensors file")
+        raise InputError(f"no weights at {path}; {hint}")
+    return path
+
+
+def init_weights(model: nn.Module, path_or_run: str | Path) -> None:
+    """Start from trained weights (fine-tuning): parameters RAM adds may be missing from them."""
+    path = _weights_path(path_or_run, "give --init-from a run directory or a model.safetensors file")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
