@@ -82,6 +82,7 @@ def test_mas_threshold_too_low_for_the_keys_is_refused_with_a_hint(tmp_path: Pat
     result = run("train", "--epochs", "1", "--out", tmp_path / "r", *SMALL, "--ram", "--mas-threshold", "0.1")
     assert result.exit_code == 2, result.output
     assert "MAS threshold must lie in (1/8" in result.output and "Raise --mas-threshold" in result.output
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_attention_map_draws_baseline_and_ram(tmp_path: Path) -> None:

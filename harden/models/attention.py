@@ -72,7 +72,7 @@ class AttentionCore(nn.Module):
         bias: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if not self._hooks and self.uses_fused_kernel:
+        if self.takes_fused_path:
             attn_mask = bias
             if mask is not None:
                 base = bias if bias is not None else torch.zeros((), dtype=q.dtype, device=q.device)
@@ -102,6 +102,11 @@ class AttentionCore(nn.Module):
     def uses_fused_kernel(self) -> bool:
         """Whether an unhooked call may take the fused SDPA kernel (same maths, less memory)."""
         return True
+
+    @property
+    def takes_fused_path(self) -> bool:
+        """True when the next call may skip the explicit path: nothing hooked, nothing changed."""
+        return not self._hooks and self.uses_fused_kernel
 
     def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Attention logits A = q·kᵀ·scale (+ bias): (B, heads, Nq, Nk)."""

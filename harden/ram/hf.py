@@ -51,7 +51,7 @@ def ram_attention(
     """The `AttentionInterface` function: q, k, v (B, heads, N, d) → (out (B, N, heads, d), attention)."""
     core = module.get_submodule("harden_ram")
     assert isinstance(core, RobustAttentionCore)
-    if core.config.is_identity and not core._hooks:
+    if core.takes_fused_path:
         original = _original_implementation(module)
         return original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     bias, keep = split_additive_mask(attention_mask)

@@ -51,7 +51,7 @@ class RobustMultiheadAttention(nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.core.config.is_identity and not self.core._hooks:
+        if self.core.takes_fused_path:
             return super().forward(
                 query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
             )

@@ -97,6 +97,9 @@ def prepare_run(
     model = build_model(model_config)
     if config.init_from is not None:
         init_weights(model, config.init_from)
+    if ram is not None:  # RAM settings that do not fit the model (e.g. a MAS threshold ≤ 1/keys) fail here
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *config.resolved_crop))
     if overwrite:
         for name in (STATE_FILE, MODEL_FILE, METRICS_FILE, CURVES_FILE, "eval.json"):
             (run_dir / name).unlink(missing_ok=True)
