@@ -46,6 +46,7 @@ def cli() -> None:
     Start here:
       harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/demo
       harden eval runs/demo --data synthetic
+      harden attack runs/demo --attack sea --eps 4/255,8/255
       harden models                       # what can be trained
 
     Exit codes: 0 success, 1 a check or run failed, 2 bad input.
@@ -53,12 +54,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attention_map, evaluate, models, train
+    from harden.cli import attack, attention_map, evaluate, models, train
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
     cli.add_command(models.models_command)
     cli.add_command(attention_map.attention_map_command)
+    cli.add_command(attack.attack_command)
 
 
 _register()

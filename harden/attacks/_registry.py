@@ -1,0 +1,154 @@
+"""The attack registry: a plain dict filled by `@register_attack` on plain factory functions.
+
+A factory takes the threat model and the common options (steps, eot, allow_random, seed) and
+returns an `Attack`. `kind` says what the attack may use: "white-box" (gradients) or
+"black-box" (outputs only) — the sanity checks compare the two (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harden.attacks.apgd import APGD
+from harden.attacks.base import Attack
+from harden.attacks.dag import DAG
+from harden.attacks.pgd import PGD, kurakin_steps
+from harden.attacks.rppgd import RPPGD
+from harden.attacks.sea import SEA
+from harden.attacks.square import RandomNoise, Square
+from harden.attacks.threat import ThreatModel
+from harden.errors import InputError
+
+Kind = Literal["white-box", "black-box"]
+AttackFactory = Callable[..., Attack]
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    name: str
+    factory: AttackFactory
+    summary: str
+    kind: Kind
+
+
+ATTACKS: dict[str, AttackEntry] = {}
+
+
+def register_attack(name: str, summary: str, kind: Kind = "white-box") -> Callable[[AttackFactory], AttackFactory]:
+    def decorator(factory: AttackFactory) -> AttackFactory:
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} is registered twice")
+        ATTACKS[name] = AttackEntry(name, factory, summary, kind)
+        return factory
+
+    return decorator
+
+
+def create_attack(
+    name: str,
+    threat: ThreatModel,
+    *,
+    steps: int | None = None,
+    eot: int = 1,
+    allow_random: bool = False,
+    seed: int = 0,
+) -> Attack:
+    """Build a registered attack; InputError (exit 2) naming the choices for an unknown name."""
+    if name not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    return ATTACKS[name].factory(threat, steps=steps, eot=eot, allow_random=allow_random, seed=seed)
+
+
+def _l2(threat: ThreatModel) -> ThreatModel:
+    return ThreatModel(threat.eps, "l2", threat.low, threat.high)
+
+
+@register_attack("fgsm", "FGSM: one signed-gradient step of ε on CE (Goodfellow et al.)")
+def _fgsm(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
+    return PGD(threat, steps=1, step_factor=1.0, random_start=False, name="fgsm", **common)
+
+
+@register_attack("fgsm-ll", "FGSM II: one step towards each pixel's least likely class (Kurakin et al.)")
+def _fgsm_ll(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
+    return PGD(threat, steps=1, step_factor=1.0, random_start=False, least_likely=True, name="fgsm-ll", **common)
+
+
+@register_attack("bim", "I-FGSM/BIM: iterative FGSM from the clean image, α = 1.25ε/steps")
+def _bim(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
+    steps = steps or kurakin_steps(threat.eps)
+    return PGD(threat, steps=steps, step_factor=1.25, random_start=False, name="bim", **common)
+
+
+@register_attack("bim-ll", "Iterative FGSM II: BIM towards the least likely class")
+def _bim_ll(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
+    steps = steps or kurakin_steps(threat.eps)
+    return PGD(threat, steps=steps, step_factor=1.25, random_start=False, least_likely=True, name="bim-ll", **common)
+
+
+@register_attack("bim-l2", "BIM in the L2 ball of radius ε (per image), 10 steps by default (DDC-AT §6)")
+def _bim_l2(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
+    return PGD(_l2(threat), steps=steps or 10, step_factor=1.25, random_start=False, name="bim-l2", **common)
+
+
+@register_attack("pgd", "PGD: random start, α = 2.5ε/steps, CE (Madry et al.)")
+def _pgd(threat: ThreatModel, **common: Any) -> Attack:
+    return PGD(threat, name="pgd", **common)
+
+
+@register_attack("segpgd", "SegPGD: PGD on CE balanced between correct and wrong pixels (Gu et al.)")
+def _segpgd(threat: ThreatModel, **common: Any) -> Attack:
+    return PGD(threat, loss="bal-ce", name="segpgd", **common)
+
+
+@register_attack("cospgd", "CosPGD: PGD on CE weighted by cos(σ(z), e_y) (Agnihotri & Keuper)")
+def _cospgd(threat: ThreatModel, **common: Any) -> Attack:
+    return PGD(threat, loss="cossim-ce", name="cospgd", **common)
+
+
+def _register_apgd(loss: str, name: str) -> None:
+    @register_attack(name, f"APGD on the {loss} loss, 100 iterations (SEA paper §3.1)")
+    def _apgd(threat: ThreatModel, **common: Any) -> Attack:
+        return APGD(threat, loss=loss, name=name, **common)
+
+
+for _loss, _name in (
+    ("ce", "apgd-ce"),
+    ("bal-ce", "apgd-balce"),
+    ("cossim-ce", "apgd-cossim"),
+    ("mask-ce", "apgd-maskce"),
+    ("jsd", "apgd-jsd"),
+    ("mask-sph", "apgd-masksph"),
+):
+    _register_apgd(_loss, _name)
+
+
+@register_attack("sea", "SEA: red-ε APGD with Mask-CE, Bal-CE, JS, Mask-Sph; worst case per image (300 it. each)")
+def _sea(threat: ThreatModel, **common: Any) -> Attack:
+    return SEA(threat, **common)
+
+
+@register_attack("rppgd", "RP-PGD: True/Boundary/False region weights + prototype loss, β = 0.75")
+def _rppgd(threat: ThreatModel, **common: Any) -> Attack:
+    return RPPGD(threat, **common)
+
+
+@register_attack("dag", "DAG: dense adversary generation towards random wrong labels, projected (Xie et al.)")
+def _dag(threat: ThreatModel, **common: Any) -> Attack:
+    return DAG(threat, name="dag", **common)
+
+
+@register_attack("dag-targeted", "DAG towards each pixel's least likely class")
+def _dag_targeted(threat: ThreatModel, **common: Any) -> Attack:
+    return DAG(threat, targeted=True, name="dag-targeted", **common)
+
+
+@register_attack("square", "Square attack: score-based random search, outputs only, 300 queries", kind="black-box")
+def _square(threat: ThreatModel, **common: Any) -> Attack:
+    return Square(threat, **common)
+
+
+@register_attack("noise", "Random ±ε signs: the floor every attack must beat", kind="black-box")
+def _noise(threat: ThreatModel, **common: Any) -> Attack:
+    return RandomNoise(threat, **common)

@@ -1,0 +1,153 @@
+"""APGD (Croce & Hein 2020) for segmentation, and its progressive-radius form used by SEA.
+
+APGD is PGD with momentum 0.75 and a step size that starts at 2ε and is halved, per image, at
+checkpoints where the attack stalls: fewer than ρ = 75 % of the steps since the last checkpoint
+raised the loss, or neither the step size nor the best loss changed since then. A halving
+restarts the image from its best-loss point. The loss picks the direction; the image that is
+returned is the one with the LOWEST PIXEL ACCURACY seen (the quantity being evaluated).
+
+Progressive radius reduction (SEA paper §3.3): the iterations are split 3:3:4 over radii 2ε,
+1.5ε and ε; the best point of each stage, projected onto the next smaller ball, starts the next.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from harden.attacks.base import Attack, checked_logits, pixel_accuracy_per_image
+from harden.attacks.losses import LOSSES, image_loss
+from harden.attacks.threat import ThreatModel
+from harden.errors import InputError
+
+CONSTANT_RADIUS = ((1.0, 1.0),)
+REDUCED_RADIUS = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))  # (radius / ε, share of the iterations)
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations where APGD may halve its step: ⌈p_j · steps⌉ with p₀ = 0, p₁ = 0.22,
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+
+
+class APGD(Attack):
+    """Auto-PGD in L∞ with a pixel loss.
+
+    Args:
+        threat, steps, eot, allow_random, seed: see `Attack` (steps: total over all stages).
+        loss: a key of `LOSSES`.
+        radii: ((radius / ε, share of the iterations), ...); `REDUCED_RADIUS` for SEA's red-ε.
+        rho: checkpoint condition 1, the fraction of steps that must have raised the loss.
+        momentum: weight of the new step against the previous one (0.75 in APGD).
+    """
+
+    name = "apgd"
+    default_steps = 100
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        loss: str = "ce",
+        radii: tuple[tuple[float, float], ...] = CONSTANT_RADIUS,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        name: str | None = None,
+        **common: Any,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        super().__init__(threat, **common)
+        if threat.norm != "linf":
+            raise InputError(f"{self.name} is implemented for L∞ only; use pgd or bim-l2 for L2")
+        self.loss_name = loss
+        self.loss = LOSSES[loss]
+        self.radii = radii
+        self.rho = rho
+        self.momentum = momentum
+
+    def stage_steps(self) -> list[tuple[float, int]]:
+        """[(radius, iterations)] of each stage; iterations add up to `steps`, each at least 1."""
+        counts = [max(1, round(share * self.steps)) for _, share in self.radii]
+        counts[-1] = max(1, self.steps - sum(counts[:-1]))
+        width = self.threat.high - self.threat.low
+        return [(min(factor * self.threat.eps, width), n) for (factor, _), n in zip(self.radii, counts, strict=True)]
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        start: torch.Tensor | None = None
+        done = 0
+        for radius, steps in self.stage_steps():
+            threat = self.threat.with_eps(radius)
+            x0 = threat.random_start(images) if start is None else threat.project(start, images)
+            start = self._stage(model, images, labels, threat, x0, steps, done)
+            done += steps
+        assert start is not None
+        return start
+
+    def _stage(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        threat: ThreatModel,
+        x: torch.Tensor,
+        steps: int,
+        offset: int,
+    ) -> torch.Tensor:
+        """One APGD run of `steps` loss evaluations from x; returns the lowest-accuracy point."""
+        total = sum(n for _, n in self.stage_steps())
+
+        def evaluate(x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            progress = (offset + step) / total
+
+            def objective(x_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                logits = checked_logits(model, x_var)
+                return image_loss(self.loss(logits, labels, progress), labels), logits
+
+            return self.loss_and_grad(objective, x, labels)
+
+        def per_image(mask: torch.Tensor) -> torch.Tensor:
+            return mask.view(-1, 1, 1, 1)
+
+        loss, logits, grad = evaluate(x, 0)
+        best_acc, x_best_acc = pixel_accuracy_per_image(logits, labels), x.clone()
+        best_loss, x_best_loss, grad_best = loss.clone(), x.clone(), grad.clone()
+        eta = torch.full_like(loss, 2 * threat.eps)
+        x_prev = x
+        increases = torch.zeros_like(loss)
+        last_checkpoint, eta_then, best_loss_then = 0, eta.clone(), best_loss.clone()
+        marks = set(checkpoints(steps))
+        for k in range(1, steps):
+            alpha = 1.0 if k == 1 else self.momentum
+            z = threat.project(x + per_image(eta) * grad.sign(), images)
+            x_new = threat.project(x + alpha * (z - x) + (1 - alpha) * (x - x_prev), images)
+            x_prev, x = x, x_new
+            loss, logits, grad = evaluate(x, k)
+
+            acc = pixel_accuracy_per_image(logits, labels)
+            lower = acc < best_acc
+            best_acc = torch.where(lower, acc, best_acc)
+            x_best_acc = torch.where(per_image(lower), x, x_best_acc)
+
+            higher = loss > best_loss
+            increases += higher.float()
+            best_loss = torch.where(higher, loss, best_loss)
+            x_best_loss = torch.where(per_image(higher), x, x_best_loss)
+            grad_best = torch.where(per_image(higher), grad, grad_best)
+
+            if k in marks:
+                stalled = increases < self.rho * (k - last_checkpoint)
+                unchanged = (eta == eta_then) & (best_loss == best_loss_then)
+                reduce = stalled | unchanged
+                eta = torch.where(reduce, eta / 2, eta)
+                x = torch.where(per_image(reduce), x_best_loss, x)
+                grad = torch.where(per_image(reduce), grad_best, grad)
+                increases.zero_()
+                last_checkpoint, eta_then, best_loss_then = k, eta.clone(), best_loss.clone()
+        return x_best_acc

@@ -1,0 +1,180 @@
+"""Robustness evaluation: clean vs adversarial pAcc and mIoU per attack and ε, and worst cases.
+
+For every batch, ε and attack, the attack's candidates (one per member; SEA has four) are
+crafted on the source model (the evaluated model itself, or another one for a transfer attack)
+and predicted by the evaluated model. A randomised model (RAD) is predicted over several fixed
+draws, and every (candidate, draw) pair is a candidate of the worst case: the robustness of a
+random model is what its unluckiest draw gives the attacker (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from harden.attacks._registry import ATTACKS, create_attack
+from harden.attacks.base import GradientStats, is_randomised
+from harden.attacks.threat import ThreatModel
+from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
+from harden.data import SegmentationDataset, collate_pad
+from harden.ram import fixed_rad_seed
+
+DRAW_SEED = 10_000  # evaluation draws use RAD seeds DRAW_SEED + d, apart from the attacks' own
+
+
+@dataclass
+class AttackRun:
+    """One attack at one ε over the dataset."""
+
+    attack: str
+    eps: float
+    kind: str  # "white-box", "black-box" or "transfer"
+    candidates: dict[str, ImageCounts]  # "member@draw" → counts
+    gradients: GradientStats = field(default_factory=GradientStats)
+    seconds: float = 0.0
+
+    def worst(self) -> WorstCase:
+        return worst_case(list(self.candidates.values()))
+
+    def members(self) -> dict[str, WorstCase]:
+        """Each member's own worst case over the draws (SEA's four losses, for instance)."""
+        names = sorted({key.rsplit("@", 1)[0] for key in self.candidates})
+        return {n: worst_case([c for k, c in self.candidates.items() if k.rsplit("@", 1)[0] == n]) for n in names}
+
+
+@dataclass
+class Evaluation:
+    num_classes: int
+    images: int
+    draws: int
+    clean: list[ImageCounts]  # one per draw
+    runs: list[AttackRun]
+    examples: dict[str, torch.Tensor]  # "images", "labels" and "attack@eps" → adversarial images (first few)
+
+    def clean_scores(self) -> tuple[float, float]:
+        """(mIoU, pAcc) of clean images, averaged over the draws."""
+        scores = [c.scores() for c in self.clean]
+        return sum(s[0] for s in scores) / len(scores), sum(s[1] for s in scores) / len(scores)
+
+    def eps_values(self) -> list[float]:
+        return sorted({run.eps for run in self.runs})
+
+    def worst_at(self, eps: float, kinds: tuple[str, ...] = ("white-box", "black-box", "transfer")) -> WorstCase | None:
+        candidates = [c for r in self.runs if r.eps == eps and r.kind in kinds for c in r.candidates.values()]
+        return worst_case(candidates) if candidates else None
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    attacks: list[str],
+    eps_values: list[float],
+    *,
+    steps: int | None = None,
+    eot: int = 1,
+    allow_random: bool = False,
+    seed: int = 0,
+    draws: int | None = None,
+    source: nn.Module | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    examples: int = 4,
+    progress: bool = True,
+) -> Evaluation:
+    """Attack `model` (or craft on `source` and transfer to `model`) on every image of `dataset`.
+
+    Args:
+        attacks: registry names; "noise" is always added as the black-box floor of the checks.
+        eps_values: L∞ radii (bim-l2 uses each as its L2 radius).
+        steps, eot, allow_random, seed: passed to every attack.
+        draws: evaluation draws of a randomised model (None: 3 if randomised, else 1).
+        examples: how many first images to keep (clean and adversarial) for overlays.
+    """
+    attacks = list(dict.fromkeys([*attacks, "noise"]))
+    crafting = source if source is not None else model
+    draws = draws if draws is not None else (3 if is_randomised(model) else 1)
+    kind_of = {
+        name: ("transfer" if source is not None and ATTACKS[name].kind == "white-box" else ATTACKS[name].kind)
+        for name in attacks
+    }
+    runs = {(a, e): AttackRun(a, e, kind_of[a], {}) for e in eps_values for a in attacks}
+    clean = [ImageCounts.empty(dataset.num_classes) for _ in range(draws)]
+    kept: dict[str, list[torch.Tensor]] = {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pad)
+    bar = tqdm(total=len(loader) * len(runs), desc="attack", unit="run", disable=not progress)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            for d, predictions in enumerate(_draws(model, images, draws)):
+                clean[d] = clean[d].extend(ImageCounts.from_predictions(predictions, labels, dataset.num_classes))
+            _keep(kept, "images", images, examples)
+            _keep(kept, "labels", labels, examples)
+            for (name, eps), run in runs.items():
+                bar.set_postfix_str(f"{name} ε={eps:.4f}")
+                attack = create_attack(
+                    name, ThreatModel(eps), steps=steps, eot=eot, allow_random=allow_random, seed=seed
+                )
+                start = time.perf_counter()
+                outputs = attack.run_members(crafting, images, labels)
+                run.seconds += time.perf_counter() - start
+                for member, output in outputs.items():
+                    run.gradients.add(output.gradients)
+                    for d, predictions in enumerate(_draws(model, output.images, draws)):
+                        counts = ImageCounts.from_predictions(predictions, labels, dataset.num_classes)
+                        key = f"{member}@{d}"
+                        run.candidates[key] = run.candidates.get(key, ImageCounts.empty(dataset.num_classes)).extend(
+                            counts
+                        )
+                _keep(kept, f"{name}@{eps}", _per_image_worst(model, outputs, labels), examples)
+                bar.update()
+    finally:
+        model.train(was_training)
+        bar.close()
+    return Evaluation(
+        num_classes=dataset.num_classes,
+        images=len(dataset),
+        draws=draws,
+        clean=clean,
+        runs=list(runs.values()),
+        examples={k: torch.cat(v)[:examples].cpu() for k, v in kept.items()},
+    )
+
+
+def _draws(model: nn.Module, images: torch.Tensor, draws: int) -> Iterator[torch.Tensor]:
+    """Predicted class maps of each evaluation draw (one fixed RAD seed per draw)."""
+    with torch.no_grad():
+        for d in range(draws):
+            with fixed_rad_seed(model, DRAW_SEED + d):
+                yield model(images).argmax(1)
+
+
+def _per_image_worst(model: nn.Module, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Of several members' adversarial images, the lowest-accuracy one per image (draw 0)."""
+    from harden.attacks.base import pixel_accuracy_per_image
+
+    best, best_acc = None, None
+    for output in outputs.values():
+        with torch.no_grad(), fixed_rad_seed(model, DRAW_SEED):
+            acc = pixel_accuracy_per_image(model(output.images), labels)
+        if best is None or best_acc is None:
+            best, best_acc = output.images, acc
+        else:
+            lower = acc < best_acc
+            best = torch.where(lower.view(-1, 1, 1, 1), output.images, best)
+            best_acc = torch.where(lower, acc, best_acc)
+    assert best is not None
+    return best
+
+
+def _keep(kept: dict[str, list[torch.Tensor]], key: str, tensor: torch.Tensor, limit: int) -> None:
+    stored = sum(t.shape[0] for t in kept.get(key, []))
+    if stored < limit:
+        kept.setdefault(key, []).append(tensor[: limit - stored].detach().cpu())

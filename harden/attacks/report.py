@@ -1,0 +1,152 @@
+"""What an evaluation reports: a JSON-friendly summary, a text table, curves and overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harden.attacks.checks import Check
+from harden.attacks.evaluate import DRAW_SEED, Evaluation
+from harden.attacks.threat import format_eps
+from harden.ram import fixed_rad_seed
+
+WORST = "worst case"
+
+
+def summarise(evaluation: Evaluation, checks: list[Check], meta: dict[str, Any]) -> dict[str, Any]:
+    """Rows per (attack, ε) with pAcc, mIoU and IoU ratio (Arnab et al. §3), the worst case per ε
+    over all attacks, the sanity checks and whether the evaluation is sound."""
+    clean_miou, clean_acc = evaluation.clean_scores()
+
+    def row(attack: str, eps: float, kind: str, acc: float, miou: float, **extra: Any) -> dict[str, Any]:
+        ratio = miou / clean_miou if clean_miou > 0 else float("nan")
+        return {"attack": attack, "eps": eps, "eps_text": format_eps(eps), "kind": kind,
+                "pixel_accuracy": acc, "miou": miou, "iou_ratio": ratio, **extra}  # fmt: skip
+
+    rows = []
+    for run in evaluation.runs:
+        worst = run.worst()
+        members = run.members()
+        rows.append(
+            row(
+                run.attack,
+                run.eps,
+                run.kind,
+                worst.pixel_accuracy,
+                worst.miou,
+                seconds=run.seconds,
+                gradients={"images": run.gradients.images, "zero": run.gradients.zero, "nan": run.gradients.nan},
+                members={n: {"pixel_accuracy": w.pixel_accuracy, "miou": w.miou} for n, w in members.items()}
+                if len(members) > 1
+                else {},
+            )
+        )
+    for eps in evaluation.eps_values():
+        overall = evaluation.worst_at(eps)
+        assert overall is not None
+        rows.append(row(WORST, eps, "all", overall.pixel_accuracy, overall.miou))
+    return {
+        **meta,
+        "images": evaluation.images,
+        "draws": evaluation.draws,
+        "clean": {"pixel_accuracy": clean_acc, "miou": clean_miou},
+        "rows": rows,
+        "checks": [c.to_dict() for c in checks],
+        "sound": all(c.status != "fail" for c in checks),
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    clean = summary["clean"]
+    lines = [
+        f"{'attack':<16} {'ε':>7} {'pAcc':>7} {'mIoU':>7} {'IoU ratio':>9}",
+        f"{'clean':<16} {'0':>7} {clean['pixel_accuracy']:>7.4f} {clean['miou']:>7.4f} {1.0:>9.3f}",
+    ]
+    for r in sorted(summary["rows"], key=lambda r: (r["eps"], r["attack"] == WORST)):
+        lines.append(
+            f"{r['attack']:<16} {r['eps_text']:>7} {r['pixel_accuracy']:>7.4f} {r['miou']:>7.4f} {r['iou_ratio']:>9.3f}"
+        )
+        for name, m in r.get("members", {}).items():
+            lines.append(f"{'  ' + name:<16} {r['eps_text']:>7} {m['pixel_accuracy']:>7.4f} {m['miou']:>7.4f}")
+    lines.append("")
+    lines.append("sanity checks (DESIGN.md §6):")
+    for c in summary["checks"]:
+        lines.append(f"  [{c['status']:>4}] {c['name']:<17} {c['detail']}")
+    lines.append("evaluation is SOUND" if summary["sound"] else "evaluation is NOT SOUND: a sanity check failed")
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict[str, Any], path: Path) -> None:
+    """mIoU and pAcc against ε, one line per attack (and the worst case), clean at ε = 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harden._io import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    clean = summary["clean"]
+    for attack in dict.fromkeys(r["attack"] for r in summary["rows"]):
+        rows = sorted((r for r in summary["rows"] if r["attack"] == attack), key=lambda r: r["eps"])
+        eps = [0.0] + [r["eps"] * 255 for r in rows]
+        style = {"color": "black", "linewidth": 2.5} if attack == WORST else {}
+        for ax, key in zip(axes, ("miou", "pixel_accuracy"), strict=True):
+            ax.plot(eps, [clean[key]] + [r[key] for r in rows], marker="o", label=attack, **style)
+    for ax, title in zip(axes, ("mIoU", "pixel accuracy"), strict=True):
+        ax.set_xlabel("ε (grey levels of 255)")
+        ax.set_ylabel(title)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"robustness of {summary.get('model', 'model')} ({summary['images']} images)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def save_overlays(evaluation: Evaluation, model: nn.Module, key: str, path: Path, palette: np.ndarray) -> None:
+    """Rows of clean image | clean prediction | adversarial image | adversarial prediction | labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harden._io import atomic_path
+    from harden.visualize import colorize
+
+    images, labels, adversarial = evaluation.examples["images"], evaluation.examples["labels"], evaluation.examples[key]
+    device = next(model.parameters()).device
+    with torch.no_grad(), fixed_rad_seed(model, DRAW_SEED):
+        clean_pred = model(images.to(device)).argmax(1).cpu()
+        adv_pred = model(adversarial.to(device)).argmax(1).cpu()
+    titles = (
+        "clean image",
+        "clean prediction",
+        f"adversarial ({key.replace('@', ' ε=')})",
+        "adversarial prediction",
+        "labels",
+    )
+    fig, axes = plt.subplots(len(images), 5, figsize=(15, 2.2 * len(images)), squeeze=False)
+    for i in range(len(images)):
+        panels = (
+            images[i].permute(1, 2, 0).numpy(),
+            colorize(clean_pred[i], palette),
+            adversarial[i].permute(1, 2, 0).numpy(),
+            colorize(adv_pred[i], palette),
+            colorize(labels[i], palette),
+        )
+        for j, panel in enumerate(panels):
+            axes[i, j].imshow(panel)
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(titles[j], fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""Per-image counts and worst cases over attacks (SEA paper §3.3; DESIGN.md §6).
+
+Pixel accuracy's worst case is per image: the attack with the lowest accuracy on each image.
+mIoU is a dataset-level quantity (one confusion matrix over all images, DESIGN.md §2), so its
+worst case is an ASSIGNMENT of one attack to every image that minimises the dataset mIoU. That
+is a combinatorial problem; `worst_case` starts from the best of the obvious assignments (every
+image to the same attack, or every image to its lowest-accuracy attack) and improves it by
+greedy per-image switches until none helps. It is therefore never weaker than any single
+attack, and usually lower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harden.data.classes import IGNORE_INDEX
+from harden.errors import InputError
+
+
+@dataclass
+class ImageCounts:
+    """Per image n and class k: true positives, false positives, false negatives; and the
+    correct and labelled pixel counts. Enough to recompute pAcc and mIoU for any assignment."""
+
+    tp: np.ndarray  # (N, K) int64
+    fp: np.ndarray
+    fn: np.ndarray
+    correct: np.ndarray  # (N,)
+    total: np.ndarray
+
+    @classmethod
+    def empty(cls, num_classes: int) -> ImageCounts:
+        zeros = np.zeros((0, num_classes), dtype=np.int64)
+        return cls(zeros, zeros.copy(), zeros.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def from_predictions(cls, pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ImageCounts:
+        """pred, labels: (B, H, W) class ids; labels may hold the ignore index."""
+        valid = labels != IGNORE_INDEX
+        t, p = labels.long(), pred.long()
+        if bool(((t < 0) | (t >= num_classes))[valid].any()):
+            raise InputError(f"label values must be in 0..{num_classes - 1} or {IGNORE_INDEX}")
+        batch = labels.shape[0]
+        image = torch.arange(batch, device=labels.device).view(-1, 1, 1).expand_as(labels)
+        index = (image * num_classes + t) * num_classes + p
+        flat = torch.bincount(index[valid], minlength=batch * num_classes**2)
+        confusion = flat.view(batch, num_classes, num_classes).cpu().numpy()  # [n, true, pred]
+        tp = np.diagonal(confusion, axis1=1, axis2=2).copy()
+        return cls(
+            tp=tp,
+            fp=confusion.sum(1) - tp,
+            fn=confusion.sum(2) - tp,
+            correct=tp.sum(1),
+            total=confusion.sum((1, 2)),
+        )
+
+    def extend(self, other: ImageCounts) -> ImageCounts:
+        return ImageCounts(*(np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays(), strict=True)))
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return self.tp, self.fp, self.fn, self.correct, self.total
+
+    def accuracy_per_image(self) -> np.ndarray:
+        return np.where(self.total > 0, self.correct / np.maximum(self.total, 1), 1.0)
+
+    def scores(self) -> tuple[float, float]:
+        """(mIoU, pixel accuracy) over all images."""
+        return miou(self.tp.sum(0), self.fp.sum(0), self.fn.sum(0)), _accuracy(self.correct.sum(), self.total.sum())
+
+    def select(self, assignment: np.ndarray, others: list[ImageCounts]) -> ImageCounts:
+        """Image n taken from others[assignment[n]]."""
+        rows = np.arange(len(assignment))
+        return ImageCounts(*(np.stack([o._arrays()[i] for o in others])[assignment, rows] for i in range(5)))
+
+
+def miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    """Mean IoU over classes with a non-empty union (as `metrics.ConfusionMatrix.miou`)."""
+    union = tp + fp + fn
+    return float((tp[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
+
+
+def _accuracy(correct: int, total: int) -> float:
+    return float(correct / total) if total else float("nan")
+
+
+@dataclass
+class WorstCase:
+    pixel_accuracy: float
+    miou: float
+    accuracy_choice: np.ndarray  # (N,) index of the candidate used for each image's accuracy
+    miou_choice: np.ndarray  # (N,) the mIoU assignment
+
+
+def worst_case(candidates: list[ImageCounts], max_passes: int = 5) -> WorstCase:
+    """The per-image worst pAcc and a (greedy) worst-case mIoU assignment over `candidates`."""
+    if not candidates:
+        raise ValueError("worst_case needs at least one candidate")
+    accuracy = np.stack([c.accuracy_per_image() for c in candidates])  # (C, N)
+    by_accuracy = accuracy.argmin(0)
+    worst_accuracy = candidates[0].select(by_accuracy, candidates).scores()[1]
+
+    tp, fp, fn = (np.stack([getattr(c, name) for c in candidates]) for name in ("tp", "fp", "fn"))  # (C, N, K)
+    count = accuracy.shape[1]
+    starts = [by_accuracy] + [np.full(count, c) for c in range(len(candidates))]
+
+    def score(choice: np.ndarray) -> float:
+        rows = np.arange(count)
+        return miou(tp[choice, rows].sum(0), fp[choice, rows].sum(0), fn[choice, rows].sum(0))
+
+    choice = min(starts, key=score).copy()
+    rows = np.arange(count)
+    totals = [a[choice, rows].sum(0) for a in (tp, fp, fn)]
+    current = miou(*totals)
+    for _ in range(max_passes):
+        changed = False
+        for n in range(count):
+            base = [t - a[choice[n], n] for t, a in zip(totals, (tp, fp, fn), strict=True)]
+            options = [base[0] + tp[:, n], base[1] + fp[:, n], base[2] + fn[:, n]]  # (C, K) each
+            union = options[0] + options[1] + options[2]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = np.where(union > 0, options[0] / np.maximum(union, 1), np.nan)
+            values = np.nanmean(np.where(np.isnan(iou).all(1, keepdims=True), 0.0, iou), axis=1)
+            best = int(values.argmin())
+            if values[best] < current - 1e-12:
+                choice[n] = best
+                totals = [b + a[best, n] for b, a in zip(base, (tp, fp, fn), strict=True)]
+                current = float(values[best])
+                changed = True
+        if not changed:
+            break
+    return WorstCase(worst_accuracy, current, by_accuracy, choice)
