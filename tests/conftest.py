@@ -11,3 +11,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A pspnet_tiny trained for a few seconds on 32×64 synthetic scenes (pAcc ≈ 0.6): something
+    attacks can break. Session-scoped: trained once for all attack tests."""
+    from click.testing import CliRunner
+
+    from harden.cli import cli
+
+    run_dir = tmp_path_factory.mktemp("runs") / "psp"
+    args = ["train", "--model", "pspnet_tiny", "--epochs", "8", "--image-size", "32x64", "--train-images", "64"]
+    args += ["--val-images", "8", "--batch-size", "8", "--no-progress", "--out", str(run_dir)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run_dir

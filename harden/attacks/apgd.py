@@ -12,7 +12,6 @@ Progressive radius reduction (SEA paper §3.3): the iterations are split 3:3:4 o
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -28,12 +27,15 @@ REDUCED_RADIUS = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))  # (radius / ε, share of 
 
 
 def checkpoints(steps: int) -> list[int]:
-    """Iterations where APGD may halve its step: ⌈p_j · steps⌉ with p₀ = 0, p₁ = 0.22,
-    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps})
+    """Iterations where APGD may halve its step: w₁ = 0.22·N, then gaps shrinking by 0.03·N from
+    0.19·N down to at least 0.06·N (Croce & Hein 2020 §3.2), in AutoAttack's integer form."""
+    gap, shrink, floor = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    marks, mark = [], gap
+    while mark < steps:
+        marks.append(mark)
+        gap = max(gap - shrink, floor)
+        mark += gap
+    return marks
 
 
 class APGD(Attack):

@@ -4,8 +4,9 @@ It uses only the model's outputs, never its gradients, so it is the attack that 
 directly against a deployed engine, and the black-box reference of the sanity checks: if it
 beats the white-box attacks, gradients are masked (DESIGN.md §6).
 
-The score to lower is the mean over labelled pixels of max(z_y − max_{k≠y} z_k, 0): positive
-margins of still-correct pixels; 0 once every pixel is wrong. Random search starts from
+The score to lower is the mean over labelled pixels of the correct-class margin
+z_y − max_{k≠y} z_k clipped to [0, 1]: 0 once every pixel is wrong, and the clip keeps far,
+confident pixels from drowning out the near-boundary ones a small window can flip. Random search starts from
 vertical stripes of ±ε and then, per query, sets one random square window (side
 √(p·H·W), p shrinking on Square's schedule) of the perturbation to ±ε per channel, keeping
 the change when the score drops.
@@ -26,12 +27,12 @@ from harden.errors import InputError
 
 
 def margin_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) mean over labelled pixels of the positive part of the correct-class margin."""
+    """(B,) mean over labelled pixels of the correct-class margin clipped to [0, 1]."""
     valid = labels != IGNORE_INDEX
     safe = labels.where(valid, torch.zeros_like(labels))
     z_true = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
     others = logits.scatter(1, safe.unsqueeze(1), float("-inf")).amax(1)
-    margin = (z_true - others).clamp_min(0) * valid
+    margin = (z_true - others).clamp(0, 1) * valid
     return margin.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
 
 
