@@ -52,7 +52,10 @@ def test_worst_case_is_never_weaker_than_any_candidate_and_can_beat_them_all() -
     assert worst.miou <= min(a.scores()[0], b.scores()[0])
     rng = np.random.default_rng(0)
     for _ in range(20):  # random candidates: the assignment never loses to a single attack
-        cands = [ImageCounts.from_predictions(torch.from_numpy(rng.integers(0, 3, (6, 4, 4))), torch.from_numpy(rng.integers(0, 3, (6, 4, 4))), 3) for _ in range(3)]  # fmt: skip
+        cands = [
+            ImageCounts.from_predictions(torch.from_numpy(rng.integers(0, 3, (6, 4, 4))), torch.from_numpy(labels), 3)
+            for labels in [rng.integers(0, 3, (6, 4, 4))] * 3
+        ]
         result = worst_case(cands)
         assert result.miou <= min(c.scores()[0] for c in cands) + 1e-12
         assert result.pixel_accuracy <= min(c.scores()[1] for c in cands) + 1e-12
