@@ -125,10 +125,11 @@ def save_overlays(evaluation: Evaluation, model: nn.Module, key: str, path: Path
     with torch.no_grad(), fixed_rad_seed(model, DRAW_SEED):
         clean_pred = model(images.to(device)).argmax(1).cpu()
         adv_pred = model(adversarial.to(device)).argmax(1).cpu()
+    attack, eps = key.rsplit("@", 1)
     titles = (
         "clean image",
         "clean prediction",
-        f"adversarial ({key.replace('@', ' ε=')})",
+        f"adversarial ({attack}, ε = {format_eps(float(eps))})",
         "adversarial prediction",
         "labels",
     )
