@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from harden.attacks.losses import is_top
 from harden.attacks.threat import ThreatModel
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
@@ -61,7 +62,7 @@ def is_randomised(model: nn.Module) -> bool:
 def pixel_accuracy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) fraction of each image's labelled pixels predicted correctly (1 where none is labelled)."""
     valid = labels != IGNORE_INDEX
-    correct = ((logits.argmax(1) == labels) & valid).flatten(1).sum(1)
+    correct = (is_top(logits, labels.where(valid, torch.zeros_like(labels))) & valid).flatten(1).sum(1)
     total = valid.flatten(1).sum(1)
     return torch.where(total > 0, correct / total.clamp_min(1), torch.ones_like(correct, dtype=torch.float))
 

