@@ -161,7 +161,9 @@ class Attack:
         nan = torch.isnan(grad).flatten(1).any(1)
         grad = torch.nan_to_num(grad, nan=0.0)
         logits = logits_sum / self.eot
-        zero = (grad.flatten(1).abs().amax(1) == 0) & (pixel_accuracy_per_image(logits, labels) > 0)
+        zero = grad.flatten(1).abs().amax(1) == 0
+        if zero.any():  # rare: only then is it worth asking whether the image had pixels left to flip
+            zero &= pixel_accuracy_per_image(logits, labels) > 0
         self._stats.add(GradientStats(images=x.shape[0], zero=int(zero.sum()), nan=int(nan.sum())))
         return loss_sum / self.eot, logits, grad
 
