@@ -84,10 +84,12 @@ class APGD(Attack):
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         start: torch.Tensor | None = None
         done = 0
-        for radius, steps in self.stage_steps():
+        stages = self.stage_steps()
+        total = sum(steps for _, steps in stages)  # = self.steps, unless there are fewer steps than stages
+        for radius, steps in stages:
             threat = self.threat.with_eps(radius)
             x0 = threat.random_start(images) if start is None else threat.project(start, images)
-            start = self._stage(model, images, labels, threat, x0, steps, done)
+            start = self._stage(model, images, labels, threat, x0, steps, done, total)
             done += steps
         assert start is not None
         return start
@@ -101,9 +103,10 @@ class APGD(Attack):
         x: torch.Tensor,
         steps: int,
         offset: int,
+        total: int,
     ) -> torch.Tensor:
-        """One APGD run of `steps` loss evaluations from x; returns the lowest-accuracy point."""
-        total = sum(n for _, n in self.stage_steps())
+        """One APGD run of `steps` loss evaluations from x (iterations offset… of `total`, for the
+        loss schedule); returns the lowest-accuracy point."""
 
         def evaluate(x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             progress = (offset + step) / total

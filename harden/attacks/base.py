@@ -25,6 +25,7 @@ from harden.attacks.losses import is_top
 from harden.attacks.threat import ThreatModel
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
+from harden.ram import robust_cores
 
 # forward(x) → (per-image loss to maximise (B,), logits (B, K, H, W))
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -52,8 +53,6 @@ class AttackOutput:
 
 def is_randomised(model: nn.Module) -> bool:
     """Whether the model draws randomness in eval mode that no fixed seed pins: RAD layers."""
-    from harden.ram import robust_cores
-
     return any(
         core.config.rad and core.config.drop_p > 0 and core.seeds.fixed is None for _, core in robust_cores(model)
     )

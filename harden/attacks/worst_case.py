@@ -70,11 +70,6 @@ class ImageCounts:
         """(mIoU, pixel accuracy) over all images."""
         return miou(self.tp.sum(0), self.fp.sum(0), self.fn.sum(0)), _accuracy(self.correct.sum(), self.total.sum())
 
-    def select(self, assignment: np.ndarray, others: list[ImageCounts]) -> ImageCounts:
-        """Image n taken from others[assignment[n]]."""
-        rows = np.arange(len(assignment))
-        return ImageCounts(*(np.stack([o._arrays()[i] for o in others])[assignment, rows] for i in range(5)))
-
 
 def miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
     """Mean IoU over classes with a non-empty union (as `metrics.ConfusionMatrix.miou`)."""
@@ -100,18 +95,18 @@ def worst_case(candidates: list[ImageCounts], max_passes: int = 5) -> WorstCase:
         raise ValueError("worst_case needs at least one candidate")
     accuracy = np.stack([c.accuracy_per_image() for c in candidates])  # (C, N)
     by_accuracy = accuracy.argmin(0)
-    worst_accuracy = candidates[0].select(by_accuracy, candidates).scores()[1]
+    rows = np.arange(accuracy.shape[1])
+    correct = np.stack([c.correct for c in candidates])[by_accuracy, rows].sum()
+    worst_accuracy = _accuracy(int(correct), int(candidates[0].total.sum()))  # every candidate labels the same pixels
 
     tp, fp, fn = (np.stack([getattr(c, name) for c in candidates]) for name in ("tp", "fp", "fn"))  # (C, N, K)
     count = accuracy.shape[1]
     starts = [by_accuracy] + [np.full(count, c) for c in range(len(candidates))]
 
     def score(choice: np.ndarray) -> float:
-        rows = np.arange(count)
         return miou(tp[choice, rows].sum(0), fp[choice, rows].sum(0), fn[choice, rows].sum(0))
 
     choice = min(starts, key=score).copy()
-    rows = np.arange(count)
     totals = [a[choice, rows].sum(0) for a in (tp, fp, fn)]
     current = miou(*totals)
     for _ in range(max_passes):

@@ -47,13 +47,13 @@ class AttackCommand(click.Command):
 )
 @click.option(
     "--iters",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Iterations (queries for square) of every attack. [default: each attack's own]",
 )
 @click.option(
     "--eot",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="EOT draws per gradient for a randomised (RAD) model. [default: 8 if randomised, else 1]",
 )
@@ -126,7 +126,7 @@ def attack_command(
       harden attack runs/psp --source runs/seg --attack pgd      # transfer seg → psp
     """
     from harden._io import write_json
-    from harden.attacks import ATTACKS, is_randomised, parse_eps
+    from harden.attacks import ATTACKS, ThreatModel, is_randomised, parse_eps
     from harden.attacks.checks import run_checks
     from harden.attacks.evaluate import evaluate_robustness
     from harden.attacks.report import WORST, format_table, plot_curves, save_overlays, summarise
@@ -141,12 +141,8 @@ def attack_command(
     if not attacks or unknown:
         raise InputError(f"unknown attack {', '.join(unknown) or '(none)'}; choose from {', '.join(ATTACKS)}")
     eps_values = sorted({parse_eps(e) for e in eps_spec.split(",")})
-    if any(e > 1 for e in eps_values):
-        raise InputError("ε is on [0, 1] pixels: write 8/255, not 8")
-    if iters is not None and iters < 1:
-        raise InputError(f"--iters must be ≥ 1, got {iters}")
-    if eot is not None and eot < 1:
-        raise InputError(f"--eot must be ≥ 1, got {eot}")
+    for eps in eps_values:  # refuse an ε above the box now, before loading anything
+        ThreatModel(eps)
 
     model_config, train_config = read_config(run_dir)
     device = resolve_device(device)
