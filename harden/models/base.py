@@ -21,6 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class SegmentationModel(nn.Module):
     """Base class. Args: num_classes: number of output classes K."""
 
+    # Why ONNX export must fix H and W for this model (None: batch, height and width dynamic).
+    export_static_size: str | None = None
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         if num_classes < 2:

@@ -50,6 +50,10 @@ class ASPP(nn.Module):
 class PSPNet(SegmentationModel):
     """PSPNet (Zhao et al. 2017): dilated ResNet + pyramid pooling + 3×3 conv + classifier."""
 
+    # Adaptive average pooling into 2×2, 3×3 and 6×6 bins has no ONNX op: the exporter's
+    # decomposition bakes the bin boundaries of the traced size, so the export fixes H and W.
+    export_static_size = "adaptive pooling into fixed bins bakes the traced size into the ONNX graph"
+
     def __init__(self, num_classes: int, backbone: DilatedResNet, head_width: int, dropout: float = 0.1) -> None:
         super().__init__(num_classes)
         self.backbone = backbone
