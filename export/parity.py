@@ -56,7 +56,7 @@ TOLERANCES: Final = {
 }
 
 
-class TorchRunner(BaseRunner):  # type: ignore[misc]
+class TorchRunner(BaseRunner):
     """A Polygraphy runner over a PyTorch segmentation model on CPU (feeds `rad_seed` to RAD)."""
 
     def __init__(self, model: nn.Module, with_rad: bool, name: str = "pytorch") -> None:
@@ -170,7 +170,7 @@ def check_parity(
         rad_seeds=list(range(images.shape[0])) if with_rad else None,
         passed=not reasons,
         reasons=reasons,
-        **report,  # type: ignore[arg-type]
+        **report,
     )
 
 

@@ -47,6 +47,7 @@ def cli() -> None:
       harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/demo
       harden eval runs/demo --data synthetic
       harden attack runs/demo --attack sea --eps 4/255,8/255
+      harden export runs/demo --out exports/demo
       harden models                       # what can be trained
 
     Exit codes: 0 success, 1 a check or run failed, 2 bad input.
@@ -54,13 +55,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, evaluate, models, train
+    from harden.cli import attack, attention_map, evaluate, export, models, train
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
     cli.add_command(models.models_command)
     cli.add_command(attention_map.attention_map_command)
     cli.add_command(attack.attack_command)
+    cli.add_command(export.export_command)
 
 
 _register()

@@ -1,0 +1,237 @@
+"""`harden export`: a trained run → ONNX (fp32 and a precision variant) → engine, with parity.
+
+Everything is written into a staging directory beside `--out` and renamed into place at the
+end, so an interrupted or refused export leaves nothing half-written (and `--force` replaces
+an old export only once the new one is complete). Layout of an export directory:
+
+    model.fp32.onnx          always: the graph every variant and engine derives from
+    model.fp16.onnx          with --precision fp16 (model.int8.onnx with int8)
+    model.<precision>.engine with --trt
+    parity.json              one report per ONNX file (unless --no-parity)
+    manifest.json            hashes, versions, shapes, options, parity (written last)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.manifest import FORMAT, MANIFEST_FILE, file_entry, versions
+from export.onnx_export import check_onnx, export_onnx, has_rad
+from export.parity import ParityReport, check_parity
+from export.precision import PRECISIONS, to_fp16, to_int8
+from harden._io import write_json
+from harden.data import collate_pad, open_dataset
+from harden.errors import InputError
+from harden.training import load_model, read_config
+from harden.training.checkpoint import MODEL_FILE
+
+PARITY_FILE: Final = "parity.json"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Args:
+    precision: "fp32", "fp16" or "int8" (the fp32 file is always written too).
+    trt: also build a TensorRT engine from the chosen variant.
+    parity: compare every ONNX file with the PyTorch model after export.
+    parity_images: dataset images in the parity check.
+    image_size: (H, W) of the tracing example and of the graph for static-size models;
+        None: the run's training image size.
+    calib_data, calib_split, calib_images: int8 calibration images (data None: the run's data).
+    force: replace an existing output directory.
+    """
+
+    precision: str = "fp32"
+    trt: bool = False
+    parity: bool = True
+    parity_images: int = 8
+    image_size: tuple[int, int] | None = None
+    calib_data: str | None = None
+    calib_split: str = "train"
+    calib_images: int = 32
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.parity_images < 1 or self.calib_images < 1:
+            raise InputError("--parity-images and --calib-images must be at least 1")
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    out: Path
+    files: list[Path]
+    parity: dict[str, ParityReport]
+
+    @property
+    def passed(self) -> bool:
+        return all(report.passed for report in self.parity.values())
+
+
+def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[str], None] = print) -> ExportSummary:
+    """Export the model of `run_dir` into `out` as `options` say; see the module docstring."""
+    out = Path(out)
+    if out.exists() and not options.force:
+        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if out.exists() and not (out / MANIFEST_FILE).is_file():
+        raise InputError(f"{out} exists and is not a harden export; --force only replaces harden exports")
+    if options.trt:
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # before any work: says what to install and where it runs
+    model_config, train_config = read_config(run_dir)
+    model, _ = load_model(run_dir)
+    image_size = options.image_size or train_config.image_size
+    static_reason = getattr(model, "export_static_size", None)
+    with_rad = has_rad(model)
+    calibration = None
+    if options.precision == "int8":
+        calibration = _images(options.calib_data or train_config.data, options.calib_split, options.calib_images,
+                              image_size, train_config.seed, model_config.num_classes)  # fmt: skip
+        if static_reason is not None:
+            calibration = _fit(*calibration, image_size)
+    parity_data = None
+    if options.parity:
+        parity_data = _images(train_config.data, "val", options.parity_images, image_size, train_config.seed,
+                              model_config.num_classes)  # fmt: skip
+        if static_reason is not None:
+            parity_data = _fit(*parity_data, image_size)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes 0700; an export directory is meant to be shared
+    try:
+        say(f"exporting {model_config.name} ({_ram_text(model_config.ram)}) to ONNX ...")
+        fp32 = export_onnx(model, staging / "model.fp32.onnx", image_size)
+        variants: dict[str, tuple[Path, list[str]]] = {"fp32": (fp32.path, [])}
+        if options.precision == "fp16":
+            say("making the fp16 variant ...")
+            path = staging / "model.fp16.onnx"
+            variants["fp16"] = (path, to_fp16(fp32.path, path))
+        elif options.precision == "int8":
+            say(f"calibrating the int8 variant on {options.calib_images} images ...")
+            path = staging / "model.int8.onnx"
+            assert calibration is not None
+            variants["int8"] = (path, to_int8(fp32.path, path, _one_by_one(calibration[0]), with_rad))
+        for path, _ in variants.values():
+            check_onnx(path)
+
+        parity: dict[str, ParityReport] = {}
+        if parity_data is not None:
+            images, labels = parity_data
+            for precision, (path, _) in variants.items():
+                say(f"parity {precision}: PyTorch vs ONNX Runtime on {images.shape[0]} images ...")
+                parity[precision] = check_parity(model, path, images, labels, model_config.num_classes,
+                                                 precision=precision, with_rad=with_rad)  # fmt: skip
+            write_json(staging / PARITY_FILE, {k: v.to_dict() for k, v in parity.items()})
+
+        engines = []
+        if options.trt:
+            from export.tensorrt import build_engine
+
+            source = variants[options.precision][0]
+            engine = staging / f"model.{options.precision}.engine"
+            say(f"building the TensorRT engine from {source.name} ...")
+            engines.append(build_engine(source, engine))
+
+        manifest = {
+            "format": FORMAT,
+            "run_dir": str(run_dir),
+            "model": model_config.name,
+            "num_classes": model_config.num_classes,
+            "class_names": model_config.class_names,
+            "ram": model_config.ram,
+            "rad_seed_input": with_rad,
+            "checkpoint": {"path": str(Path(run_dir) / MODEL_FILE), "sha256": _checkpoint_hash(run_dir)},
+            "opset": fp32.opset,
+            "ir_version": fp32.ir_version,
+            "inputs": fp32.inputs,
+            "outputs": fp32.outputs,
+            "static_size_reason": static_reason,
+            "harden_nodes": fp32.harden_nodes,
+            "precision": options.precision,
+            "onnx": [
+                file_entry(path, staging, precision=precision, **_kept(precision, ops))
+                for precision, (path, ops) in variants.items()
+            ],
+            "engines": [file_entry(e, staging, precision=options.precision) for e in engines],
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+            "versions": versions(),
+            "parity": {k: {"passed": v.passed, "reasons": v.reasons} for k, v in parity.items()} or None,
+        }
+        write_json(staging / MANIFEST_FILE, manifest)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = sorted(p for p in out.iterdir() if p.is_file())
+    return ExportSummary(out=out, files=files, parity=parity)
+
+
+def _kept(precision: str, ops: list[str]) -> dict[str, Any]:
+    if precision == "fp16":
+        return {"kept_fp32": ops}
+    if precision == "int8":
+        return {"quantized_ops": ops}
+    return {}
+
+
+def _ram_text(ram: dict[str, Any] | None) -> str:
+    if not ram:
+        return "no RAM"
+    parts = [f"MAS T={ram['threshold']:g}"] if ram.get("mas") else []
+    parts += [f"RAD p={ram['drop_p']:g}"] if ram.get("rad") else []
+    return " + ".join(parts) or "RAM identity"
+
+
+def _checkpoint_hash(run_dir: Path) -> str:
+    from export.manifest import sha256_file
+
+    return sha256_file(Path(run_dir) / MODEL_FILE)
+
+
+def _images(
+    data: str, split: str, count: int, size: tuple[int, int], seed: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = open_dataset(data, split, size=size, num_images=count, seed=seed)
+    if dataset.num_classes != num_classes:
+        raise InputError(f"{data} has {dataset.num_classes} classes but the model predicts {num_classes}")
+    if len(dataset) == 0:
+        raise InputError(f"{data} has no {split} images")
+    return collate_pad([dataset[i] for i in range(min(count, len(dataset)))])
+
+
+def _fit(images: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize to the fixed size of a static-size graph (labels by nearest neighbour)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images, labels
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return images, labels
+
+
+def _one_by_one(images: torch.Tensor) -> Iterator[np.ndarray]:
+    for i in range(images.shape[0]):
+        yield images[i : i + 1].numpy().astype(np.float32)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished staging directory to `out`, replacing an old export last."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""TensorRT: strongly typed engines from our ONNX files, MAS/RAD as Python plugins. Optional.
+
+TensorRT cannot be installed on CPU machines (DESIGN.md §7), so this file stays thin: every
+import of `tensorrt` is lazy, `require_tensorrt` says what to install and where, and the
+plugins are small wrappers around the Triton kernels of `export.triton_kernels`, which are
+tested on their own (interpreter mode on CPU, natively on a GPU).
+
+How the pieces meet: our ONNX nodes are `harden::Mas`, `harden::MaskedMas`, `harden::Rad` with
+`plugin_namespace="harden"`; TensorRT's parser finds no builtin importer for those op types
+and, since 10.7, prefers a registered plugin of the same name over the node's function body.
+The engine is built strongly typed (TensorRT 11 has no fp16/int8 builder flags): precision
+comes from the ONNX variant it is given.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Final
+
+from harden._io import atomic_path
+from harden.errors import InputError
+
+INSTALL_HINT: Final = (
+    "TensorRT is not installed. Engines need a Linux machine with an NVIDIA GPU and CUDA 12: there run "
+    "`pip install 'harden[trt]'` (tensorrt >= 10.9 and triton). This machine can still export and check the "
+    "ONNX files (`harden export RUN_DIR --out DIR` without --trt) and build the engine on the GPU machine."
+)
+
+
+def require_tensorrt() -> Any:
+    """The `tensorrt` module, or an InputError (exit code 2) saying how to get it."""
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise InputError(INSTALL_HINT) from err
+    return tensorrt
+
+
+@functools.cache
+def register_plugins() -> None:
+    """Register harden::Mas and harden::Rad with TensorRT's Python plugin API (once).
+
+    harden::MaskedMas (Swin's shifted windows) has no plugin yet: TensorRT builds its function
+    body from standard ops.
+    """
+    require_tensorrt()
+    import tensorrt.plugin as trtp
+    import torch
+
+    from export.triton_kernels import mas_triton, rad_triton
+
+    @trtp.register("harden::Mas")
+    def _mas_desc(logits: trtp.TensorDesc, threshold: float) -> trtp.TensorDesc:
+        return logits.like()
+
+    @trtp.impl("harden::Mas")
+    def _mas_impl(logits: trtp.Tensor, threshold: float, outputs: tuple[trtp.Tensor], stream: int) -> None:
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            result = mas_triton(torch.as_tensor(logits, device="cuda"), threshold)
+            torch.as_tensor(outputs[0], device="cuda").copy_(result)
+
+    @trtp.register("harden::Rad")
+    def _rad_desc(attention: trtp.TensorDesc, seed: trtp.TensorDesc, counter: int, p: float) -> trtp.TensorDesc:
+        return attention.like()
+
+    @trtp.impl("harden::Rad")
+    def _rad_impl(
+        attention: trtp.Tensor, seed: trtp.Tensor, counter: int, p: float, outputs: tuple[trtp.Tensor], stream: int
+    ) -> None:
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            seed_value = int(torch.as_tensor(seed, device="cuda").item())
+            result = rad_triton(torch.as_tensor(attention, device="cuda"), seed_value, counter, p)
+            torch.as_tensor(outputs[0], device="cuda").copy_(result)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path:
+    """Parse `onnx_path` with the harden plugins registered and write a strongly typed engine."""
+    from export.manifest import load_onnx
+
+    trt = require_tensorrt()
+    register_plugins()
+    model = load_onnx(onnx_path)  # refuses external data outside the file's directory
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    image = network.get_input(0)
+    _, channels, height, width = image.shape
+    height, width = (h if h > 0 else 512 for h in (height, width))
+    profile.set_shape(image.name, (1, channels, height, width), (1, channels, height, width),
+                      (max_batch, channels, height, width))  # fmt: skip
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    return engine_path

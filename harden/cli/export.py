@@ -1,0 +1,90 @@
+"""`harden export`: a trained run → ONNX (and a TensorRT engine), checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harden.cli._options import SIZE
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (must not exist).")
+@click.option("--onnx", "onnx_flag", is_flag=True, default=True, help="Write the ONNX files (always on).")
+@click.option("--trt", is_flag=True, help="Also build a TensorRT engine from the chosen precision (needs TensorRT).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Variant to write besides model.fp32.onnx: fp16 (attention kept fp32) or int8 (Q/DQ, calibrated).",
+)
+@click.option("--calib-data", default=None, metavar="SPEC", help="int8 calibration images. [default: the run's data]")
+@click.option("--calib-split", default="train", show_default=True, help="Split of --calib-data.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--parity-images", type=click.IntRange(min=1), default=8, show_default=True, help="Val images.")
+@click.option("--no-parity", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check (not recommended).")
+@click.option(
+    "--image-size", type=SIZE, default=None, help="Trace size; the fixed size of static models. [default: the run's]"
+)
+@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+def export_command(
+    run_dir: Path,
+    out: Path,
+    onnx_flag: bool,
+    trt: bool,
+    precision: str,
+    calib_data: str | None,
+    calib_split: str,
+    calib_images: int,
+    parity_images: int,
+    no_parity: bool,
+    image_size: tuple[int, int] | None,
+    force: bool,
+) -> None:
+    """Export the model of RUN_DIR to ONNX, check it against PyTorch, and optionally build an engine.
+
+    MAS and RAD become nodes of the `harden` ONNX domain with function bodies of standard ops,
+    so ONNX Runtime runs the file with no extra library and TensorRT can map them to plugins.
+    With RAD the graph takes an int64 input `rad_seed`: feed a fresh value per frame in
+    deployment, fixed ones for validation (same seed, same output as PyTorch). Batch, height and
+    width are dynamic (PSPNet and Swin fix H and W: the manifest says why).
+
+    After export, every ONNX file is compared with the PyTorch model on validation images
+    through Polygraphy (logits, argmax agreement, mIoU change); a failed comparison exits 1
+    unless --no-parity. OUT gets model.fp32.onnx, the chosen variant, parity.json and
+    manifest.json (sha256 of every file, versions, shapes, options).
+
+    \b
+    Examples:
+      harden export runs/demo --out exports/demo
+      harden export runs/demo --out exports/demo-int8 --precision int8 --calib-images 64
+      harden export runs/demo --out exports/demo-trt --precision fp16 --trt   # on a GPU machine
+    """
+    from export.pipeline import ExportOptions, export_run
+    from harden.cli import Failed
+
+    options = ExportOptions(
+        precision=precision,
+        trt=trt,
+        parity=not no_parity,
+        parity_images=parity_images,
+        image_size=image_size,
+        calib_data=calib_data,
+        calib_split=calib_split,
+        calib_images=calib_images,
+        force=force,
+    )
+    summary = export_run(run_dir, out, options, say=lambda line: click.echo(line, err=True))
+    for precision_name, report in summary.parity.items():
+        verdict = "pass" if report.passed else "FAIL: " + "; ".join(report.reasons)
+        click.echo(
+            f"parity {precision_name:<5} max|Δ| {report.max_abs_diff:.2e}  "
+            f"argmax agreement {report.argmax_agreement:.4%}  "
+            f"mIoU {report.miou_reference:.4f} → {report.miou_onnx:.4f}  {verdict}"
+        )
+    click.echo("wrote " + ", ".join(str(p) for p in summary.files))
+    if not summary.passed:
+        raise Failed("the exported model does not match PyTorch (see parity above and parity.json)")
