@@ -59,6 +59,12 @@ def _rad(attention: Any, seed: Any, counter: int, p: float) -> Any:
     return getattr(_harden, onnx_ops.RAD)(attention, seed, counter=counter, p=p, **plugin_attributes())
 
 
+def harden_translations() -> dict[Any, Any]:
+    """The exporter's custom translation table: each harden op → one bare `harden` node."""
+    register_schemas()
+    return {torch.ops.harden.mas.default: _mas, torch.ops.harden.rad.default: _rad}
+
+
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
@@ -105,7 +111,7 @@ def export_onnx(model: nn.Module, path: Path, image_size: tuple[int, int] = (64,
                 input_names=input_names,
                 output_names=[LOGITS],
                 dynamic_shapes=dynamic_shapes if with_rad else [image_dims],
-                custom_translation_table={torch.ops.harden.mas.default: _mas, torch.ops.harden.rad.default: _rad},
+                custom_translation_table=harden_translations(),
                 optimize=True,
                 verbose=False,
             )

@@ -21,7 +21,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.common import TensorMetadata
-from polygraphy.comparator import Comparator, CompareFunc
+from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
@@ -135,7 +135,7 @@ def check_parity(
             feed[RAD_SEED] = np.array(i, dtype=np.int64)
         feeds.append(feed)
     onnx_runner = OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name="onnxruntime")
-    compare = CompareFunc.simple(atol=tolerance.atol, rtol=tolerance.rtol)
+    compare = SimpleCompareFunc(atol=tolerance.atol, rtol=tolerance.rtol)
     with G_LOGGER.verbosity(G_LOGGER.ERROR):  # Polygraphy logs every iteration at INFO
         results = Comparator.run([TorchRunner(model, with_rad), onnx_runner], data_loader=feeds)
         elementwise_ok = bool(Comparator.compare_accuracy(results, compare_func=compare))

@@ -7,6 +7,11 @@ import torch
 # oversubscribing when pytest and torch both run.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Without a GPU, Triton kernels (the TensorRT plugins' kernels) run in Triton's interpreter on
+# CPU tensors; the variable must be set before triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
