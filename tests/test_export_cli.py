@@ -74,7 +74,7 @@ def test_a_changed_file_no_longer_verifies(int8_export, tmp_path):
     data = bytearray((copy / "model.int8.onnx").read_bytes())
     data[-1] ^= 1
     (copy / "model.int8.onnx").write_bytes(bytes(data))
-    with pytest.raises(InputError, match="model.int8.onnx does not match the sha256"):
+    with pytest.raises(InputError, match=r"model\.int8\.onnx does not match the sha256"):
         verify_files(copy)
 
 
