@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/ram_latency.py
 	$(BIN)/python bench/attack_cost.py
+	$(BIN)/python bench/ort_latency.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -16,10 +16,10 @@ The bodies compute exactly what `harden.ram.ops` computes:
 - Mas: softmax(k·softsign(A)) with k = ½·log((N−1)·T/(1−T)), N = keys per row read from the
   shape at run time (spatial-reduction attention has fewer keys than queries). k is computed in
   float64 and rounded once, as PyTorch rounds the Python float it multiplies by.
-- Rad: the harden-rad-v1 counter hash (`harden.ram.counter_rng`) in int64 arithmetic only
-  (Add, Mul, Mod with fmod=0, compare) — no bitwise ops, which TensorRT lacks. The scalar key
-  schedule and the per-row/per-column lanes are small; the per-element work is one broadcast
-  add, one multiply, one Mod and one compare, then the mask multiplies the attention.
+- Rad: the harden-rad-v1 counter hash (`harden.ram.counter_rng`) in int64 ops. The scalar key
+  schedule and the per-row/per-column lanes are small (Add, Mul, Mod with fmod=0); the
+  per-element work is one broadcast add, one multiply, one BitwiseAnd and one compare, then a
+  Where. TensorRT has no BitwiseAnd: there the Rad plugin runs, not this body.
 """
 
 from __future__ import annotations
@@ -213,21 +213,25 @@ def _rad_body() -> onnx.FunctionProto:
     row_hash = lane(b("Range", zero, b("Squeeze", rows), one), kr, KEYS[5], KEYS[6])
     col_hash = lane(b("Range", zero, b("Squeeze", cols), one), kc, KEYS[7], KEYS[8])
 
-    # Per element: x = hr + hc, keep iff x² mod 2⁴⁴ ≥ θ·2²⁰ (⇔ bits 20..43 of x² ≥ θ).
+    # Per element: x = hr + hc, keep iff bits 0..43 of x² ≥ θ·2²⁰ (⇔ bits 20..43 of x² ≥ θ).
+    # BitwiseAnd, not Mod: ONNX Runtime's int64 Mod is ~7× slower than Add+Mul together
+    # (bench/ort_latency.py); TensorRT, which lacks BitwiseAnd, runs the Rad plugin instead.
     column, row = b("Unsqueeze", row_hash, b.int64_vector([1])), b("Unsqueeze", col_hash, b.int64_vector([0]))
     x = b("Add", column, row)  # (rows, cols)
-    low_bits = b("Mod", b("Mul", x, x), b.int64(2 ** (20 + MASK_BITS)), fmod=0)
+    low_bits = b("BitwiseAnd", b("Mul", x, x), b.int64(2 ** (20 + MASK_BITS) - 1))
     p = b.attribute("p", "float")  # float32, as `drop_threshold` rounds p
     theta = b("Cast", b("Floor", b("Mul", b("Cast", p, to=TensorProto.DOUBLE), b.double(2.0**MASK_BITS))), to=7)
     keep = b("GreaterOrEqual", low_bits, b("Mul", theta, b.int64(2**20)))
     keep = b("Reshape", keep, shape)
 
-    # Kept weights scaled by float32(2²⁴ / (2²⁴ − θ)) (`keep_scale`), dropped ones 0: M·keep·s.
+    # Kept weights scaled by float32(2²⁴ / (2²⁴ − θ)) (`keep_scale`), dropped ones 0. For finite
+    # M ≥ 0, Where(keep, M·s, 0) equals PyTorch's M·keep·s bit for bit, in one pass fewer.
     full = b.double(2.0**MASK_BITS)
     scale = b("Div", full, b("Sub", full, b("Cast", theta, to=TensorProto.DOUBLE)))
     scale = b("CastLike", b("Cast", scale, to=TensorProto.FLOAT), "attention")
-    kept = b("Mul", "attention", b("CastLike", keep, "attention"))
-    b.nodes.append(helper.make_node("Mul", [kept, scale], ["output"]))
+    scaled = b("Mul", "attention", scale)
+    dropped = b("CastLike", b.double(0.0), "attention")
+    b.nodes.append(helper.make_node("Where", [keep, scaled, dropped], ["output"]))
     return helper.make_function(
         DOMAIN,
         RAD,
