@@ -76,6 +76,7 @@ def block_sessions(threads: int, directory: Path) -> tuple[dict[str, ort.Inferen
         program = torch.onnx.export(
             Block(mas, rad), (q, k, v, torch.tensor(0)), dynamo=True, opset_version=18,
             input_names=["q", "k", "v", RAD_SEED], output_names=["out"], custom_translation_table=harden_translations(),
+            verbose=False,
         )  # fmt: skip
         assert program is not None
         proto = program.model_proto
