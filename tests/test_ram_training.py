@@ -62,6 +62,7 @@ def test_init_from_starts_from_the_given_weights(tmp_path: Path) -> None:
     [
         (["--model", "pspnet_tiny", "--ram"], "no attention layer RAM can convert"),
         (["--mas-threshold", "0.3"], "add --ram"),
+        (["--mas", "--rad"], "add --ram"),  # used to be ignored silently: a plain model trained
         (["--ram", "--rad-p", "1.0"], "drop probability must lie in [0, 1)"),
         (["--ram", "--mas-threshold", "1.2"], "MAS threshold must lie in (0, 1)"),
         (["--attn-temperature", "0"], "temperature must be > 0"),

@@ -111,14 +111,14 @@ def ram_options(command: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Insert the Robust Attention Mechanism (MAS + RAD) into every attention layer.",
         ),
-        click.option("--mas/--no-mas", default=True, show_default=True, help="With --ram: Max Attention Suppression."),
+        click.option("--mas/--no-mas", default=None, help="With --ram: Max Attention Suppression. [default: mas]"),
         click.option(
             "--mas-threshold",
             type=float,
             default=None,
             help="With --ram: MAS bound T on every attention weight, in (1/keys, 1). [default: 0.3]",
         ),
-        click.option("--rad/--no-rad", default=True, show_default=True, help="With --ram: Random Attention Dropout."),
+        click.option("--rad/--no-rad", default=None, help="With --ram: Random Attention Dropout. [default: rad]"),
         click.option(
             "--rad-p",
             type=float,
@@ -144,9 +144,9 @@ def ram_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def ram_settings(
     ram: bool,
-    mas: bool,
+    mas: bool | None,
     mas_threshold: float | None,
-    rad: bool,
+    rad: bool | None,
     rad_p: float | None,
     attn_temperature: float | None,
     attn_learnable: bool,
@@ -154,14 +154,14 @@ def ram_settings(
     """The RAMConfig (as a dict) the options ask for, or None for a plain model."""
     from harden.ram import RAMConfig
 
-    if not ram and (mas_threshold is not None or rad_p is not None):
-        raise InputError("--mas-threshold and --rad-p configure RAM; add --ram")
+    if not ram and (mas_threshold is not None or rad_p is not None or mas is not None or rad is not None):
+        raise InputError("--mas/--no-mas, --rad/--no-rad, --mas-threshold and --rad-p configure RAM; add --ram")
     if not (ram or attn_temperature is not None or attn_learnable):
         return None
     config = RAMConfig(
-        mas=ram and mas,
+        mas=ram and mas is not False,
         threshold=0.3 if mas_threshold is None else mas_threshold,
-        rad=ram and rad,
+        rad=ram and rad is not False,
         drop_p=0.5 if rad_p is None else rad_p,
         temperature=attn_temperature,
         learnable=attn_learnable,
