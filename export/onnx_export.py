@@ -20,8 +20,9 @@ from torch import nn
 
 from export import onnx_ops
 from export.onnx_ops import functions_for, plugin_attributes, register_schemas
+from harden._io import atomic_path
 from harden.errors import InputError
-from harden.ram import robust_cores, set_rad_seed
+from harden.ram import has_rad, robust_cores, set_rad_seed
 
 OPSET: Final = 18  # what torch 2.13's dynamo exporter targets natively; TensorRT ≥ 10 parses it
 IR_VERSION: Final = 10  # opset 18's IR; ONNX Runtime 1.31 rejects onnx.helper's newer default
@@ -40,10 +41,6 @@ class _WithSeed(nn.Module):
     def forward(self, image: torch.Tensor, rad_seed: torch.Tensor) -> torch.Tensor:
         set_rad_seed(self.model, rad_seed)
         return self.model(image)
-
-
-def has_rad(model: nn.Module) -> bool:
-    return any(core.config.rad and core.config.drop_p > 0 for _, core in robust_cores(model))
 
 
 _harden = onnxscript.values.Opset(onnx_ops.DOMAIN, onnx_ops.DOMAIN_VERSION)
@@ -122,8 +119,6 @@ def export_onnx(model: nn.Module, path: Path, image_size: tuple[int, int] = (64,
     proto = program.model_proto
     _name_dimensions(proto, ["batch", None, "height", "width"])
     finish_model(proto)
-    from harden._io import atomic_path
-
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
         check_onnx(tmp)

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.manifest import FORMAT, MANIFEST_FILE, file_entry, versions
-from export.onnx_export import check_onnx, export_onnx, has_rad
+from export.manifest import FORMAT, MANIFEST_FILE, file_entry, sha256_file, versions
+from export.onnx_export import check_onnx, export_onnx
 from export.parity import ParityReport, check_parity
 from export.precision import PRECISIONS, to_fp16, to_int8
 from harden._io import write_json
 from harden.data import collate_pad, open_dataset
 from harden.errors import InputError
+from harden.ram import has_rad
 from harden.training import load_model, read_config
 from harden.training.checkpoint import MODEL_FILE
 
@@ -108,7 +109,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             parity_data = _fit(*parity_data, image_size)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes 0700; an export directory is meant to be shared
     try:
         say(f"exporting {model_config.name} ({_ram_text(model_config.ram)}) to ONNX ...")
@@ -123,8 +124,9 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             path = staging / "model.int8.onnx"
             assert calibration is not None
             variants["int8"] = (path, to_int8(fp32.path, path, _one_by_one(calibration[0]), with_rad))
-        for path, _ in variants.values():
-            check_onnx(path)
+        for precision, (path, _) in variants.items():
+            if precision != "fp32":  # export_onnx checked the fp32 file before keeping it
+                check_onnx(path)
 
         parity: dict[str, ParityReport] = {}
         if parity_data is not None:
@@ -152,7 +154,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             "class_names": model_config.class_names,
             "ram": model_config.ram,
             "rad_seed_input": with_rad,
-            "checkpoint": {"path": str(Path(run_dir) / MODEL_FILE), "sha256": _checkpoint_hash(run_dir)},
+            "checkpoint": {"path": str(Path(run_dir) / MODEL_FILE), "sha256": sha256_file(Path(run_dir) / MODEL_FILE)},
             "opset": fp32.opset,
             "ir_version": fp32.ir_version,
             "inputs": fp32.inputs,
@@ -192,12 +194,6 @@ def _ram_text(ram: dict[str, Any] | None) -> str:
     parts = [f"MAS T={ram['threshold']:g}"] if ram.get("mas") else []
     parts += [f"RAD p={ram['drop_p']:g}"] if ram.get("rad") else []
     return " + ".join(parts) or "RAM identity"
-
-
-def _checkpoint_hash(run_dir: Path) -> str:
-    from export.manifest import sha256_file
-
-    return sha256_file(Path(run_dir) / MODEL_FILE)
 
 
 def _images(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harden.ram.counter_rng import KEYS, MASK_BITS, _lane_numpy, drop_threshold, keep_scale, stream_keys
+from harden.ram.counter_rng import MASK_BITS, drop_threshold, keep_scale, lanes_numpy
 from harden.ram.ops import check_threshold, mas_gain
 
 MAX_KEYS = 16384  # one row per block
@@ -44,13 +44,13 @@ def _kernels() -> tuple[Any, Any]:
         tl.store(out_ptr + row * cols + offsets, e / tl.sum(e, axis=0), mask=inside)
 
     @triton.jit
-    def rad_kernel(a_ptr, out_ptr, hr_ptr, hc_ptr, total, cols, bound, scale, BLOCK: tl.constexpr):
+    def rad_kernel(a_ptr, out_ptr, hr_ptr, hc_ptr, total, cols, low_bits, bound, scale, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < total
         hr = tl.load(hr_ptr + offsets // cols, mask=inside, other=0)
         hc = tl.load(hc_ptr + offsets % cols, mask=inside, other=0)
         x = hr + hc  # < 2³¹
-        keep = (x * x) % (1 << 44) >= bound  # x² < 2⁶²: exact in int64
+        keep = (x * x) % low_bits >= bound  # x² < 2⁶²: exact in int64; low_bits = 2⁴⁴
         a = tl.load(a_ptr + offsets, mask=inside, other=0.0)
         tl.store(out_ptr + offsets, tl.where(keep, a * scale, 0.0), mask=inside)
 
@@ -76,12 +76,10 @@ def rad_triton(attention: torch.Tensor, seed: int, counter: int, p: float, block
     a = attention.contiguous()
     cols = a.shape[-1]
     rows = a.numel() // cols
-    kr, kc = stream_keys(seed, counter)
-    hr = torch.from_numpy(_lane_numpy(np.arange(rows, dtype=np.int64), kr, KEYS[5], KEYS[6])).to(a.device)
-    hc = torch.from_numpy(_lane_numpy(np.arange(cols, dtype=np.int64), kc, KEYS[7], KEYS[8])).to(a.device)
+    hr, hc = (torch.from_numpy(lane).to(a.device) for lane in lanes_numpy(seed, counter, rows, cols))
     out = torch.empty_like(a)
     bound = drop_threshold(p) << 20
     grid = (math.ceil(a.numel() / block),)
-    _kernels()[1][grid](a, out, hr, hc, a.numel(), cols, bound, keep_scale(p), BLOCK=block)
-    assert MASK_BITS == 24  # the kernel's 1 << 44 is 2^(20 + MASK_BITS)
+    low_bits = 2 ** (20 + MASK_BITS)
+    _kernels()[1][grid](a, out, hr, hc, a.numel(), cols, low_bits, bound, keep_scale(p), BLOCK=block)
     return out

@@ -121,7 +121,7 @@ def test_every_tiny_model_exports_and_matches_pytorch(tmp_path, name, ram):
     assert result.harden_nodes.get("Rad", 0) == (expected_nodes if ram == "mas+rad" else 0)
     assert (RAD_SEED in result.inputs) == (ram == "mas+rad")
     static = model.export_static_size is not None
-    assert result.inputs[IMAGE] == ["batch", 3, 64, 64] if static else ["batch", 3, "height", "width"]
+    assert result.inputs[IMAGE] == (["batch", 3, 64, 64] if static else ["batch", 3, "height", "width"])
 
     images = torch.rand(3, 3, 64, 64)
     labels = torch.randint(0, 5, (3, 64, 64))

@@ -53,9 +53,7 @@ class AttackOutput:
 
 def is_randomised(model: nn.Module) -> bool:
     """Whether the model draws randomness in eval mode that no fixed seed pins: RAD layers."""
-    return any(
-        core.config.rad and core.config.drop_p > 0 and core.seeds.fixed is None for _, core in robust_cores(model)
-    )
+    return any(core.drops and core.seeds.fixed is None for _, core in robust_cores(model))
 
 
 def pixel_accuracy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

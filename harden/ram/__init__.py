@@ -8,13 +8,14 @@
 
 from harden.ram.config import RAMConfig
 from harden.ram.insert import RAMReport, insert_ram_
-from harden.ram.robust_attention import RobustAttentionCore, fixed_rad_seed, robust_cores, set_rad_seed
+from harden.ram.robust_attention import RobustAttentionCore, fixed_rad_seed, has_rad, robust_cores, set_rad_seed
 
 __all__ = [
     "RAMConfig",
     "RAMReport",
     "RobustAttentionCore",
     "fixed_rad_seed",
+    "has_rad",
     "insert_ram_",
     "robust_cores",
     "set_rad_seed",

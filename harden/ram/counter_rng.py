@@ -118,13 +118,23 @@ def _lane_numpy(index: np.ndarray, key: int, k1: int, k2: int) -> np.ndarray:
     return x % 2**30
 
 
-def hash_numpy(seed: int, counter: int, rows: int, cols: int) -> np.ndarray:
-    """The reference implementation: h for a (rows, cols) matrix, int64 in [0, 2²⁴)."""
+def lanes_numpy(seed: int, counter: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hr, hc): the row and column hashes of one RAD call, int64 vectors in [0, 2³⁰).
+
+    Small (rows + cols values), so every implementation may compute them on the host; only
+    x = hr[r] + hc[c] and what follows is per element.
+    """
     if not (0 < rows < 2**31 and 0 < cols < 2**31):
         raise ValueError(f"RAD hash needs 0 < rows, cols < 2^31, got {rows}×{cols}")
     kr, kc = stream_keys(seed, counter)
     hr = _lane_numpy(np.arange(rows, dtype=np.int64), kr, KEYS[5], KEYS[6])
     hc = _lane_numpy(np.arange(cols, dtype=np.int64), kc, KEYS[7], KEYS[8])
+    return hr, hc
+
+
+def hash_numpy(seed: int, counter: int, rows: int, cols: int) -> np.ndarray:
+    """The reference implementation: h for a (rows, cols) matrix, int64 in [0, 2²⁴)."""
+    hr, hc = lanes_numpy(seed, counter, rows, cols)
     x = hr[:, None] + hc[None, :]
     return (x * x) // 2**20 % 2**MASK_BITS
 
@@ -144,11 +154,7 @@ def _square_torch(seed: int, counter: int, rows: int, cols: int, device: torch.d
     """
     import torch
 
-    if not (0 < rows < 2**31 and 0 < cols < 2**31):
-        raise ValueError(f"RAD hash needs 0 < rows, cols < 2^31, got {rows}×{cols}")
-    kr, kc = stream_keys(seed, counter)
-    hr = torch.from_numpy(_lane_numpy(np.arange(rows, dtype=np.int64), kr, KEYS[5], KEYS[6])).to(device)
-    hc = torch.from_numpy(_lane_numpy(np.arange(cols, dtype=np.int64), kc, KEYS[7], KEYS[8])).to(device)
+    hr, hc = (torch.from_numpy(lane).to(device) for lane in lanes_numpy(seed, counter, rows, cols))
     x = hr[:, None] + hc[None, :]  # (rows, cols), < 2³¹
     return x.mul_(x)  # < 2⁶², exact
 

@@ -77,6 +77,11 @@ class RobustAttentionCore(AttentionCore):
         self.logit_gain = nn.Parameter(torch.ones(())) if config.learnable else None
 
     @property
+    def drops(self) -> bool:
+        """Whether RAD is on and drops anything (p > 0)."""
+        return self.config.rad and self.config.drop_p > 0
+
+    @property
     def uses_fused_kernel(self) -> bool:
         return self.config.is_identity
 
@@ -94,7 +99,7 @@ class RobustAttentionCore(AttentionCore):
         return torch.ops.harden.mas(logits, self.config.threshold, mask)
 
     def drop(self, attention: torch.Tensor) -> torch.Tensor:
-        if not self.config.rad or self.config.drop_p == 0.0:
+        if not self.drops:
             return attention
         seed, counter = self.seeds.next_call()
         return torch.ops.harden.rad(attention, seed, counter, self.config.drop_p)
@@ -106,6 +111,11 @@ class RobustAttentionCore(AttentionCore):
 def robust_cores(model: nn.Module) -> list[tuple[str, RobustAttentionCore]]:
     """All RAM cores of a model (own models, wrapped `nn.MultiheadAttention`, HF layers)."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, RobustAttentionCore)]
+
+
+def has_rad(model: nn.Module) -> bool:
+    """Whether any attention layer of `model` drops with RAD (so its output depends on a seed)."""
+    return any(core.drops for _, core in robust_cores(model))
 
 
 def set_rad_seed(model: nn.Module, seed: Seed | None) -> None:
