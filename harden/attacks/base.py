@@ -25,7 +25,7 @@ from harden.attacks.losses import is_top
 from harden.attacks.threat import ThreatModel
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
-from harden.ram import robust_cores
+from harden.ram.robust_attention import seeded_modules
 
 # forward(x) → (per-image loss to maximise (B,), logits (B, K, H, W))
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -52,8 +52,9 @@ class AttackOutput:
 
 
 def is_randomised(model: nn.Module) -> bool:
-    """Whether the model draws randomness in eval mode that no fixed seed pins: RAD layers."""
-    return any(core.drops and core.seeds.fixed is None for _, core in robust_cores(model))
+    """Whether the model draws randomness in eval mode that no fixed seed pins: RAD layers
+    (or a deployed graph with RAD, run through runtime's twin or engine wrapper)."""
+    return any(m.drops and m.seeds.fixed is None for m in seeded_modules(model))
 
 
 def pixel_accuracy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,25 @@
 
 from harden.ram.config import RAMConfig
 from harden.ram.insert import RAMReport, insert_ram_
-from harden.ram.robust_attention import RobustAttentionCore, fixed_rad_seed, has_rad, robust_cores, set_rad_seed
+from harden.ram.robust_attention import (
+    RadSeeds,
+    RobustAttentionCore,
+    fixed_rad_seed,
+    has_rad,
+    robust_cores,
+    seeded_modules,
+    set_rad_seed,
+)
 
 __all__ = [
     "RAMConfig",
     "RAMReport",
+    "RadSeeds",
     "RobustAttentionCore",
     "fixed_rad_seed",
     "has_rad",
     "insert_ram_",
     "robust_cores",
+    "seeded_modules",
     "set_rad_seed",
 ]

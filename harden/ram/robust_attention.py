@@ -31,12 +31,14 @@ class RadSeeds:
         self._seed: torch.Tensor | None = None
         self._calls = 0
 
-    def start_forward(self) -> None:
+    def start_forward(self) -> torch.Tensor:
+        """Begin a forward pass; returns its seed (0-d int64)."""
         self._calls = 0
         seed = self.fixed
         if seed is None:  # fresh, but reproducible under torch.manual_seed
             seed = torch.randint(-(2**62), 2**62, (), dtype=torch.int64)
         self._seed = torch.as_tensor(seed, dtype=torch.int64)
+        return self._seed
 
     def next_call(self) -> tuple[torch.Tensor, int]:
         """(seed, counter) for the next RAD call of this forward pass."""
@@ -113,9 +115,16 @@ def robust_cores(model: nn.Module) -> list[tuple[str, RobustAttentionCore]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, RobustAttentionCore)]
 
 
+def seeded_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module that draws RAD masks from a `RadSeeds`: the RAM cores, and modules that run
+    a deployed graph with a `rad_seed` input (runtime's graph twin and engine wrapper). Each has
+    `seeds: RadSeeds` and `drops: bool`; the seed functions below act on all of them."""
+    return [m for m in model.modules() if isinstance(getattr(m, "seeds", None), RadSeeds)]
+
+
 def has_rad(model: nn.Module) -> bool:
-    """Whether any attention layer of `model` drops with RAD (so its output depends on a seed)."""
-    return any(core.drops for _, core in robust_cores(model))
+    """Whether any part of `model` drops with RAD (so its output depends on a seed)."""
+    return any(m.drops for m in seeded_modules(model))
 
 
 def set_rad_seed(model: nn.Module, seed: Seed | None) -> None:
@@ -124,18 +133,18 @@ def set_rad_seed(model: nn.Module, seed: Seed | None) -> None:
     A 0-d int64 tensor works as well as an int: it is how an exported graph takes `rad_seed`
     as an input.
     """
-    for _, core in robust_cores(model):
-        core.seeds.fixed = seed
+    for module in seeded_modules(model):
+        module.seeds.fixed = seed
 
 
 @contextlib.contextmanager
 def fixed_rad_seed(model: nn.Module, seed: Seed) -> Iterator[None]:
     """`with fixed_rad_seed(model, 7): ...`: reproducible RAD draws inside the block."""
-    cores = robust_cores(model)
-    previous = [core.seeds.fixed for _, core in cores]
+    modules = seeded_modules(model)
+    previous = [m.seeds.fixed for m in modules]
     set_rad_seed(model, seed)
     try:
         yield
     finally:
-        for (_, core), old in zip(cores, previous, strict=True):
-            core.seeds.fixed = old
+        for module, old in zip(modules, previous, strict=True):
+            module.seeds.fixed = old

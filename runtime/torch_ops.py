@@ -1,0 +1,572 @@
+"""ONNX operators written with torch operations, for the graph twin (DESIGN.md §5).
+
+Each entry of `OPS` takes the node's inputs (tensors, or None for an omitted optional input)
+and its attributes, and returns the node's outputs. Semantics follow opset 18, the opset the
+exporter writes. Everything is differentiable where the ONNX op is, so attacks get gradients
+through the deployed graph.
+
+Precision emulation (the precision twin):
+- `Cast` to float16 really computes in float16 from there on, as the fp16 variant does;
+- `QuantizeLinear` returns the integer grid values as a float tensor, rounded half to even like
+  ONNX, with a straight-through gradient inside the representable range (zero outside, where
+  the value saturates) — the usual fake quantisation — and `DequantizeLinear` maps them back
+  with the scales and zero points stored in the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harden.ram import ops as _ops  # noqa: F401  (registers torch.ops.harden.*)
+
+Value = torch.Tensor | None
+Attributes = dict[str, Any]
+Op = Callable[[list[Value], Attributes], Sequence[torch.Tensor] | torch.Tensor]
+
+# onnx.TensorProto data types → torch dtypes
+DTYPES: dict[int, torch.dtype] = {
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+    16: torch.bfloat16,
+}
+QUANT_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+OPS: dict[tuple[str, str], Op] = {}
+
+
+def op(*names: str, domain: str = "") -> Callable[[Op], Op]:
+    def register(fn: Op) -> Op:
+        for name in names:
+            OPS[(domain, name)] = fn
+        return fn
+
+    return register
+
+
+def _t(value: Value) -> torch.Tensor:
+    assert value is not None, "a required input is missing"
+    return value
+
+
+def _ints(value: Value) -> list[int]:
+    return [int(v) for v in _t(value).flatten().tolist()]
+
+
+# -- elementwise --------------------------------------------------------------------------------
+
+
+@op("Add")
+def _add(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]) + _t(x[1])
+
+
+@op("Sub")
+def _sub(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]) - _t(x[1])
+
+
+@op("Mul")
+def _mul(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]) * _t(x[1])
+
+
+@op("Div")
+def _div(x: list[Value], a: Attributes) -> torch.Tensor:
+    left, right = _t(x[0]), _t(x[1])
+    if not left.is_floating_point():  # ONNX integer division truncates
+        return torch.div(left, right, rounding_mode="trunc")
+    return left / right
+
+
+@op("Pow")
+def _pow(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.pow(_t(x[0]), _t(x[1]).to(_t(x[0]).dtype))
+
+
+@op("Mod")
+def _mod(x: list[Value], a: Attributes) -> torch.Tensor:
+    left, right = _t(x[0]), _t(x[1])
+    return torch.fmod(left, right) if a.get("fmod", 0) else torch.remainder(left, right)
+
+
+UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Relu": torch.relu,
+    "Erf": torch.erf,
+    "Sqrt": torch.sqrt,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Tanh": torch.tanh,
+    "Sigmoid": torch.sigmoid,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal,
+    "Softsign": F.softsign,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Not": torch.logical_not,
+    "Identity": lambda t: t,
+}
+for _name, _fn in UNARY.items():
+    OPS[("", _name)] = lambda x, a, fn=_fn: fn(_t(x[0]))
+
+COMPARE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "LessOrEqual": torch.le,
+    "Greater": torch.gt,
+    "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+    "BitwiseAnd": torch.bitwise_and,
+}
+for _name, _cmp in COMPARE.items():
+    OPS[("", _name)] = lambda x, a, fn=_cmp: fn(_t(x[0]), _t(x[1]))
+
+
+def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
+    def run(x: list[Value], a: Attributes) -> torch.Tensor:
+        result = _t(x[0])
+        for value in x[1:]:
+            result = fn(result, _t(value))
+        return result
+
+    return run
+
+
+OPS[("", "Max")], OPS[("", "Min")], OPS[("", "Sum")] = _fold(torch.maximum), _fold(torch.minimum), _fold(torch.add)
+
+
+@op("Where")
+def _where(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.where(_t(x[0]), _t(x[1]), _t(x[2]))
+
+
+@op("Clip")
+def _clip(x: list[Value], a: Attributes) -> torch.Tensor:
+    low = x[1] if len(x) > 1 else None
+    high = x[2] if len(x) > 2 else None
+    return torch.clamp(_t(x[0]), min=low, max=high)
+
+
+@op("Softmax")
+def _softmax(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.softmax(_t(x[0]), dim=a.get("axis", -1))
+
+
+@op("Cast")
+def _cast(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]).to(DTYPES[a["to"]])
+
+
+@op("CastLike")
+def _cast_like(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]).to(_t(x[1]).dtype)
+
+
+# -- linear algebra and neural-network layers --------------------------------------------------
+
+
+@op("MatMul")
+def _matmul(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.matmul(_t(x[0]), _t(x[1]))
+
+
+@op("Gemm")
+def _gemm(x: list[Value], a: Attributes) -> torch.Tensor:
+    left = _t(x[0]).T if a.get("transA", 0) else _t(x[0])
+    right = _t(x[1]).T if a.get("transB", 0) else _t(x[1])
+    out = a.get("alpha", 1.0) * (left @ right)
+    return out + a.get("beta", 1.0) * x[2] if len(x) > 2 and x[2] is not None else out
+
+
+def _spatial_padding(pads: list[int] | None, dims: int) -> tuple[list[int], list[int] | None]:
+    """ONNX pads [b1, b2, …, e1, e2, …] → (symmetric padding per dim, or F.pad list if uneven)."""
+    pads = pads or [0] * (2 * dims)
+    begin, end = pads[:dims], pads[dims:]
+    if begin == end:
+        return begin, None
+    explicit = []
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
+        explicit += [b, e]
+    return [0] * dims, explicit
+
+
+def _check_auto_pad(a: Attributes, name: str) -> None:
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise NotImplementedError(f"{name} with auto_pad={a['auto_pad']}")
+
+
+@op("Conv")
+def _conv(x: list[Value], a: Attributes) -> torch.Tensor:
+    _check_auto_pad(a, "Conv")
+    data, weight = _t(x[0]), _t(x[1])
+    dims = data.dim() - 2
+    padding, explicit = _spatial_padding(a.get("pads"), dims)
+    if explicit is not None:
+        data = F.pad(data, explicit)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    return conv(
+        data,
+        weight,
+        x[2] if len(x) > 2 else None,
+        stride=a.get("strides", [1] * dims),
+        padding=padding,
+        dilation=a.get("dilations", [1] * dims),
+        groups=a.get("group", 1),
+    )
+
+
+@op("MaxPool")
+def _max_pool(x: list[Value], a: Attributes) -> torch.Tensor:
+    _check_auto_pad(a, "MaxPool")
+    data = _t(x[0])
+    dims = data.dim() - 2
+    padding, explicit = _spatial_padding(a.get("pads"), dims)
+    if explicit is not None:
+        data = F.pad(data, explicit, value=float("-inf"))
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+    return pool(
+        data,
+        a["kernel_shape"],
+        stride=a.get("strides", [1] * dims),
+        padding=padding,
+        dilation=a.get("dilations", [1] * dims),
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+    )
+
+
+@op("AveragePool")
+def _average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
+    _check_auto_pad(a, "AveragePool")
+    data = _t(x[0])
+    dims = data.dim() - 2
+    padding, explicit = _spatial_padding(a.get("pads"), dims)
+    include_pad = bool(a.get("count_include_pad", 0))
+    if explicit is not None:
+        if not include_pad:
+            raise NotImplementedError("AveragePool with uneven pads and count_include_pad=0")
+        data = F.pad(data, explicit)
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    return pool(
+        data,
+        a["kernel_shape"],
+        stride=a.get("strides", a["kernel_shape"]),
+        padding=padding,
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+        count_include_pad=include_pad,
+    )
+
+
+@op("GlobalAveragePool")
+def _global_average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    return data.mean(dim=tuple(range(2, data.dim())), keepdim=True)
+
+
+@op("LayerNormalization")
+def _layer_norm(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    axis = a.get("axis", -1) % data.dim()
+    compute = torch.float32 if a.get("stash_type", 1) == 1 and data.dtype == torch.float16 else data.dtype
+    scale = _t(x[1]).to(compute)
+    bias = x[2].to(compute) if len(x) > 2 and x[2] is not None else None
+    out = F.layer_norm(data.to(compute), data.shape[axis:], scale, bias, a.get("epsilon", 1e-5))
+    return out.to(data.dtype)
+
+
+@op("BatchNormalization")
+def _batch_norm(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, scale, bias, mean, var = (_t(v) for v in x[:5])
+    return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
+
+
+@op("Resize")
+def _resize(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    mode = a.get("mode", "nearest")
+    transform = a.get("coordinate_transformation_mode", "half_pixel")
+    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch" or len(a.get("axes", [])):
+        raise NotImplementedError("Resize with antialias, axes or a keep-aspect-ratio policy")
+    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+    sizes = x[3] if len(x) > 3 and x[3] is not None and x[3].numel() else None
+    spatial = data.dim() - 2
+    if mode == "nearest":
+        if transform != "asymmetric" or a.get("nearest_mode", "round_prefer_floor") != "floor":
+            raise NotImplementedError(f"nearest Resize with {transform}/{a.get('nearest_mode')}")
+        kwargs: dict[str, Any] = {"mode": "nearest"}
+    elif mode in ("linear", "cubic"):
+        if transform not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            raise NotImplementedError(f"{mode} Resize with coordinate_transformation_mode={transform}")
+        if mode == "cubic" and a.get("cubic_coeff_a", -0.75) != -0.75:
+            raise NotImplementedError("cubic Resize with cubic_coeff_a other than -0.75 (torch's)")
+        name = {("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear", ("cubic", 2): "bicubic"}
+        kwargs = {"mode": name[(mode, spatial)], "align_corners": transform == "align_corners"}
+    else:
+        raise NotImplementedError(f"Resize mode {mode}")
+    if sizes is not None:
+        # with sizes, ONNX's coordinate transform uses the scale out/in, as torch does given a size
+        return F.interpolate(data, size=_ints(sizes)[2:], **kwargs)
+    assert scales is not None, "Resize needs scales or sizes"
+    factors = [float(s) for s in scales.flatten().tolist()]
+    if factors[:2] != [1.0, 1.0]:
+        raise NotImplementedError("Resize of the batch or channel axis")
+    return F.interpolate(data, scale_factor=factors[2:], recompute_scale_factor=False, **kwargs)
+
+
+# -- reductions ---------------------------------------------------------------------------------
+
+
+def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor]) -> Op:
+    def run(x: list[Value], a: Attributes) -> torch.Tensor:
+        data = _t(x[0])
+        axes = _ints(x[1]) if len(x) > 1 and x[1] is not None else a.get("axes", [])
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return data
+            axes = list(range(data.dim()))
+        return fn(data, [ax % data.dim() for ax in axes], bool(a.get("keepdims", 1)))
+
+    return run
+
+
+OPS[("", "ReduceMean")] = _reduce(lambda t, d, k: t.mean(dim=d, keepdim=k))
+OPS[("", "ReduceSum")] = _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k))
+OPS[("", "ReduceMax")] = _reduce(lambda t, d, k: t.amax(dim=d, keepdim=k))
+OPS[("", "ReduceMin")] = _reduce(lambda t, d, k: t.amin(dim=d, keepdim=k))
+OPS[("", "ReduceL2")] = _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k).sqrt())
+
+
+# -- shapes and indexing ------------------------------------------------------------------------
+
+
+@op("Shape")
+def _shape(x: list[Value], a: Attributes) -> torch.Tensor:
+    shape = list(_t(x[0]).shape)
+    start, end = a.get("start", 0), a.get("end", len(shape))
+    return torch.tensor(shape[start:end], dtype=torch.int64)
+
+
+@op("Size")
+def _size(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.tensor(_t(x[0]).numel(), dtype=torch.int64)
+
+
+@op("Reshape")
+def _reshape(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, shape = _t(x[0]), _ints(x[1])
+    if not a.get("allowzero", 0):  # 0 copies the input's dimension
+        shape = [data.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return data.reshape(shape)
+
+
+@op("Flatten")
+def _flatten(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    axis = a.get("axis", 1) % (data.dim() or 1)
+    return data.reshape(math.prod(data.shape[:axis]), -1)
+
+
+@op("Transpose")
+def _transpose(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    return data.permute(a.get("perm", list(reversed(range(data.dim())))))
+
+
+@op("Squeeze")
+def _squeeze(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    if len(x) < 2 or x[1] is None:
+        return data.squeeze()
+    axes = sorted({ax % data.dim() for ax in _ints(x[1])}, reverse=True)
+    for ax in axes:
+        data = data.squeeze(ax)
+    return data
+
+
+@op("Unsqueeze")
+def _unsqueeze(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    rank = data.dim() + len(_ints(x[1]))
+    for ax in sorted(ax % rank for ax in _ints(x[1])):
+        data = data.unsqueeze(ax)
+    return data
+
+
+@op("Concat")
+def _concat(x: list[Value], a: Attributes) -> torch.Tensor:
+    tensors = [_t(v) for v in x]
+    dtype = tensors[0].dtype
+    return torch.cat([t.to(dtype) for t in tensors], dim=a["axis"])
+
+
+@op("Split")
+def _split(x: list[Value], a: Attributes) -> Sequence[torch.Tensor]:
+    data, axis = _t(x[0]), a.get("axis", 0)
+    if len(x) > 1 and x[1] is not None:
+        return data.split(_ints(x[1]), dim=axis)
+    parts = a["num_outputs"]
+    return data.split(math.ceil(data.shape[axis] / parts), dim=axis)
+
+
+@op("Slice")
+def _slice(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    starts, ends = _ints(x[1]), _ints(x[2])
+    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = _ints(x[4]) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        dim = data.shape[axis]
+        # ONNX clamps start/end into range; with a negative step the range runs downwards
+        start = start + dim if start < 0 else start
+        end = end + dim if end < 0 else end
+        if step > 0:
+            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        else:
+            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        index = torch.arange(start, end, step, device=data.device)
+        data = data.index_select(axis % data.dim(), index)
+    return data
+
+
+@op("Gather")
+def _gather(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, indices = _t(x[0]), _t(x[1]).long()
+    axis = a.get("axis", 0) % data.dim()
+    indices = torch.where(indices < 0, indices + data.shape[axis], indices)
+    picked = data.index_select(axis, indices.flatten())
+    return picked.reshape(*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :])
+
+
+@op("GatherND")
+def _gather_nd(x: list[Value], a: Attributes) -> torch.Tensor:
+    if a.get("batch_dims", 0):
+        raise NotImplementedError("GatherND with batch_dims")
+    data, indices = _t(x[0]), _t(x[1]).long()
+    depth = indices.shape[-1]
+    coords = [torch.where(indices[..., i] < 0, indices[..., i] + data.shape[i], indices[..., i]) for i in range(depth)]
+    return data[tuple(coords)]
+
+
+@op("Expand")
+def _expand(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    return data.expand(torch.broadcast_shapes(data.shape, tuple(_ints(x[1]))))
+
+
+@op("Tile")
+def _tile(x: list[Value], a: Attributes) -> torch.Tensor:
+    return _t(x[0]).repeat(_ints(x[1]))
+
+
+@op("Pad")
+def _pad(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, pads = _t(x[0]), _ints(x[1])
+    value = float(x[2].item()) if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
+    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(data.dim()))
+    full = [0] * (2 * data.dim())
+    for i, axis in enumerate(axes):
+        full[axis % data.dim()], full[data.dim() + axis % data.dim()] = pads[i], pads[len(axes) + i]
+    explicit = []
+    for d in reversed(range(data.dim())):
+        explicit += [full[d], full[data.dim() + d]]
+    mode = a.get("mode", "constant")
+    if mode == "constant":
+        return F.pad(data, explicit, value=value)
+    return F.pad(data, explicit[: 2 * (data.dim() - 2)], mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+@op("Range")
+def _range(x: list[Value], a: Attributes) -> torch.Tensor:
+    start, limit, delta = (_t(v) for v in x[:3])
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(x: list[Value], a: Attributes) -> torch.Tensor:
+    value = a.get("value", torch.zeros(1))
+    return torch.full(_ints(x[0]), value.flatten()[0].item(), dtype=value.dtype)
+
+
+@op("Constant")
+def _constant(x: list[Value], a: Attributes) -> torch.Tensor:
+    if "value" in a:
+        return a["value"]
+    for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32),
+                       ("value_int", torch.int64), ("value_ints", torch.int64)):  # fmt: skip
+        if key in a:
+            return torch.tensor(a[key], dtype=dtype)
+    raise NotImplementedError(f"Constant with attributes {sorted(a)}")
+
+
+# -- quantisation (precision twin) --------------------------------------------------------------
+
+
+def _per_axis(param: torch.Tensor, data: torch.Tensor, axis: int) -> torch.Tensor:
+    """A per-tensor (0-d / 1-element) or per-axis (1-D) scale or zero point, broadcastable to data."""
+    if param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * data.dim()
+    shape[axis % data.dim()] = param.numel()
+    return param.reshape(shape)
+
+
+def _round_ste(value: torch.Tensor) -> torch.Tensor:
+    """Round half to even (as ONNX and torch.round) with the gradient of the identity."""
+    return value + (torch.round(value) - value).detach()
+
+
+@op("QuantizeLinear")
+def _quantize(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0]).float()
+    axis = a.get("axis", 1)
+    scale = _per_axis(_t(x[1]).float(), data, axis)
+    zero = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
+    low, high = QUANT_RANGE[zero.dtype]
+    q = _round_ste(data / scale) + _per_axis(zero.float(), data, axis)
+    return q.clamp(low, high)  # clamp's gradient is zero where the value saturates
+
+
+@op("DequantizeLinear")
+def _dequantize(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0]).float()
+    axis = a.get("axis", 1)
+    scale = _per_axis(_t(x[1]).float(), data, axis)
+    zero = _per_axis(x[2].float(), data, axis) if len(x) > 2 and x[2] is not None else 0.0
+    return (data - zero) * scale
+
+
+# -- the harden domain (export/onnx_ops.py) -------------------------------------------------------
+
+
+def _float32_attribute(value: float) -> float:
+    """The shortest decimal that a float32 attribute came from (0.30000001192… → 0.3): the value
+    the training code used, so MAS gains and RAD thresholds match the source twin exactly."""
+    return float(np.format_float_positional(np.float32(value), unique=True))
+
+
+@op("Mas", domain="harden")
+def _mas(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.ops.harden.mas(_t(x[0]), _float32_attribute(a["threshold"]), None)
+
+
+@op("MaskedMas", domain="harden")
+def _masked_mas(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.ops.harden.mas(_t(x[0]), _float32_attribute(a["threshold"]), _t(x[1]).bool())
+
+
+@op("Rad", domain="harden")
+def _rad(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.ops.harden.rad(_t(x[0]), _t(x[1]), int(a["counter"]), _float32_attribute(a["p"]))
