@@ -119,8 +119,17 @@ UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Not": torch.logical_not,
     "Identity": lambda t: t,
 }
-for _name, _fn in UNARY.items():
-    OPS[("", _name)] = lambda x, a, fn=_fn: fn(_t(x[0]))
+
+
+def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+    return lambda x, a: fn(_t(x[0]))
+
+
+def _binary(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
+    return lambda x, a: fn(_t(x[0]), _t(x[1]))
+
+
+OPS.update({("", name): _unary(fn) for name, fn in UNARY.items()})
 
 COMPARE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Equal": torch.eq,
@@ -132,8 +141,7 @@ COMPARE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Or": torch.logical_or,
     "BitwiseAnd": torch.bitwise_and,
 }
-for _name, _cmp in COMPARE.items():
-    OPS[("", _name)] = lambda x, a, fn=_cmp: fn(_t(x[0]), _t(x[1]))
+OPS.update({("", name): _binary(fn) for name, fn in COMPARE.items()})
 
 
 def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
@@ -259,7 +267,7 @@ def _average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
         if not include_pad:
             raise NotImplementedError("AveragePool with uneven pads and count_include_pad=0")
         data = F.pad(data, explicit)
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    pool: Callable[..., torch.Tensor] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
     return pool(
         data,
         a["kernel_shape"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -115,11 +116,20 @@ def robust_cores(model: nn.Module) -> list[tuple[str, RobustAttentionCore]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, RobustAttentionCore)]
 
 
-def seeded_modules(model: nn.Module) -> list[nn.Module]:
+class Seeded(Protocol):
+    """What `seeded_modules` finds: a module drawing RAD masks from `seeds`."""
+
+    seeds: RadSeeds
+
+    @property
+    def drops(self) -> bool: ...
+
+
+def seeded_modules(model: nn.Module) -> list[Seeded]:
     """Every module that draws RAD masks from a `RadSeeds`: the RAM cores, and modules that run
     a deployed graph with a `rad_seed` input (runtime's graph twin and engine wrapper). Each has
     `seeds: RadSeeds` and `drops: bool`; the seed functions below act on all of them."""
-    return [m for m in model.modules() if isinstance(getattr(m, "seeds", None), RadSeeds)]
+    return [cast(Seeded, m) for m in model.modules() if isinstance(getattr(m, "seeds", None), RadSeeds)]
 
 
 def has_rad(model: nn.Module) -> bool:
