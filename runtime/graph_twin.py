@@ -13,6 +13,7 @@ A graph with a `rad_seed` input draws a fresh seed per forward pass unless one i
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +81,21 @@ class GraphTwin(nn.Module):
         self.seeds = RadSeeds()
         self.nodes = [(n.domain, n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node]
         self.op_counts = Counter(_op_name(n) for n in graph.node)
-        self._constant_names: list[str] = []
+        self.constant_names: list[str] = []
         for i, initializer in enumerate(graph.initializer):
             self.register_buffer(f"constant{i}", _to_torch(numpy_helper.to_array(initializer)), persistent=False)
-            self._constant_names.append(initializer.name)
+            self.constant_names.append(initializer.name)
+        # observers see (op_type, inputs, outputs, attributes) of every node: the audits use them
+        self.observers: list[Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]] = []
         self._rad_ps = [float(attrs["p"]) for domain, op, *_, attrs in self.nodes if (domain, op) == ("harden", "Rad")]
 
     @classmethod
     def from_file(cls, path: Path) -> GraphTwin:
         return cls(load_onnx(path), name=Path(path).name)
+
+    def constants(self) -> dict[str, torch.Tensor]:
+        """The graph's initializers by name (weights, quantisation scales, shapes)."""
+        return {name: getattr(self, f"constant{i}") for i, name in enumerate(self.constant_names)}
 
     @property
     def drops(self) -> bool:
@@ -97,8 +104,7 @@ class GraphTwin(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor | None] = {"": None}
-        for i, name in enumerate(self._constant_names):
-            values[name] = getattr(self, f"constant{i}")
+        values.update(self.constants())
         values[IMAGE] = images
         if self.takes_seed:
             values[RAD_SEED] = self.seeds.start_forward().to(images.device)
@@ -108,6 +114,8 @@ class GraphTwin(nn.Module):
             except (NotImplementedError, RuntimeError, IndexError) as err:
                 raise InputError(f"graph twin: node {op_type} ({', '.join(outputs)}) failed: {err}") from err
             results = [result] if isinstance(result, torch.Tensor) else list(result)
+            for observer in self.observers:
+                observer(op_type, [values[name] for name in inputs], results, attrs)
             for name, value in zip(outputs, results, strict=False):
                 values[name] = value
         logits = values[LOGITS]

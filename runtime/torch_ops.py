@@ -522,7 +522,7 @@ def _constant(x: list[Value], a: Attributes) -> torch.Tensor:
 # -- quantisation (precision twin) --------------------------------------------------------------
 
 
-def _per_axis(param: torch.Tensor, data: torch.Tensor, axis: int) -> torch.Tensor:
+def per_axis(param: torch.Tensor, data: torch.Tensor, axis: int) -> torch.Tensor:
     """A per-tensor (0-d / 1-element) or per-axis (1-D) scale or zero point, broadcastable to data."""
     if param.numel() == 1:
         return param.reshape(())
@@ -540,10 +540,10 @@ def _round_ste(value: torch.Tensor) -> torch.Tensor:
 def _quantize(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0]).float()
     axis = a.get("axis", 1)
-    scale = _per_axis(_t(x[1]).float(), data, axis)
+    scale = per_axis(_t(x[1]).float(), data, axis)
     zero = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
     low, high = QUANT_RANGE[zero.dtype]
-    q = _round_ste(data / scale) + _per_axis(zero.float(), data, axis)
+    q = _round_ste(data / scale) + per_axis(zero.float(), data, axis)
     return q.clamp(low, high)  # clamp's gradient is zero where the value saturates
 
 
@@ -551,15 +551,15 @@ def _quantize(x: list[Value], a: Attributes) -> torch.Tensor:
 def _dequantize(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0]).float()
     axis = a.get("axis", 1)
-    scale = _per_axis(_t(x[1]).float(), data, axis)
-    zero = _per_axis(x[2].float(), data, axis) if len(x) > 2 and x[2] is not None else 0.0
+    scale = per_axis(_t(x[1]).float(), data, axis)
+    zero = per_axis(x[2].float(), data, axis) if len(x) > 2 and x[2] is not None else 0.0
     return (data - zero) * scale
 
 
 # -- the harden domain (export/onnx_ops.py) -------------------------------------------------------
 
 
-def _float32_attribute(value: float) -> float:
+def float32_attribute(value: float) -> float:
     """The shortest decimal that a float32 attribute came from (0.30000001192… → 0.3): the value
     the training code used, so MAS gains and RAD thresholds match the source twin exactly."""
     return float(np.format_float_positional(np.float32(value), unique=True))
@@ -567,14 +567,14 @@ def _float32_attribute(value: float) -> float:
 
 @op("Mas", domain="harden")
 def _mas(x: list[Value], a: Attributes) -> torch.Tensor:
-    return torch.ops.harden.mas(_t(x[0]), _float32_attribute(a["threshold"]), None)
+    return torch.ops.harden.mas(_t(x[0]), float32_attribute(a["threshold"]), None)
 
 
 @op("MaskedMas", domain="harden")
 def _masked_mas(x: list[Value], a: Attributes) -> torch.Tensor:
-    return torch.ops.harden.mas(_t(x[0]), _float32_attribute(a["threshold"]), _t(x[1]).bool())
+    return torch.ops.harden.mas(_t(x[0]), float32_attribute(a["threshold"]), _t(x[1]).bool())
 
 
 @op("Rad", domain="harden")
 def _rad(x: list[Value], a: Attributes) -> torch.Tensor:
-    return torch.ops.harden.rad(_t(x[0]), _t(x[1]), int(a["counter"]), _float32_attribute(a["p"]))
+    return torch.ops.harden.rad(_t(x[0]), _t(x[1]), int(a["counter"]), float32_attribute(a["p"]))

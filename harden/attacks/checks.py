@@ -95,10 +95,11 @@ def accuracy_non_increasing_in_eps(evaluation: Evaluation) -> Check:
     clean_miou, clean_acc = evaluation.clean_scores()
     problems = []
     series = {
-        name: [r for r in evaluation.runs if r.attack == name and r.kind == "white-box"]
-        for name in dict.fromkeys(r.attack for r in evaluation.runs)
+        key: [r for r in evaluation.runs if (r.attack, r.crafted_on) == key and r.kind == "white-box"]
+        for key in dict.fromkeys((r.attack, r.crafted_on) for r in evaluation.runs)
     }
-    for name, runs in series.items():
+    for (attack, crafted_on), runs in series.items():
+        name = f"{attack} (on {crafted_on})" if crafted_on else attack
         previous = (0.0, clean_acc, clean_miou)
         for run in sorted(runs, key=lambda r: r.eps):
             worst = run.worst()

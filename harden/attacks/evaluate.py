@@ -38,6 +38,7 @@ class AttackRun:
     candidates: dict[str, ImageCounts]  # "member@draw" → counts
     gradients: GradientStats = field(default_factory=GradientStats)
     seconds: float = 0.0
+    crafted_on: str = ""  # the model the attack differentiated or queried, when not the evaluated one
 
     def worst(self) -> WorstCase:
         return worst_case(list(self.candidates.values()))
