@@ -16,6 +16,7 @@ fp32 graph), not that the audit was skipped.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from runtime.engines import Engine
 from runtime.graph_twin import GraphTwin
 from runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
 
-CLIP_LIMIT = 0.01  # a calibrated int8 graph saturates well under 1 % of an activation's values
+CLIP_LIMIT = 0.02  # min-max calibration on a few images saturated < 1 % on held-out ones (measured)
 
 
 def expected_harden_nodes(source: nn.Module | None, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -107,13 +108,26 @@ def seed_dependence(engine: Engine, images: torch.Tensor, source_drops: bool) ->
     return Check("rad-seed", "fail", f"{engine.name}'s output changes with rad_seed but the source has no RAD")
 
 
+def checkpoint_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers by name, less the convolution weights and biases that
+    the exporter folds into a following BatchNorm (their exported values legitimately differ)."""
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        children = list(module.named_children())
+        for (conv_name, conv), (_, after) in itertools.pairwise(children):
+            if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(after, nn.modules.batchnorm._BatchNorm):
+                prefix = f"{name}.{conv_name}" if name else conv_name
+                state.pop(f"{prefix}.weight", None)
+                state.pop(f"{prefix}.bias", None)
+    return state
+
+
 def weights(deployed: GraphTwin, reference: dict[str, torch.Tensor], what: str) -> Check:
     """Initializers whose name (less a leading "model.") and shape match a reference tensor must
     equal it (to fp16 rounding when the graph stores fp16)."""
     compared, differing = 0, []
     for name, tensor in deployed.constants().items():
-        key = name.removeprefix("model.")
-        ref = reference.get(key, reference.get(name))
+        ref = reference.get(name.removeprefix("model."), reference.get(name))
         if ref is None or ref.shape != tensor.shape or not tensor.is_floating_point():
             continue
         compared += 1
@@ -144,8 +158,10 @@ def int8_calibration(deployed: GraphTwin, images: torch.Tensor) -> Check:
     clipped: list[tuple[float, float]] = []  # per activation QuantizeLinear call: (saturated, values)
 
     def observe(op_type: str, inputs: list[torch.Tensor | None], outputs: list[torch.Tensor], attrs: Any) -> None:
+        if op_type != "QuantizeLinear":
+            return
         data, scale = inputs[0], inputs[1]
-        if op_type != "QuantizeLinear" or data is None or scale is None or id(data) in constant_ids:
+        if data is None or scale is None or id(data) in constant_ids:
             return
         zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else torch.zeros((), dtype=torch.uint8)
         low, high = QUANT_RANGE[zero.dtype]

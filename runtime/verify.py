@@ -350,8 +350,7 @@ def _audits(
     expected = audits.expected_harden_nodes(source, deployment.manifest)
     source_drops = has_rad(source) if source is not None else bool(expected["rad"])
     if source is not None:
-        weights = {k: v for k, v in source.state_dict().items()}
-        weight_check = audits.weights(deployed_twin, weights, "the checkpoint")
+        weight_check = audits.weights(deployed_twin, audits.checkpoint_weights(source), "the checkpoint")
     elif deployment.precision != "fp32":
         reference_graph = (
             reference if isinstance(reference, GraphTwin) else GraphTwin.from_file(deployment.reference_onnx)
