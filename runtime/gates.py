@@ -1,0 +1,183 @@
+"""Release gates over a `VerifyResult`: pass (exit 0) or fail (exit 1), failing closed.
+
+Defaults depend on the deployed precision (the parity tolerances of `harden export`), and any
+of them can be set from a TOML or JSON file (`[gates]` table or top-level keys) or from flags:
+
+    clean_agreement = 0.999        # engine vs every twin, argmax on clean images, worst draw
+    clean_miou_delta = 0.001       # |mIoU(engine) − mIoU(twin)| on clean images, worst draw
+    adversarial_agreement = 0.99   # engine vs the twin that crafted the images
+    survival = 0.95                # engine robust mIoU ≥ survival × twin robust mIoU, every ε
+    min_robust_miou = 0.0          # engine worst-case mIoU at every ε (0: no floor)
+
+Fail closed: no images, a failed audit, and a sanity check that failed OR could not run
+("n/a") fail the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harden.attacks.threat import format_eps
+from harden.errors import InputError
+from runtime.verify import VerifyResult
+
+PRECISION_DEFAULTS: dict[str, dict[str, float]] = {
+    "fp32": {"clean_agreement": 0.999, "clean_miou_delta": 0.001, "adversarial_agreement": 0.99},
+    "fp16": {"clean_agreement": 0.99, "clean_miou_delta": 0.01, "adversarial_agreement": 0.97},
+    "int8": {"clean_agreement": 0.90, "clean_miou_delta": 0.05, "adversarial_agreement": 0.85},
+}
+
+
+@dataclass(frozen=True)
+class Gates:
+    clean_agreement: float
+    clean_miou_delta: float
+    adversarial_agreement: float
+    survival: float = 0.95
+    min_robust_miou: float = 0.0
+
+    @classmethod
+    def for_precision(cls, precision: str, **overrides: float | None) -> Gates:
+        gates = cls(**PRECISION_DEFAULTS[precision])
+        return gates.with_values({k: v for k, v in overrides.items() if v is not None})
+
+    def with_values(self, values: dict[str, Any]) -> Gates:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown gate {', '.join(unknown)}; gates are {', '.join(sorted(known))}")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise InputError(f"gate {name} must be a number in [0, 1], got {value!r}")
+        return replace(self, **{k: float(v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def read_gate_file(path: Path) -> dict[str, Any]:
+    """Gate values from a .toml or .json file (a `[gates]` table or top-level keys)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InputError(f"cannot read the gate file {path}: {err}") from err
+    try:
+        if path.suffix == ".toml":
+            import importlib
+
+            # tomllib is in the standard library from Python 3.11; on 3.10 use a .json gate file
+            data: Any = importlib.import_module("tomllib").loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InputError(f"{path}: gate files are .toml or .json")
+    except (ValueError, ImportError) as err:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"{path}: not a valid gate file ({err})") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a table of gate values")
+    table = data.get("gates", data)
+    if not isinstance(table, dict):
+        raise InputError(f"{path}: [gates] must be a table")
+    return table
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) -> list[GateResult]:
+    """Every gate, in the order a reader checks them; the verdict passes only if all pass."""
+    out = [
+        GateResult(
+            "data",
+            result.images > 0 and all(result.engine.worst_at(e) is not None for e in eps_values),
+            f"{result.images} images, every ε attacked",
+        )
+    ]
+    failed = [c for c in result.audits if c.status == "fail"]
+    out.append(
+        GateResult(
+            "deployment-audits",
+            not failed,
+            "; ".join(c.detail for c in failed) or f"{len(result.audits)} audits passed or not applicable",
+        )
+    )
+    bad = [c for c in result.checks if c.status != "pass"]
+    out.append(
+        GateResult(
+            "sanity-checks",
+            not bad,
+            "; ".join(f"{c.name} {c.status}: {c.detail}" for c in bad)
+            or f"all {len(result.checks)} sanity checks passed (DESIGN.md §6)",
+        )
+    )
+    for twin, parities in result.clean_parity.items():
+        agreement = min(p.agreement for p in parities)
+        delta = max(p.miou_delta() for p in parities)
+        out.append(
+            GateResult(
+                f"clean-agreement[{twin}]",
+                agreement >= gates.clean_agreement,
+                f"engine vs {twin} twin on clean images: argmax agreement {agreement:.4%} "
+                f"(gate ≥ {gates.clean_agreement:.2%}), max |Δlogit| {max(p.max_abs for p in parities):.3g}",
+            )
+        )
+        out.append(
+            GateResult(
+                f"clean-miou-delta[{twin}]",
+                delta <= gates.clean_miou_delta,
+                f"|mIoU(engine) − mIoU({twin})| {delta:.4f} (gate ≤ {gates.clean_miou_delta})",
+            )
+        )
+    for twin, parity in result.adversarial_parity.items():
+        out.append(
+            GateResult(
+                f"adversarial-agreement[{twin}]",
+                parity.pixels > 0 and parity.agreement >= gates.adversarial_agreement,
+                f"engine vs {twin} twin on the images attacks crafted on it: agreement {parity.agreement:.4%} "
+                f"(gate ≥ {gates.adversarial_agreement:.2%}) — adversarial inputs sit near decision boundaries",
+            )
+        )
+    if result.divergence["ran"]:
+        rate = result.divergence["agreement_with_reference"]
+        out.append(
+            GateResult(
+                "divergence",
+                rate is not None and rate >= gates.adversarial_agreement,
+                f"on divergence-search images the engine agrees with the fp32 reference on {rate:.4%} of pixels "
+                f"(gate ≥ {gates.adversarial_agreement:.2%})",
+            )
+        )
+    for eps in eps_values:
+        engine = result.worst_at(eps)
+        for twin in result.twins:
+            twin_worst = result.twin_worst_at(twin, eps)
+            twin_miou = twin_worst.miou if twin_worst is not None else math.nan
+            out.append(
+                GateResult(
+                    f"survival[{twin}]@{format_eps(eps)}",
+                    not math.isnan(twin_miou) and engine.miou >= gates.survival * twin_miou,
+                    f"engine worst-case mIoU {engine.miou:.4f} vs {twin} twin {twin_miou:.4f} "
+                    f"(gate ≥ {gates.survival} × twin)",
+                )
+            )
+        if gates.min_robust_miou > 0:
+            out.append(
+                GateResult(
+                    f"robust-miou@{format_eps(eps)}",
+                    engine.miou >= gates.min_robust_miou,
+                    f"engine worst-case mIoU {engine.miou:.4f} (gate ≥ {gates.min_robust_miou})",
+                )
+            )
+    return out
