@@ -131,6 +131,7 @@ class VerifyResult:
     audits: list[Check]
     checks: list[Check]
     seconds: dict[str, float] = field(default_factory=dict)
+    example_predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # engine, draw 0, kept images
 
     def worst_at(self, eps: float) -> WorstCase:
         candidates = [c for r in self.engine.runs if r.eps == eps for c in r.candidates.values()]
@@ -222,6 +223,11 @@ def verify(
         checks.append(Check("engine-logits", engine_logits.status, "engine: " + engine_logits.detail))
         found = _audits(deployment, engine, twins, deployed_twin, reference, check_images)
     agree, pixels = state.divergence
+    largest = max(options.eps_values)
+    predictions = {
+        "clean": state.on_engine(engine_eval.examples["images"], 0).argmax(1),
+        "adversarial": state.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1),
+    }
     return VerifyResult(
         deployment=deployment,
         engine_name=engine.name,
@@ -237,6 +243,7 @@ def verify(
         audits=found,
         checks=checks,
         seconds=dict(state.timer.seconds),
+        example_predictions=predictions,
     )
 
 
