@@ -48,6 +48,7 @@ def cli() -> None:
       harden eval runs/demo --data synthetic
       harden attack runs/demo --attack sea --eps 4/255,8/255
       harden export runs/demo --out exports/demo
+      harden verify exports/demo --twin graph --twin runs/demo
       harden models                       # what can be trained
 
     Exit codes: 0 success, 1 a check or run failed, 2 bad input.
@@ -55,7 +56,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, evaluate, export, models, train
+    from harden.cli import attack, attention_map, evaluate, export, models, train, verify
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
@@ -63,6 +64,7 @@ def _register() -> None:
     cli.add_command(attention_map.attention_map_command)
     cli.add_command(attack.attack_command)
     cli.add_command(export.export_command)
+    cli.add_command(verify.verify_command)
 
 
 _register()

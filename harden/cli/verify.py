@@ -1,0 +1,158 @@
+"""`harden verify`: re-attack a deployed model through its twins and gate the release."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from harden.cli._options import SIZE, data_option, progress_option
+
+
+@click.command("verify")
+@click.argument("deployed", type=click.Path(path_type=Path))
+@click.option(
+    "--twin",
+    "twin_specs",
+    multiple=True,
+    default=("graph",),
+    show_default=True,
+    metavar="graph|RUN_DIR",
+    help="Gradient-enabled twin(s) to craft attacks on: 'graph' rebuilds the deployed ONNX graph in PyTorch "
+    "(with its fp16/int8 precision); a run directory is the trained checkpoint (must be the exported one). "
+    "Repeat for several.",
+)
+@click.option("--artefact", default=None, help="File of the export to verify. [default: the engine, else the "
+              "exported precision's ONNX]")  # fmt: skip
+@data_option(default=None)
+@click.option("--split", default="val", show_default=True)
+@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="Verification images.")
+@click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]")
+@click.option("--attacks", "attack_spec", default="fgsm,pgd", show_default=True, metavar="NAME[,NAME...]",
+              help="White-box attacks crafted on every twin; Square and noise always run on the engine.")  # fmt: skip
+@click.option("--eps", "eps_spec", default="4/255,8/255", show_default=True, metavar="EPS[,EPS...]")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations of the white-box attacks.")
+@click.option("--queries", type=click.IntRange(min=1), default=100, show_default=True, help="Square's queries.")
+@click.option("--divergence-steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Steps of the twin–engine divergence search (0 skips it).")  # fmt: skip
+@click.option("--eot", type=click.IntRange(min=1), default=None, help="[default: 8 with RAD, else 1]")
+@click.option("--draws", type=click.IntRange(min=1), default=None, help="RAD draws per prediction. [default: 3]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--gates", "gate_file", type=click.Path(path_type=Path), default=None,
+              help="TOML or JSON file of gate values (see below).")  # fmt: skip
+@click.option("--gate", "gate_pairs", multiple=True, metavar="NAME=VALUE", help="Override one gate, e.g. survival=0.9.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[default: DEPLOYED/verify]")  # fmt: skip
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")  # fmt: skip
+@progress_option
+def verify_command(
+    deployed: Path,
+    twin_specs: tuple[str, ...],
+    artefact: str | None,
+    data: str | None,
+    split: str,
+    images: int,
+    image_size: tuple[int, int] | None,
+    attack_spec: str,
+    eps_spec: str,
+    iters: int | None,
+    queries: int,
+    divergence_steps: int,
+    eot: int | None,
+    draws: int | None,
+    seed: int,
+    batch_size: int,
+    gate_file: Path | None,
+    gate_pairs: tuple[str, ...],
+    report_dir: Path | None,
+    device: str,
+    progress: bool,
+) -> None:
+    """Does the robustness survive deployment? Verify DEPLOYED (a `harden export` directory, or a
+    file in one) against its twins, and exit 0 (all gates pass), 1 (a gate failed) or 2 (bad input).
+
+    Every file is hash-checked against the export manifest first. Then, on the verification
+    images: parity of engine and twins on clean images; white-box attacks crafted on each twin
+    (EOT over RAD seeds) and predicted by the engine over several RAD draws; Square and random
+    noise run on the engine by queries; a divergence search for inputs where the engine and the
+    fp32 reference disagree; deployment audits (MAS/RAD nodes, RAD seed, weights, int8
+    calibration) and the sanity checks of DESIGN.md §6. The verdict is the worst case over all.
+
+    \b
+    Gates (defaults per precision fp32 / fp16 / int8):
+      clean_agreement        0.999 / 0.99 / 0.90   engine vs twin argmax, clean images
+      clean_miou_delta       0.001 / 0.01 / 0.05   |ΔmIoU| engine vs twin, clean images
+      adversarial_agreement  0.99  / 0.97 / 0.85   on adversarial and divergence images
+      survival               0.95                  engine robust mIoU ≥ 0.95 × twin's
+      min_robust_miou        0 (off)               engine worst-case mIoU floor
+    Fail closed: a failed audit, a failed or not-run sanity check, or no images fails.
+
+    Writes REPORT/verify.json, REPORT/junit.xml (one test case per gate) and REPORT/report.html.
+
+    \b
+    Examples:
+      harden verify exports/seg --twin graph --twin runs/seg
+      harden verify exports/seg/model.int8.onnx --attacks pgd,apgd-ce --eps 2/255,4/255 --gate survival=0.9
+    """
+    from harden.attacks import parse_eps
+    from harden.cli import Failed
+    from harden.data import open_dataset
+    from harden.errors import InputError
+    from harden.training import read_config
+    from harden.visualize import palette_for
+    from runtime.engines import open_engine
+    from runtime.gates import Gates, evaluate_gates, read_gate_file
+    from runtime.report import write_reports
+    from runtime.twins import GRAPH, load_twins, open_deployment
+    from runtime.verify import VerifyOptions, verify
+
+    options = VerifyOptions(
+        attacks=tuple(a.strip() for a in attack_spec.split(",") if a.strip()),
+        eps_values=tuple(sorted({parse_eps(e) for e in eps_spec.split(",")})),
+        steps=iters, eot=eot, draws=draws, queries=queries, divergence_steps=divergence_steps, seed=seed,
+        batch_size=batch_size,
+    )  # fmt: skip
+    overrides = dict(read_gate_file(gate_file)) if gate_file else {}
+    for pair in gate_pairs:
+        name, _, value = pair.partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError as err:
+            raise InputError(f"--gate {pair!r}: write NAME=NUMBER, e.g. survival=0.9") from err
+
+    deployment = open_deployment(deployed, artefact)
+    gates = Gates.for_precision(deployment.precision).with_values(overrides)
+    twins = load_twins(list(twin_specs), deployment)
+    run_dir = next((Path(s) for s in twin_specs if s != GRAPH), None) or Path(deployment.manifest.get("run_dir", ""))
+    if (run_dir / "config.json").is_file():
+        _, train_config = read_config(run_dir)
+        data = data or train_config.data
+        image_size = image_size or train_config.image_size
+    elif data is None:
+        raise InputError(f"the exported run {run_dir} is not here to say which data it used: pass --data")
+    dataset = open_dataset(data, split, size=image_size, num_images=images, seed=seed)
+    if dataset.num_classes != deployment.manifest.get("num_classes"):
+        raise InputError(
+            f"{data} has {dataset.num_classes} classes; the model predicts {deployment.manifest.get('num_classes')}"
+        )
+
+    show = progress and sys.stderr.isatty()
+    click.echo(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
+               f"on {len(dataset)} {split} images ...")  # fmt: skip
+    with open_engine(deployment.artefact, device) as engine:
+        result = verify(deployment, engine, twins, dataset, options, progress=show)
+    results = evaluate_gates(result, gates, list(options.eps_values))
+    out = report_dir or deployment.root / "verify"
+    palette = palette_for(dataset.name, dataset.num_classes)
+    written = write_reports(result, results, {**options.__dict__, "gates": gates.to_dict()},
+                            deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
+    for gate in results:
+        click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+    failed = [g.name for g in results if not g.passed]
+    if failed:
+        raise Failed(f"verification FAILED: {', '.join(failed)}")
+    click.echo("verification PASSED")
