@@ -1,0 +1,199 @@
+"""`harden verify` and its parts: the graph twin against ONNX Runtime and the source model, a
+faithful export passing the gates, and deliberately broken deployments failing them by name."""
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.manifest import MANIFEST_FILE, file_entry
+from export.precision import to_int8
+from harden.cli import cli
+from harden.ram import fixed_rad_seed
+from harden.training import load_model
+from runtime.graph_twin import GraphTwin
+
+FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
+        "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ram_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "seg-ram"
+    result = _run(
+        "train", "--model", "segformer_tiny", "--ram", "--epochs", "3", "--image-size", "64x64",
+        "--train-images", "16", "--val-images", "4", "--no-progress", "--out", run_dir,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def fp32_export(ram_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "fp32"
+    result = _run("export", ram_run, "--out", out, "--parity-images", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _redeploy(export_dir, tmp_path, name, change):
+    """A copy of the export whose `name` was changed by `change(model)` and re-hashed in the
+    manifest: a broken deployment that a pipeline produced, not a tampered file."""
+    out = tmp_path / f"broken-{name}"
+    shutil.copytree(export_dir, out)
+    path = out / name
+    model = onnx.load(str(path))
+    change(model)
+    onnx.save(model, str(path))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["onnx"] = [file_entry(path, out, precision=e["precision"]) if e["path"] == name else e
+                        for e in manifest["onnx"]]  # fmt: skip
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return out
+
+
+def test_graph_twin_matches_onnxruntime_and_source_gradients(ram_run, fp32_export):
+    twin = GraphTwin.from_file(fp32_export / "model.fp32.onnx")
+    source, _ = load_model(ram_run)
+    images = torch.rand(2, 3, 64, 64)
+    session = ort.InferenceSession(str(fp32_export / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": images.numpy(), "rad_seed": np.array(11, dtype=np.int64)})[0]
+    with torch.no_grad(), fixed_rad_seed(twin, 11):
+        got = twin(images).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+    def grad(model):
+        x = images.clone().requires_grad_(True)
+        with fixed_rad_seed(model, 11):
+            torch.nn.functional.cross_entropy(model(x), torch.zeros(2, 64, 64, dtype=torch.long)).backward()
+        return x.grad
+
+    twin_grad, source_grad = grad(twin), grad(source.eval())
+    assert twin_grad.abs().sum() > 0
+    torch.testing.assert_close(twin_grad, source_grad, atol=1e-6, rtol=1e-3)
+
+
+def test_precision_twin_fake_quantises_with_straight_through_gradients(fp32_export, tmp_path):
+    int8 = tmp_path / "model.int8.onnx"
+    calibration = (torch.rand(1, 3, 64, 64).numpy() for _ in range(4))
+    to_int8(fp32_export / "model.fp32.onnx", int8, calibration, with_rad=True)
+    twin = GraphTwin.from_file(int8)
+    assert twin.op_counts["QuantizeLinear"] > 0
+    images = torch.rand(2, 3, 64, 64)
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": images.numpy(), "rad_seed": np.array(3, dtype=np.int64)})[0]
+    x = images.clone().requires_grad_(True)
+    with fixed_rad_seed(twin, 3):
+        out = twin(x)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert (out.detach().numpy().argmax(1) == expected.argmax(1)).mean() > 0.95
+    fp32 = GraphTwin.from_file(fp32_export / "model.fp32.onnx")
+    with torch.no_grad(), fixed_rad_seed(fp32, 3):
+        assert not torch.equal(fp32(images), out.detach())  # quantisation is really emulated
+
+
+def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_path):
+    report = tmp_path / "report"
+    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "verification PASSED" in result.output
+    summary = json.loads((report / "verify.json").read_text())
+    assert summary["schema"] == "harden-verify-report-v1" and summary["verdict"] == "pass"
+    assert summary["deployment"]["files"]["model.fp32.onnx"]
+    assert {c["status"] for c in summary["checks"]} == {"pass"}
+    assert summary["parity"]["clean"]["source"][0]["agreement"] == 1.0
+    suite = ET.parse(report / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0"
+    assert len(suite.findall("testcase")) == len(summary["gates"])
+    page = (report / "report.html").read_text()
+    assert "PASS" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_mas_removed_from_the_graph_fails(fp32_export, tmp_path):
+    def remove_mas(model):
+        for node in model.graph.node:
+            if node.domain == "harden" and node.op_type == "Mas":
+                node.domain, node.op_type = "", "Softmax"
+                del node.attribute[:]
+                node.attribute.append(onnx.helper.make_attribute("axis", -1))
+
+    broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", remove_mas)
+    result = _run("verify", broken, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "MAS was removed" in result.output
+    junit = ET.parse(tmp_path / "r" / "junit.xml").getroot().find("testsuite")
+    assert junit is not None and int(junit.get("failures", "0")) >= 1
+
+
+def test_perturbed_weights_fail(ram_run, fp32_export, tmp_path):
+    def perturb(model):
+        generator = np.random.default_rng(0)
+        for tensor in model.graph.initializer:
+            array = onnx.numpy_helper.to_array(tensor)
+            if array.dtype == np.float32 and array.ndim >= 2:
+                noisy = array + generator.normal(0, 0.5 * (array.std() + 1e-3), array.shape).astype(np.float32)
+                tensor.CopyFrom(onnx.numpy_helper.from_array(noisy, tensor.name))
+
+    broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", perturb)
+    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "the deployed weights are not the trained ones" in result.output
+    assert "FAIL] clean-agreement[source]" in result.output
+
+
+def test_badly_calibrated_int8_fails(ram_run, fp32_export, tmp_path):
+    broken = tmp_path / "int8"
+    shutil.copytree(fp32_export, broken)
+    dark = (0.02 * torch.rand(1, 3, 64, 64).numpy() for _ in range(4))  # nothing like the data
+    to_int8(broken / "model.fp32.onnx", broken / "model.int8.onnx", dark, with_rad=True)
+    manifest = json.loads((broken / MANIFEST_FILE).read_text())
+    manifest["onnx"].append(file_entry(broken / "model.int8.onnx", broken, precision="int8"))
+    manifest["precision"] = "int8"
+    (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
+    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "int8 calibration range does not cover the data" in result.output
+
+
+def test_rad_disabled_in_the_engine_fails(ram_run, fp32_export, tmp_path):
+    def disable_rad(model):
+        for node in model.graph.node:
+            if node.domain == "harden" and node.op_type == "Rad":
+                for attribute in node.attribute:
+                    if attribute.name == "p":
+                        attribute.f = 0.0
+
+    broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", disable_rad)
+    result = _run("verify", broken, "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 1, result.output
+    assert "RAD was removed or disabled" in result.output
+    assert "RAD is disabled in the engine" in result.output
+
+
+def test_tampered_file_and_bad_gates_are_bad_input(fp32_export, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(fp32_export, tampered)
+    with open(tampered / "model.fp32.onnx", "ab") as f:
+        f.write(b"\0")
+    result = _run("verify", tampered, *FAST)
+    assert result.exit_code == 2 and "does not match the sha256" in result.output
+    gates = tmp_path / "gates.toml"
+    gates.write_text("[gates]\nsurvival = 1.5\n")
+    result = _run("verify", fp32_export, "--gates", gates, *FAST)
+    assert result.exit_code == 2 and "survival must be a number in [0, 1]" in result.output
+    result = _run("verify", fp32_export, "--gate", "nonsense=0.5", *FAST)
+    assert result.exit_code == 2 and "unknown gate nonsense" in result.output
+    result = _run("verify", tmp_path, *FAST)
+    assert result.exit_code == 2 and "not a harden export" in result.output
