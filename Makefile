@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ram_latency.py
 	$(BIN)/python bench/attack_cost.py
 	$(BIN)/python bench/ort_latency.py
+	$(BIN)/python bench/verify_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
