@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from harden.attacks import ATTACKS, ThreatModel, create_attack, is_randomised
 from harden.attacks.checks import Check, outputs_are_logits, run_checks
-from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation
+from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation, keep_first
 from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
@@ -206,7 +206,7 @@ def verify(
                     state.evaluate(batch, run, "divergence", output.images, None)
                     state.disagreement(reference, output.images, labels)
                     bar.update()
-                _keep(state.examples, f"worst@{eps}", batch.worst_images, options.examples)
+                keep_first(state.examples, f"worst@{eps}", batch.worst_images, options.examples)
     finally:
         bar.close()
 
@@ -296,8 +296,8 @@ class _State:
         )
 
     def clean(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        _keep(self.examples, "images", images, self.limit)
-        _keep(self.examples, "labels", labels, self.limit)
+        keep_first(self.examples, "images", images, self.limit)
+        keep_first(self.examples, "labels", labels, self.limit)
         for d in range(self.draws):
             engine_logits = self.on_engine(images, d)
             self.clean_engine[d] = self.clean_engine[d].extend(self.counts(engine_logits, labels))
@@ -395,9 +395,3 @@ class _Timer:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
         for i, (outer, outer_start) in enumerate(self._stack):  # a nested phase is not counted twice
             self._stack[i] = (outer, outer_start + elapsed)
-
-
-def _keep(kept: dict[str, list[torch.Tensor]], key: str, tensor: torch.Tensor, limit: int) -> None:
-    stored = sum(t.shape[0] for t in kept.get(key, []))
-    if stored < limit:
-        kept.setdefault(key, []).append(tensor[: limit - stored].detach().cpu())

@@ -32,3 +32,19 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def ram_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """segformer_tiny with MAS + RAD, trained for a few seconds on 64×64 scenes (export and verify
+    tests). Session-scoped: trained once."""
+    from click.testing import CliRunner
+
+    from harden.cli import cli
+
+    run_dir = tmp_path_factory.mktemp("runs") / "seg-ram"
+    args = ["train", "--model", "segformer_tiny", "--ram", "--epochs", "2", "--image-size", "64x64"]
+    args += ["--train-images", "16", "--val-images", "4", "--no-progress", "--out", str(run_dir)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run_dir

@@ -19,18 +19,6 @@ def _run(*args):
 
 
 @pytest.fixture(scope="module")
-def ram_run(tmp_path_factory):
-    """segformer_tiny with MAS + RAD, trained for a few seconds on 32×64 scenes."""
-    run_dir = tmp_path_factory.mktemp("runs") / "seg-ram"
-    result = _run(
-        "train", "--model", "segformer_tiny", "--ram", "--epochs", "2", "--image-size", "64x64",
-        "--train-images", "16", "--val-images", "4", "--no-progress", "--out", run_dir,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return run_dir
-
-
-@pytest.fixture(scope="module")
 def int8_export(ram_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "int8"
     result = _run("export", ram_run, "--out", out, "--precision", "int8", "--calib-images", "4", "--parity-images", "3")

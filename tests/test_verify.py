@@ -28,17 +28,6 @@ def _run(*args):
 
 
 @pytest.fixture(scope="module")
-def ram_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "seg-ram"
-    result = _run(
-        "train", "--model", "segformer_tiny", "--ram", "--epochs", "3", "--image-size", "64x64",
-        "--train-images", "16", "--val-images", "4", "--no-progress", "--out", run_dir,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return run_dir
-
-
-@pytest.fixture(scope="module")
 def fp32_export(ram_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "fp32"
     result = _run("export", ram_run, "--out", out, "--parity-images", "2")

@@ -116,8 +116,8 @@ def evaluate_robustness(
             images, labels = images.to(device), labels.to(device)
             for d, predictions in enumerate(_draws(model, images, draws)):
                 clean[d] = clean[d].extend(ImageCounts.from_predictions(predictions, labels, dataset.num_classes))
-            _keep(kept, "images", images, examples)
-            _keep(kept, "labels", labels, examples)
+            keep_first(kept, "images", images, examples)
+            keep_first(kept, "labels", labels, examples)
             for (name, eps), run in runs.items():
                 bar.set_postfix_str(f"{name} ε={eps:.4f}")
                 attack = create_attack(
@@ -140,7 +140,7 @@ def evaluate_robustness(
                             lower = accuracy < worst_accuracy
                             worst_accuracy = torch.where(lower, accuracy, worst_accuracy)
                             worst = torch.where(lower.to(images.device).view(-1, 1, 1, 1), output.images, worst)
-                _keep(kept, f"{name}@{eps}", worst, examples)
+                keep_first(kept, f"{name}@{eps}", worst, examples)
                 bar.update()
     finally:
         model.train(was_training)
@@ -163,7 +163,8 @@ def _draws(model: nn.Module, images: torch.Tensor, draws: int) -> Iterator[torch
                 yield model(images).argmax(1)
 
 
-def _keep(kept: dict[str, list[torch.Tensor]], key: str, tensor: torch.Tensor, limit: int) -> None:
+def keep_first(kept: dict[str, list[torch.Tensor]], key: str, tensor: torch.Tensor, limit: int) -> None:
+    """Append the first images of `tensor` under `key` until `limit` are kept (for overlays)."""
     stored = sum(t.shape[0] for t in kept.get(key, []))
     if stored < limit:
         kept.setdefault(key, []).append(tensor[: limit - stored].detach().cpu())
