@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,25 @@ def palette_for(dataset_name: str, num_classes: int) -> np.ndarray:
 def colorize(label: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     """(H, W) class ids → (H, W, 3) uint8."""
     return palette[label.cpu().numpy().clip(0, 255).astype(np.uint8)]
+
+
+def panel_figure(rows: Sequence[Sequence[np.ndarray]], titles: tuple[str, ...], width: float = 15) -> Any:
+    """A matplotlib figure with one row of panels (RGB arrays) per entry of `rows`, titled once
+    on top; the caller saves and closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(width, 2.2 * len(rows)), squeeze=False)
+    for i, panels in enumerate(rows):
+        for j, panel in enumerate(panels):
+            axes[i, j].imshow(panel)
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(titles[j], fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def save_examples(

@@ -30,11 +30,7 @@ from runtime.torch_ops import OPS
 
 
 def _to_torch(array: Any) -> torch.Tensor:
-    return torch.from_numpy(array.copy()) if array.ndim else torch.tensor(array.item(), dtype=_dtype(array))
-
-
-def _dtype(array: Any) -> torch.dtype:
-    return torch.from_numpy(array.reshape(1).copy()).dtype
+    return torch.from_numpy(array.copy())  # a writable copy (0-d arrays included); onnx's may be read-only
 
 
 def _op_name(node: onnx.NodeProto) -> str:

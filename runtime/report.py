@@ -60,7 +60,8 @@ def summarise(
             "eps": eps, "eps_text": format_eps(eps), "engine": _scores(engine), "twins": twin_side,
             "per_image": [{"pixel_accuracy": float(a), "attack": candidates[int(c)]}
                           for a, c in zip(_per_image_accuracy(result, eps), engine.accuracy_choice, strict=True)],
-            "per_class_iou": {"engine": _class_iou(result, eps), "clean": _clean_class_iou(result.engine.clean[0])},
+            "per_class_iou": {"engine": _class_iou(result, eps, engine),
+                              "clean": _clean_class_iou(result.engine.clean[0])},  # clean: draw 0
         })  # fmt: skip
     passed = bool(gates) and all(g.passed for g in gates)
     return {
@@ -117,9 +118,9 @@ def _per_image_accuracy(result: VerifyResult, eps: float) -> np.ndarray:
     return np.stack([c.accuracy_per_image() for c in _candidates(result, eps)]).min(0)
 
 
-def _class_iou(result: VerifyResult, eps: float) -> list[float | None]:
-    """Per-class IoU of the engine under the worst-case mIoU assignment at ε."""
-    candidates, choice = _candidates(result, eps), result.worst_at(eps).miou_choice
+def _class_iou(result: VerifyResult, eps: float, worst: WorstCase) -> list[float | None]:
+    """Per-class IoU of the engine under the worst-case mIoU assignment `worst` at ε."""
+    candidates, choice = _candidates(result, eps), worst.miou_choice
     rows = np.arange(len(choice))
     tp, fp, fn = (np.stack([getattr(c, k) for c in candidates])[choice, rows].sum(0) for k in ("tp", "fp", "fn"))
     return _iou(tp, fp, fn)
@@ -302,27 +303,19 @@ def _class_bars(summary: dict[str, Any]) -> bytes:
 
 def _overlays(result: VerifyResult, palette: np.ndarray) -> bytes:
     """Rows: clean image | engine on clean | worst adversarial (largest ε) | engine on it | labels."""
-    import matplotlib.pyplot as plt
+    from harden.visualize import colorize, panel_figure
 
-    from harden.visualize import colorize
-
-    examples = result.engine.examples
+    examples, predictions = result.engine.examples, result.example_predictions
     eps = max(r.eps for r in result.engine.runs)
     images, labels, adversarial = examples["images"], examples["labels"], examples[f"worst@{eps}"]
-    predictions = result.example_predictions
-    fig, axes = plt.subplots(len(images), 5, figsize=(14, 2.3 * len(images)), squeeze=False)
     titles = ("clean image", "engine, clean", f"worst adversarial ε={format_eps(eps)}", "engine, adversarial", "labels")
-    for i in range(len(images)):
-        panels = (images[i].permute(1, 2, 0).numpy(), colorize(predictions["clean"][i], palette),
-                  adversarial[i].permute(1, 2, 0).numpy(), colorize(predictions["adversarial"][i], palette),
-                  colorize(labels[i], palette))  # fmt: skip
-        for j, panel in enumerate(panels):
-            axes[i, j].imshow(panel)
-            axes[i, j].axis("off")
-            if i == 0:
-                axes[i, j].set_title(titles[j], fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+    rows = [
+        (images[i].permute(1, 2, 0).numpy(), colorize(predictions["clean"][i], palette),
+         adversarial[i].permute(1, 2, 0).numpy(), colorize(predictions["adversarial"][i], palette),
+         colorize(labels[i], palette))
+        for i in range(len(images))
+    ]  # fmt: skip
+    return _png(panel_figure(rows, titles, width=14))
 
 
 def write_reports(

@@ -358,11 +358,8 @@ def _audits(
     source_drops = has_rad(source) if source is not None else bool(expected["rad"])
     if source is not None:
         weight_check = audits.weights(deployed_twin, audits.checkpoint_weights(source), "the checkpoint")
-    elif deployment.precision != "fp32":
-        reference_graph = (
-            reference if isinstance(reference, GraphTwin) else GraphTwin.from_file(deployment.reference_onnx)
-        )
-        weight_check = audits.weights(deployed_twin, reference_graph.constants(), "the fp32 export")
+    elif isinstance(reference, GraphTwin) and reference is not deployed_twin:  # the fp32 export
+        weight_check = audits.weights(deployed_twin, reference.constants(), "the fp32 export")
     else:
         weight_check = Check(
             "weights", "n/a", "no source twin to compare the deployed weights with (pass --twin RUN_DIR)"

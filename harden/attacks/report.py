@@ -118,7 +118,7 @@ def save_overlays(evaluation: Evaluation, model: nn.Module, key: str, path: Path
     import matplotlib.pyplot as plt
 
     from harden._io import atomic_path
-    from harden.visualize import colorize
+    from harden.visualize import colorize, panel_figure
 
     images, labels, adversarial = evaluation.examples["images"], evaluation.examples["labels"], evaluation.examples[key]
     device = next(model.parameters()).device
@@ -133,21 +133,12 @@ def save_overlays(evaluation: Evaluation, model: nn.Module, key: str, path: Path
         "adversarial prediction",
         "labels",
     )
-    fig, axes = plt.subplots(len(images), 5, figsize=(15, 2.2 * len(images)), squeeze=False)
-    for i in range(len(images)):
-        panels = (
-            images[i].permute(1, 2, 0).numpy(),
-            colorize(clean_pred[i], palette),
-            adversarial[i].permute(1, 2, 0).numpy(),
-            colorize(adv_pred[i], palette),
-            colorize(labels[i], palette),
-        )
-        for j, panel in enumerate(panels):
-            axes[i, j].imshow(panel)
-            axes[i, j].axis("off")
-            if i == 0:
-                axes[i, j].set_title(titles[j], fontsize=8)
-    fig.tight_layout()
+    rows = [
+        (images[i].permute(1, 2, 0).numpy(), colorize(clean_pred[i], palette),
+         adversarial[i].permute(1, 2, 0).numpy(), colorize(adv_pred[i], palette), colorize(labels[i], palette))
+        for i in range(len(images))
+    ]  # fmt: skip
+    fig = panel_figure(rows, titles)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def verify_command(
     results = evaluate_gates(result, gates, list(options.eps_values))
     out = report_dir or deployment.root / "verify"
     palette = palette_for(dataset.name, dataset.num_classes)
-    written = write_reports(result, results, {**options.__dict__, "gates": gates.to_dict()},
+    written = write_reports(result, results, {**dataclasses.asdict(options), "gates": gates.to_dict()},
                             deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
     for gate in results:
         click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
