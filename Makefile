@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make demo   train a small attention model on the built-in synthetic street scenes and evaluate it
+#   make demo   train a small attention model with RAM on the built-in synthetic street scenes, export it
+#               (fp32 + int8 ONNX) and verify both (`harden demo`)
 #   make test   run the test suite
 # Both create .venv on first use. torch==2.13.0 is installed first, on its own, so that pip finds
 # the CPU build and never resolves an unpinned torch with GBs of CUDA packages (DESIGN.md §7).
@@ -23,8 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/harden train --model $(DEMO_MODEL) --data synthetic --epochs $(DEMO_EPOCHS) --out $(DEMO_DIR) --overwrite
-	$(BIN)/harden eval $(DEMO_DIR) --data synthetic
+	$(BIN)/harden demo --model $(DEMO_MODEL) --epochs $(DEMO_EPOCHS) --out $(DEMO_DIR) --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check .

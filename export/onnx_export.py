@@ -8,6 +8,7 @@ validation fixed ones, and the same seed gives the same output as the PyTorch mo
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,9 @@ def export_onnx(model: nn.Module, path: Path, image_size: tuple[int, int] = (64,
     else:
         module, args, dynamic_shapes, input_names = model, (image,), {"x": image_dims}, [IMAGE]
     previous = [core.seeds.fixed for _, core in robust_cores(model)]
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry_level = registry_log.level
+    registry_log.setLevel(logging.ERROR)  # "torchvision is not installed": we never use its ops
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter's progress chatter
@@ -113,6 +117,7 @@ def export_onnx(model: nn.Module, path: Path, image_size: tuple[int, int] = (64,
                 verbose=False,
             )
     finally:
+        registry_log.setLevel(registry_level)
         for (_, core), seed in zip(robust_cores(model), previous, strict=True):
             core.seeds.fixed = seed
     assert program is not None

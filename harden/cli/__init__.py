@@ -44,6 +44,7 @@ def cli() -> None:
 
     \b
     Start here:
+      harden demo                         # train with RAM → export fp32 + int8 → verify, ~5 min
       harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/demo
       harden eval runs/demo --data synthetic
       harden attack runs/demo --attack sea --eps 4/255,8/255
@@ -56,7 +57,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, evaluate, export, models, train, verify
+    from harden.cli import attack, attention_map, demo, evaluate, export, models, train, verify
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
@@ -65,6 +66,7 @@ def _register() -> None:
     cli.add_command(attack.attack_command)
     cli.add_command(export.export_command)
     cli.add_command(verify.verify_command)
+    cli.add_command(demo.demo_command)
 
 
 _register()

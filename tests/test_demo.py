@@ -1,0 +1,29 @@
+"""`harden demo`: train with RAM → export fp32 + int8 → verify both, in one command."""
+
+import json
+
+from click.testing import CliRunner
+
+from harden.cli import cli
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_demo_runs_the_whole_pipeline_and_verifies_both_precisions(tmp_path):
+    out = tmp_path / "demo"
+    result = _run("demo", "--quick", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "[4/4] harden verify" in result.output and "--artefact model.int8.onnx" in result.output
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["model"]["ram"] is not None  # the demo model has RAM
+    for precision in ("fp32", "int8"):
+        report = json.loads((out / f"verify-{precision}" / "verify.json").read_text())
+        assert report["deployment"]["precision"] == precision and report["deployment"]["ram"]["rad"]
+        assert report["verdict"] == "pass"
+        assert (out / f"verify-{precision}" / "report.html").stat().st_size > 10_000
+
+    again = _run("demo", "--quick", "--out", out, "--no-progress")
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert (out / "verify-int8" / "verify.json").is_file()  # nothing was lost
