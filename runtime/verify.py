@@ -16,13 +16,16 @@ deployment audits (`runtime.audits`) and the sanity checks (`harden.attacks.chec
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from harden.attacks import ATTACKS, ThreatModel, create_attack, is_randomised
@@ -31,6 +34,7 @@ from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation, keep_first
 from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
+from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.ram import fixed_rad_seed, has_rad
 from runtime import audits
@@ -38,6 +42,7 @@ from runtime.divergence import Divergence
 from runtime.engines import Engine, EngineModule
 from runtime.graph_twin import GraphTwin
 from runtime.twins import GRAPH, Deployment, reference_model
+from runtime.verify_state import Parity, VerifyState, fingerprint, load_state, save_state
 
 BLACK_BOX = ("square", "noise")  # run on the engine itself, by queries
 
@@ -84,38 +89,6 @@ class VerifyOptions:
 
 
 @dataclass
-class Parity:
-    """Twin vs engine over the pixels seen so far (same images, same RAD seed)."""
-
-    agree: int = 0
-    pixels: int = 0
-    max_abs: float = 0.0
-    twin: ImageCounts | None = None
-    engine: ImageCounts | None = None
-
-    def add(self, twin: torch.Tensor, engine: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-        self.agree += int((twin.argmax(1) == engine.argmax(1)).sum())
-        self.pixels += twin.shape[0] * twin.shape[-2] * twin.shape[-1]
-        self.max_abs = max(self.max_abs, float((twin.float() - engine.float()).abs().max()))
-        for side, logits in (("twin", twin), ("engine", engine)):
-            counts = ImageCounts.from_predictions(logits.argmax(1), labels, num_classes)
-            old = getattr(self, side)
-            setattr(self, side, counts if old is None else old.extend(counts))
-
-    @property
-    def agreement(self) -> float:
-        return self.agree / self.pixels if self.pixels else float("nan")
-
-    def miou_delta(self) -> float:
-        assert self.twin is not None and self.engine is not None
-        return abs(self.twin.scores()[0] - self.engine.scores()[0])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"agreement": self.agreement, "max_abs_diff": self.max_abs, "pixels": self.pixels,
-                "miou_delta": self.miou_delta() if self.pixels else None}  # fmt: skip
-
-
-@dataclass
 class VerifyResult:
     deployment: Deployment
     engine_name: str
@@ -149,102 +122,181 @@ def verify(
     options: VerifyOptions,
     *,
     progress: bool = True,
-) -> VerifyResult:
-    """Run everything of the module docstring; `engine` must be open (inside `with`)."""
+    state_file: Path | None = None,
+    resume: bool = False,
+    distributed: Distributed | None = None,
+) -> VerifyResult | None:
+    """Run everything of the module docstring; `engine` must be open (inside `with`).
+
+    state_file: where the accumulated state is saved after every batch; with `resume`, the run
+        continues after the last batch saved there (a run with other files, options or data is
+        refused).
+    distributed: under torchrun each rank verifies a contiguous block of batches; rank 0 merges
+        the states and returns the result, the other ranks return None.
+    """
     if len(dataset) == 0:
         raise InputError("the verification dataset is empty: nothing would be verified (fail closed)")
-    reference = reference_model(twins, deployment)
-    graph = twins.get(GRAPH)
-    deployed_twin = graph if isinstance(graph, GraphTwin) else GraphTwin.from_file(deployment.onnx)
-    randomised = engine.takes_seed or any(is_randomised(t) for t in twins.values())
-    eot = options.eot if options.eot is not None else (8 if randomised else 1)
-    draws = options.draws if options.draws is not None else (3 if randomised else 1)
-    if randomised and (eot < 2 or draws < 2):
-        raise InputError(f"the deployment is randomised (RAD): use --eot ≥ 2 and --draws ≥ 2 (got {eot}, {draws})")
-    state = _State(engine, twins, dataset.num_classes, draws, options.examples)
-    diverge = options.divergence_steps > 0 and reference is not deployed_twin
-    engine_module = EngineModule(engine)
-    loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, collate_fn=collate_pad)
-    per_batch = len(options.eps_values) * (len(twins) * len(options.attacks) + len(BLACK_BOX) + int(diverge))
-    bar = tqdm(total=len(loader) * per_batch, desc="verify", unit="attack", disable=not progress)
+    distributed = distributed or Distributed()
+    plan = _Plan.make(deployment, engine, twins, options)
+    my_batches = distributed.shard(math.ceil(len(dataset) / options.batch_size))
+    identity = fingerprint(
+        files={e["path"]: e["sha256"] for key in ("onnx", "engines") for e in deployment.manifest.get(key, [])},
+        checkpoint=deployment.manifest.get("checkpoint", {}).get("sha256"),
+        artefact=deployment.artefact.name, twins=list(twins), options=asdict(options), eot=plan.eot,
+        draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, _first_image_sha(dataset)],
+        shard=[distributed.rank, distributed.world_size],
+    )  # fmt: skip
+    if resume and state_file is not None and state_file.is_file():
+        state = load_state(state_file, identity)
+    else:
+        state = VerifyState(list(twins), dataset.num_classes, plan.draws)
+    runner = _Runner(engine, twins, state, options.examples)
+    size = options.batch_size
+    todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
+    loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
+    per_batch = len(options.eps_values) * (len(twins) * len(options.attacks) + len(BLACK_BOX) + int(plan.diverge))
+    bar = tqdm(total=len(my_batches) * per_batch, initial=state.batches * per_batch, desc="verify", unit="attack",
+               disable=not progress)  # fmt: skip
     try:
         for images, labels in loader:
-            state.clean(images, labels)
-            for eps in options.eps_values:
-                threat = ThreatModel(eps)
-                batch = _Batch(images, labels, eps)
-                for twin_name, twin in twins.items():
-                    for name in options.attacks:
-                        bar.set_postfix_str(f"{name} on {twin_name} ε={eps:.4f}")
-                        run = state.engine_run(name, eps, "white-box", twin_name)
-                        attack = create_attack(name, threat, steps=options.steps, eot=eot, seed=options.seed)
-                        with state.timer("attack"):
-                            start = time.perf_counter()
-                            outputs = attack.run_members(twin, images, labels)
-                            run.seconds += time.perf_counter() - start
-                        for member, output in outputs.items():
-                            run.gradients.add(output.gradients)
-                            state.evaluate(batch, run, member, output.images, twin_name)
-                        bar.update()
-                for name in BLACK_BOX:
-                    bar.set_postfix_str(f"{name} on the engine ε={eps:.4f}")
-                    run = state.engine_run(name, eps, "black-box", "engine")
-                    steps = options.queries if name == "square" else None
-                    attack = create_attack(name, threat, steps=steps, eot=eot if name == "square" else 1,
-                                           seed=options.seed)  # fmt: skip
-                    with state.timer("attack"):
-                        output = attack(engine_module, images, labels)
-                    state.evaluate(batch, run, name, output.images, None)
-                    bar.update()
-                if diverge:
-                    bar.set_postfix_str(f"divergence ε={eps:.4f}")
-                    run = state.engine_run("divergence", eps, "divergence", "reference+graph")
-                    search = Divergence(threat, reference=reference, steps=options.divergence_steps, eot=eot,
-                                        seed=options.seed)  # fmt: skip
-                    with state.timer("attack"):
-                        output = search(deployed_twin, images, labels)
-                    state.evaluate(batch, run, "divergence", output.images, None)
-                    state.disagreement(reference, output.images, labels)
-                    bar.update()
-                keep_first(state.examples, f"worst@{eps}", batch.worst_images, options.examples)
+            _verify_batch(runner, plan, options, images, labels, bar)
+            state.batches += 1
+            if state_file is not None:
+                save_state(state_file, state, identity)
     finally:
         bar.close()
 
-    engine_eval = state.evaluation(list(state.engine_runs.values()), state.clean_engine, len(dataset))
+    states = distributed.gather(state.to_dict())
+    if states is None:  # not rank 0
+        return None
+    merged = VerifyState.from_dict(states[0])
+    for other in states[1:]:
+        merged.merge(VerifyState.from_dict(other))
+    return _finish(merged, _Runner(engine, twins, merged, options.examples), plan, deployment, dataset, options)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What follows from the deployment and the options before any image is seen."""
+
+    reference: nn.Module  # the fp32 model the divergence search diverges from
+    deployed_twin: GraphTwin  # the deployed graph, whether or not it is a chosen twin
+    eot: int
+    draws: int
+    diverge: bool
+
+    @classmethod
+    def make(cls, deployment: Deployment, engine: Engine, twins: dict[str, nn.Module], options: VerifyOptions) -> _Plan:
+        reference = reference_model(twins, deployment)
+        graph = twins.get(GRAPH)
+        deployed_twin = graph if isinstance(graph, GraphTwin) else GraphTwin.from_file(deployment.onnx)
+        randomised = engine.takes_seed or any(is_randomised(t) for t in twins.values())
+        eot = options.eot if options.eot is not None else (8 if randomised else 1)
+        draws = options.draws if options.draws is not None else (3 if randomised else 1)
+        if randomised and (eot < 2 or draws < 2):
+            raise InputError(f"the deployment is randomised (RAD): use --eot ≥ 2 and --draws ≥ 2 (got {eot}, {draws})")
+        diverge = options.divergence_steps > 0 and reference is not deployed_twin
+        return cls(reference, deployed_twin, eot, draws, diverge)
+
+
+def _verify_batch(
+    runner: _Runner, plan: _Plan, options: VerifyOptions, images: torch.Tensor, labels: torch.Tensor, bar: tqdm
+) -> None:
+    """Clean parity, white-box attacks on every twin, direct attacks on the engine and the
+    divergence search, for one batch at every ε."""
+    runner.clean(images, labels)
+    engine_module = EngineModule(runner.engine)
+    for eps in options.eps_values:
+        threat = ThreatModel(eps)
+        batch = _Batch(images, labels, eps)
+        for twin_name, twin in runner.twins.items():
+            for name in options.attacks:
+                bar.set_postfix_str(f"{name} on {twin_name} ε={eps:.4f}")
+                run = runner.engine_run(name, eps, "white-box", twin_name)
+                attack = create_attack(name, threat, steps=options.steps, eot=plan.eot, seed=options.seed)
+                with runner.timer("attack"):
+                    start = time.perf_counter()
+                    outputs = attack.run_members(twin, images, labels)
+                    run.seconds += time.perf_counter() - start
+                for member, output in outputs.items():
+                    run.gradients.add(output.gradients)
+                    runner.evaluate(batch, run, member, output.images, twin_name)
+                bar.update()
+        for name in BLACK_BOX:
+            bar.set_postfix_str(f"{name} on the engine ε={eps:.4f}")
+            run = runner.engine_run(name, eps, "black-box", "engine")
+            steps = options.queries if name == "square" else None
+            eot = plan.eot if name == "square" else 1
+            attack = create_attack(name, threat, steps=steps, eot=eot, seed=options.seed)
+            with runner.timer("attack"):
+                output = attack(engine_module, images, labels)
+            runner.evaluate(batch, run, name, output.images, None)
+            bar.update()
+        if plan.diverge:
+            bar.set_postfix_str(f"divergence ε={eps:.4f}")
+            run = runner.engine_run("divergence", eps, "divergence", "reference+graph")
+            search = Divergence(threat, reference=plan.reference, steps=options.divergence_steps, eot=plan.eot,
+                                seed=options.seed)  # fmt: skip
+            with runner.timer("attack"):
+                output = search(plan.deployed_twin, images, labels)
+            runner.evaluate(batch, run, "divergence", output.images, None)
+            runner.disagreement(plan.reference, output.images, labels)
+            bar.update()
+        keep_first(runner.state.examples, f"worst@{eps}", batch.worst_images, options.examples)
+
+
+def _finish(
+    state: VerifyState,
+    runner: _Runner,
+    plan: _Plan,
+    deployment: Deployment,
+    dataset: SegmentationDataset,
+    options: VerifyOptions,
+) -> VerifyResult:
+    """Evaluations, sanity checks and audits over the whole (merged) state."""
+    engine, twins = runner.engine, runner.twins
+    engine_eval = runner.evaluation(list(state.engine_runs.values()), state.clean_engine, len(dataset))
     twin_evals = {
-        name: state.evaluation(list(runs.values()), state.clean_twin[name], len(dataset))
+        name: runner.evaluation(list(runs.values()), state.clean_twin[name], len(dataset))
         for name, runs in state.twin_runs.items()
     }
     check_images, check_labels = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
-    with state.timer("checks"):
+    engine_module = EngineModule(engine)
+    with runner.timer("checks"):
         primary = twins.get(GRAPH) or next(iter(twins.values()))
-        checks = run_checks(engine_eval, primary, check_images, check_labels, eot=eot)
+        checks = run_checks(engine_eval, primary, check_images, check_labels, eot=plan.eot)
         engine_logits = outputs_are_logits(engine_module, check_images)
         checks.append(Check("engine-logits", engine_logits.status, "engine: " + engine_logits.detail))
-        found = _audits(deployment, engine, twins, deployed_twin, reference, check_images)
+        found = _audits(deployment, engine, twins, plan.deployed_twin, plan.reference, check_images)
     agree, pixels = state.divergence
+    divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
     largest = max(options.eps_values)
     predictions = {
-        "clean": state.on_engine(engine_eval.examples["images"], 0).argmax(1),
-        "adversarial": state.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1),
+        "clean": runner.on_engine(engine_eval.examples["images"], 0).argmax(1),
+        "adversarial": runner.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1),
     }
     return VerifyResult(
         deployment=deployment,
         engine_name=engine.name,
         twins=list(twins),
         images=len(dataset),
-        draws=draws,
-        eot=eot,
+        draws=plan.draws,
+        eot=plan.eot,
         engine=engine_eval,
         twin_evaluations=twin_evals,
         clean_parity=state.clean_parity,
         adversarial_parity=state.adversarial_parity,
-        divergence={"ran": diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels},
+        divergence=divergence,
         audits=found,
         checks=checks,
-        seconds=dict(state.timer.seconds),
+        seconds=dict(state.seconds),
         example_predictions=predictions,
     )
+
+
+def _first_image_sha(dataset: SegmentationDataset) -> str:
+    image, labels = dataset[0]
+    return hashlib.sha256(image.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -262,22 +314,13 @@ class _Batch:
         self.worst_accuracy = torch.full((self.images.shape[0],), float("inf"))
 
 
-class _State:
-    """Everything `verify` accumulates over the batches."""
+class _Runner:
+    """Runs the engine and the twins on a batch and adds what they predict to the state."""
 
-    def __init__(
-        self, engine: Engine, twins: dict[str, nn.Module], num_classes: int, draws: int, examples: int
-    ) -> None:
-        self.engine, self.twins, self.num_classes, self.draws, self.limit = engine, twins, num_classes, draws, examples
-        self.timer = _Timer()
-        self.engine_runs: dict[tuple[str, str, float], AttackRun] = {}
-        self.twin_runs: dict[str, dict[tuple[str, float], AttackRun]] = {name: {} for name in twins}
-        self.clean_engine = [ImageCounts.empty(num_classes) for _ in range(draws)]
-        self.clean_twin = {name: [ImageCounts.empty(num_classes) for _ in range(draws)] for name in twins}
-        self.clean_parity = {name: [Parity() for _ in range(draws)] for name in twins}
-        self.adversarial_parity = {name: Parity() for name in twins}
-        self.divergence = (0, 0)  # (pixels where engine and reference agree, labelled pixels)
-        self.examples: dict[str, list[torch.Tensor]] = {}
+    def __init__(self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int) -> None:
+        self.engine, self.twins, self.state, self.limit = engine, twins, state, examples
+        self.num_classes, self.draws = state.num_classes, state.draws
+        self.timer = _Timer(state.seconds)
 
     def on_engine(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         with self.timer("engine"):
@@ -291,20 +334,21 @@ class _State:
         return ImageCounts.from_predictions(logits.argmax(1), labels, self.num_classes)
 
     def engine_run(self, attack: str, eps: float, kind: str, crafted_on: str) -> AttackRun:
-        return self.engine_runs.setdefault(
+        return self.state.engine_runs.setdefault(
             (attack, crafted_on, eps), AttackRun(attack, eps, kind, {}, crafted_on=crafted_on)
         )
 
     def clean(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        keep_first(self.examples, "images", images, self.limit)
-        keep_first(self.examples, "labels", labels, self.limit)
+        state = self.state
+        keep_first(state.examples, "images", images, self.limit)
+        keep_first(state.examples, "labels", labels, self.limit)
         for d in range(self.draws):
             engine_logits = self.on_engine(images, d)
-            self.clean_engine[d] = self.clean_engine[d].extend(self.counts(engine_logits, labels))
+            state.clean_engine[d] = state.clean_engine[d].extend(self.counts(engine_logits, labels))
             for name, twin in self.twins.items():
                 twin_logits = self.on_twin(twin, images, d)
-                self.clean_twin[name][d] = self.clean_twin[name][d].extend(self.counts(twin_logits, labels))
-                self.clean_parity[name][d].add(twin_logits, engine_logits, labels, self.num_classes)
+                state.clean_twin[name][d] = state.clean_twin[name][d].extend(self.counts(twin_logits, labels))
+                state.clean_parity[name][d].add(twin_logits, engine_logits, labels, self.num_classes)
 
     def evaluate(self, batch: _Batch, run: AttackRun, member: str, adversarial: torch.Tensor, twin: str | None) -> None:
         """Predict adversarial images on the engine (and on the twin that crafted them) per draw."""
@@ -320,27 +364,27 @@ class _State:
             if twin is None:
                 continue
             twin_logits = self.on_twin(self.twins[twin], adversarial, d)
-            twin_run = self.twin_runs[twin].setdefault(
+            twin_run = self.state.twin_runs[twin].setdefault(
                 (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
             )
             twin_counts = self.counts(twin_logits, batch.labels)
             twin_run.candidates[key] = twin_run.candidates.get(key, ImageCounts.empty(self.num_classes)).extend(
                 twin_counts
             )
-            self.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes)
+            self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes)
 
     def disagreement(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         valid = labels != IGNORE_INDEX
-        agree, pixels = self.divergence
+        agree, pixels = self.state.divergence
         for d in range(self.draws):
             engine_pred = self.on_engine(images, d).argmax(1)
             reference_pred = self.on_twin(reference, images, d).argmax(1)
             agree += int(((engine_pred == reference_pred) & valid).sum())
             pixels += int(valid.sum())
-        self.divergence = (agree, pixels)
+        self.state.divergence = (agree, pixels)
 
     def evaluation(self, runs: list[AttackRun], clean: list[ImageCounts], images: int) -> Evaluation:
-        kept = {k: torch.cat(v)[: self.limit] for k, v in self.examples.items()}
+        kept = {k: torch.cat(v)[: self.limit] for k, v in self.state.examples.items()}
         return Evaluation(self.num_classes, images, self.draws, clean, runs, kept)
 
 
@@ -373,10 +417,10 @@ def _audits(
 
 
 class _Timer:
-    """Accumulates wall time per phase: `with timer("attack"): ...`."""
+    """Accumulates wall time per phase into `seconds`: `with timer("attack"): ...`."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
         self._stack: list[tuple[str, float]] = []
 
     def __call__(self, phase: str) -> _Timer:

@@ -48,3 +48,16 @@ def ram_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def fp32_export(ram_run, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`harden export` of `ram_run` (model.fp32.onnx with MAS/RAD nodes, manifest): verify tests."""
+    from click.testing import CliRunner
+
+    from harden.cli import cli
+
+    out = tmp_path_factory.mktemp("exports") / "fp32"
+    result = CliRunner().invoke(cli, ["export", str(ram_run), "--out", str(out), "--parity-images", "2"])
+    assert result.exit_code == 0, result.output
+    return out

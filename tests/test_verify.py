@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -25,14 +24,6 @@ FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps",
 
 def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def fp32_export(ram_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports") / "fp32"
-    result = _run("export", ram_run, "--out", out, "--parity-images", "2")
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def _redeploy(export_dir, tmp_path, name, change):

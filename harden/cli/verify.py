@@ -5,10 +5,17 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from harden.cli._options import SIZE, data_option, progress_option
+
+if TYPE_CHECKING:
+    from harden.data import SegmentationDataset
+    from runtime.gates import Gates
+    from runtime.twins import Deployment
+    from runtime.verify import VerifyOptions, VerifyResult
 
 
 @click.command("verify")
@@ -48,6 +55,8 @@ from harden.cli._options import SIZE, data_option, progress_option
               help="[default: DEPLOYED/verify]")  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")  # fmt: skip
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from REPORT/verify.state (saved after "
+              "every batch; the same arguments are required).")  # fmt: skip
 @progress_option
 def verify_command(
     deployed: Path,
@@ -70,6 +79,7 @@ def verify_command(
     gate_pairs: tuple[str, ...],
     report_dir: Path | None,
     device: str,
+    resume: bool,
     progress: bool,
 ) -> None:
     """Does the robustness survive deployment? Verify DEPLOYED (a `harden export` directory, or a
@@ -92,21 +102,25 @@ def verify_command(
     Fail closed: a failed audit, a failed or not-run sanity check, or no images fails.
 
     Writes REPORT/verify.json, REPORT/junit.xml (one test case per gate) and REPORT/report.html.
+    The state is saved after every batch, so an interrupted run continues with --resume.
+
+    Large runs shard across processes with torchrun: each rank verifies a contiguous block of
+    the batches, rank 0 merges them (the result equals a one-process run) and writes the reports.
 
     \b
     Examples:
       harden verify exports/seg --twin graph --twin runs/seg
       harden verify exports/seg/model.int8.onnx --attacks pgd,apgd-ce --eps 2/255,4/255 --gate survival=0.9
+      torchrun --nproc-per-node 4 -m harden verify exports/seg --twin runs/seg --images 500
     """
     from harden.attacks import parse_eps
     from harden.cli import Failed
     from harden.data import open_dataset
+    from harden.distributed import Distributed
     from harden.errors import InputError
     from harden.training import read_config
-    from harden.visualize import palette_for
     from runtime.engines import open_engine
-    from runtime.gates import Gates, evaluate_gates, read_gate_file
-    from runtime.report import write_reports
+    from runtime.gates import Gates, read_gate_file
     from runtime.twins import GRAPH, load_twins, open_deployment
     from runtime.verify import VerifyOptions, verify
 
@@ -140,20 +154,45 @@ def verify_command(
             f"{data} has {dataset.num_classes} classes; the model predicts {deployment.manifest.get('num_classes')}"
         )
 
-    show = progress and sys.stderr.isatty()
-    click.echo(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
-               f"on {len(dataset)} {split} images ...")  # fmt: skip
-    with open_engine(deployment.artefact, device) as engine:
-        result = verify(deployment, engine, twins, dataset, options, progress=show)
-    results = evaluate_gates(result, gates, list(options.eps_values))
     out = report_dir or deployment.root / "verify"
+    distributed = Distributed.from_environment()
+    try:
+        state_file = out / ("verify.state" if not distributed.active else f"verify.state.rank{distributed.rank}")
+        if resume and not state_file.is_file():
+            click.echo(f"no {state_file} to resume from: starting from the first batch", err=True)
+        if distributed.is_main:
+            shards = f" in {distributed.world_size} shards" if distributed.active else ""
+            click.echo(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
+                       f"on {len(dataset)} {split} images{shards} ...")  # fmt: skip
+        show = progress and sys.stderr.isatty() and distributed.is_main
+        with open_engine(deployment.artefact, device) as engine:
+            result = verify(deployment, engine, twins, dataset, options, progress=show, state_file=state_file,
+                            resume=resume, distributed=distributed)  # fmt: skip
+        failed = _report(result, gates, options, deployment, dataset, out) if result is not None else []
+        failed = distributed.broadcast(failed)
+        state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
+    finally:
+        distributed.close()
+    if failed:
+        raise Failed(f"verification FAILED: {', '.join(failed)}")
+    if distributed.is_main:
+        click.echo("verification PASSED")
+
+
+def _report(
+    result: VerifyResult, gates: Gates, options: VerifyOptions, deployment: Deployment, dataset: SegmentationDataset,
+    out: Path,
+) -> list[str]:  # fmt: skip
+    """Evaluate the gates, write the reports, print the gates; the names of the failed ones."""
+    from harden.visualize import palette_for
+    from runtime.gates import evaluate_gates
+    from runtime.report import write_reports
+
+    results = evaluate_gates(result, gates, list(options.eps_values))
     palette = palette_for(dataset.name, dataset.num_classes)
     written = write_reports(result, results, {**dataclasses.asdict(options), "gates": gates.to_dict()},
                             deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
     for gate in results:
         click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
     click.echo("wrote " + ", ".join(str(p) for p in written))
-    failed = [g.name for g in results if not g.passed]
-    if failed:
-        raise Failed(f"verification FAILED: {', '.join(failed)}")
-    click.echo("verification PASSED")
+    return [g.name for g in results if not g.passed]

@@ -1,0 +1,76 @@
+"""Processes started by torchrun: which rank this is, which shard of the work is its own, and
+the reduction of every rank's result to rank 0.
+
+torchrun sets WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT; without them there is one process
+and every method is a no-op, so callers never branch on "distributed or not". The process group
+uses gloo, which reduces CPU objects on any machine; the objects exchanged come from this job's
+own ranks, never from a file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+from harden.errors import InputError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """This process's place in a torchrun job (one process when not started by torchrun)."""
+        try:
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+        except ValueError as err:
+            raise InputError(f"WORLD_SIZE and RANK must be integers (torchrun sets them): {err}") from err
+        if world_size <= 1:
+            return cls()
+        if not 0 <= rank < world_size:
+            raise InputError(f"RANK {rank} is outside 0..{world_size - 1}")
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=60))
+        return cls(rank, world_size)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, count: int) -> range:
+        """This rank's contiguous block of range(count); the blocks in rank order tile it, so
+        results concatenated in rank order are in the order one process would produce."""
+        return range(count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size)
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every rank's `obj` on rank 0, in rank order; None on the other ranks."""
+        if not self.active:
+            return [obj]
+        received: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, received, dst=0)
+        return received
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        box: list[Any] = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
