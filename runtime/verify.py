@@ -162,7 +162,8 @@ def verify(
             _verify_batch(runner, plan, options, images, labels, bar)
             state.batches += 1
             if state_file is not None:
-                save_state(state_file, state, identity)
+                with runner.timer("state"):
+                    save_state(state_file, state, identity)
     finally:
         bar.close()
 

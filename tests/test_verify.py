@@ -1,16 +1,20 @@
 """`harden verify` and its parts: the graph twin against ONNX Runtime and the source model, a
 faithful export passing the gates, and deliberately broken deployments failing them by name."""
 
+import base64
+import io
 import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from export.manifest import MANIFEST_FILE, file_entry
 from export.precision import to_int8
@@ -28,6 +32,38 @@ def _run(*args):
 
 
 TESTCASE_CHILDREN = {"skipped", "failure", "system-out", "system-err"}
+
+
+class _TagBalance(HTMLParser):
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input", "col", "source", "wbr"})
+
+    def __init__(self):
+        super().__init__()
+        self.open, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+
+def _assert_page_renders(page):
+    """No browser on these machines: the page's tags must nest, and every embedded PNG decode."""
+    parser = _TagBalance()
+    parser.feed(page)
+    parser.close()
+    assert parser.open == [] and parser.images
+    for source in parser.images:
+        header, _, data = source.partition(",")
+        assert header == "data:image/png;base64"
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        assert image.width > 100 and image.height > 50
 
 
 def _junit_suite(path):
@@ -122,6 +158,7 @@ def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_pat
     assert len(suite.findall("testcase")) == len(summary["gates"])
     page = (report / "report.html").read_text()
     assert "PASS" in page and page.count("data:image/png;base64,") == 3
+    _assert_page_renders(page)
 
 
 def test_mas_removed_from_the_graph_fails(fp32_export, tmp_path):
