@@ -154,3 +154,44 @@ def test_a_rad_model_needs_eot_and_a_windowed_model_has_no_attention_to_read(att
         PatchAttack("patch-fool", steps=1)(cnn, images, labels, targets, mask)
     with pytest.raises(InputError):
         PatchAttack("no-such-attack")
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from harden.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
+    import json
+
+    report = tmp_path / "patch"
+    small = ["--images", 2, "--iters", 3, "--eot", 2, "--draws", 2, "--no-progress"]
+    result = _cli("attack", ram_run, "--patch", 16, "--target", "strip", "--attack", "dag,maxattn-dag",
+                  "--report", report, *small)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((report / "patch_attack.json").read_text())
+    assert [r["attack"] for r in summary["rows"]] == ["clean", "dag", "maxattn-dag"]
+    assert summary["target"] == "strip" and summary["draws"] == 2 and summary["worst_over_draws"]
+    clean, dag = summary["rows"][0], summary["rows"][1]
+    assert dag["targeted_miou"] >= clean["targeted_miou"]
+    assert (report / "examples.png").stat().st_size > 10_000
+
+    untargeted = _cli("attack", ram_run, "--patch", 16, "--target", "none", "--attack", "dag",
+                      "--report", tmp_path / "none", *small)  # fmt: skip
+    assert untargeted.exit_code == 0, untargeted.output
+    assert json.loads((tmp_path / "none" / "patch_attack.json").read_text())["rows"][0]["targeted_miou"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--attack", "ipatch", "--target", "none"], "targeted attack"), (["--attack", "fgsm"], "unknown patch attack"),
+     (["--location", "middle"], "patch location"), (["--gamma", "-1"], "gamma")],
+)  # fmt: skip
+def test_patch_attack_bad_input_exits_2(ram_run, tmp_path, extra, message):
+    result = _cli("attack", ram_run, "--patch", 16, "--images", 1, "--iters", 1, "--eot", 2, *extra,
+                  "--report", tmp_path / "r", "--no-progress")  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r" / "patch_attack.json").exists()

@@ -41,6 +41,18 @@ PATCH_ATTACKS: Final = (
     "pgd", "dag", "ipatch", "ssap", "maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool", "eot",
 )  # fmt: skip
 ATTENTION_AWARE: Final = ("maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool")
+TARGETED_ONLY: Final = ("ipatch", "ssap")
+PATCH_SUMMARIES: Final = {
+    "pgd": "log-probability of the target (A1), γ 0.005",
+    "dag": "Dense Adversary Generation: z_target − z_true on still-correct pixels (A2–A3)",
+    "ipatch": "KL to the one-hot target (A4–A5); targeted only",
+    "ssap": "η-weighted target log-probability (A6–A8); targeted only",
+    "maxvar-dag": "dag + α · attention variance (A16), adaptive to MAS",
+    "maxattn-dag": "dag + α · attention mass on the patch (A17), adaptive to MAS",
+    "attention-fool": "target log-probability + α · L_kq, the query-key logits to the patch (A13–A15)",
+    "patch-fool": "target log-probability + α · per-layer attention on the patch, β-projected (A9–A12)",
+    "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
+}
 DEFAULT_GAMMA: Final = {"pgd": 0.005}  # Appendix A.1; 1 for every other attack
 IPATCH_EPS: Final = 1e-10
 
@@ -77,15 +89,28 @@ class PatchAttack:
     def draws(self) -> int:
         return 8 if self.name == "eot" and self.eot == 1 else self.eot
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
                  mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """Adversarial images: `images` changed only where `mask` (B, 1, H, W) is 1."""
+        """Adversarial images: `images` changed only where `mask` (B, 1, H, W) is 1.
+
+        targets: (B, H, W) target labels (Permute, Strip), or None for the untargeted attack:
+        the log-probability attacks then push the true class down, the DAG family pushes every
+        pixel towards a random wrong class (Xie et al.'s untargeted DAG).
+        """
         if self.draws == 1 and is_randomised(model):
             raise InputError(
                 f"{self.name}: the model is randomised (RAD); attack it with EOT (--eot 8) or the 'eot' attack"
             )
         if self.name in ATTENTION_AWARE and not find_attention(model):
             raise InputError(f"{self.name} reads attention matrices, and this model has no attention layer")
+        if targets is None and self.name in TARGETED_ONLY:
+            raise InputError(f"{self.name} is a targeted attack (RAM paper A.4–A.5): use --target permute or strip")
+        untargeted = targets is None
+        if targets is None:
+            classes = _classes(model, images)
+            generator = torch.Generator().manual_seed(self.seed)
+            shift = torch.randint(1, classes, labels.shape, generator=generator).to(labels.device)
+            targets = torch.where(labels == IGNORE_INDEX, labels, (labels + shift) % classes)
         gamma = self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 1.0)
         was_training = model.training
         model.eval()
@@ -96,18 +121,18 @@ class PatchAttack:
                 for _ in range(self.steps):
                     gradient = torch.zeros_like(x)
                     for _ in range(self.draws):  # a fresh RAD draw per forward pass
-                        gradient += self._gradient(model, x, labels, targets, mask)
+                        gradient += self._gradient(model, x, labels, targets, mask, untargeted)
                     x = patch_step(x, gradient / self.draws, mask, gamma).detach()
         finally:
             model.train(was_training)
         return x
 
     def _gradient(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                  mask: torch.Tensor, untargeted: bool) -> torch.Tensor:  # fmt: skip
         x = x.detach().requires_grad_(True)
         with _AttentionReader(model, self.name in ATTENTION_AWARE) as reader:
             logits = checked_logits(model, x)
-        target_term = _target_log_prob(logits, targets)
+        target_term = -_target_log_prob(logits, labels) if untargeted else _target_log_prob(logits, targets)
         if self.name == "patch-fool":
             return _patch_fool_gradient(x, target_term, reader.patch_mass_per_layer(mask), self.alpha)
         objective = {
@@ -122,6 +147,11 @@ class PatchAttack:
         }[self.name]()
         (gradient,) = torch.autograd.grad(objective, x)
         return torch.nan_to_num(gradient)
+
+
+def _classes(model: nn.Module, images: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(checked_logits(model, images[:1]).shape[1])
 
 
 def _valid_targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

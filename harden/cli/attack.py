@@ -7,14 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from harden.cli._options import SIZE, data_option, device_option, progress_option, resolve_device
+from harden.cli._patch import DEFAULT_ATTACKS as PATCH_DEFAULT_ATTACKS
+from harden.cli._patch import run_patch_attacks
 
 
 def _attack_help() -> str:
     from harden.attacks import ATTACKS
 
     return "\n".join(f"  {name:<13} {entry.summary}" for name, entry in ATTACKS.items())
+
+
+def _patch_attack_help() -> str:
+    from harden.attacks.patch_attacks import PATCH_SUMMARIES
+
+    return "\n".join(f"  {name:<15} {summary}" for name, summary in PATCH_SUMMARIES.items())
 
 
 class AttackCommand(click.Command):
@@ -24,6 +33,9 @@ class AttackCommand(click.Command):
         formatter.write_paragraph()
         formatter.write_text("Attacks:")
         formatter.write("\n".join("  " + line for line in _attack_help().splitlines()) + "\n")
+        formatter.write_paragraph()
+        formatter.write_text("Patch attacks (with --patch; RAM paper Appendix A):")
+        formatter.write("\n".join("  " + line for line in _patch_attack_help().splitlines()) + "\n")
 
 
 @click.command("attack", cls=AttackCommand)
@@ -85,6 +97,20 @@ class AttackCommand(click.Command):
     default=None,
     help="[default: RUN_DIR/attack]",
 )
+@click.option("--patch", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Patch attacks (RAM paper §5.1): only an M×M patch may change, to any value in [0, 1]; "
+              "--attack then names patch attacks (listed below), --eps is unused.")  # fmt: skip
+@click.option("--location", default="lower-right", show_default=True,
+              help="Patch place: lower-right, lower-left, upper-right, upper-left, center, random, "
+              "or Y,X.")  # fmt: skip
+@click.option("--target", type=click.Choice(["permute", "strip", "none"]), default="permute", show_default=True,
+              help="Patch attacks' goal: Permute (present classes → absent ones), Strip (stripes of absent "
+              "classes) or none (untargeted).")  # fmt: skip
+@click.option("--stripes", type=click.IntRange(min=1), default=4, show_default=True, help="Stripes of --target strip.")
+@click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Patch attacks' step γ (Algorithm 1). [default: 0.005 for pgd, 1 otherwise]")  # fmt: skip
+@click.option("--alpha", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the attention terms of the attention-aware patch attacks.")  # fmt: skip
 @device_option
 @progress_option
 def attack_command(
@@ -104,6 +130,12 @@ def attack_command(
     seed: int,
     examples: int,
     report_dir: Path | None,
+    patch: int | None,
+    location: str,
+    target: str,
+    stripes: int,
+    gamma: float | None,
+    alpha: float,
     device: str,
     progress: bool,
 ) -> None:
@@ -119,11 +151,18 @@ def attack_command(
     Writes REPORT/attack.json, REPORT/robustness.png (mIoU and pAcc against ε) and
     REPORT/examples.png (clean and adversarial predictions under the strongest attack).
 
+    With --patch M: the RAM paper's patch protocol instead. Each image gets targets (Permute,
+    Strip or none), each patch attack runs Algorithm 1 for --iters steps (default 50; the paper
+    400) on the M×M patch, and the table gives targeted mIoU (prediction vs target, lower = more
+    robust), mIoU and pixel accuracy outside the patch (eq. 21), worst over RAD draws. Writes
+    REPORT/patch_attack.json and REPORT/examples.png (patch outlined, target, predictions).
+
     \b
     Examples:
       harden attack runs/seg --attack sea --eps 4/255,8/255
       harden attack runs/seg-ram --attack pgd,apgd-jsd --eot 8 --iters 50
       harden attack runs/psp --source runs/seg --attack pgd      # transfer seg → psp
+      harden attack runs/seg-ram --patch 24 --target strip --attack dag,maxattn-dag,eot
     """
     from harden._io import write_json
     from harden.attacks import ATTACKS, ThreatModel, is_randomised, parse_eps
@@ -138,8 +177,19 @@ def attack_command(
 
     attacks = [a.strip() for a in attack_spec.split(",") if a.strip()]
     unknown = [a for a in attacks if a not in ATTACKS]
-    if not attacks or unknown:
+    if patch is None and (not attacks or unknown):
         raise InputError(f"unknown attack {', '.join(unknown) or '(none)'}; choose from {', '.join(ATTACKS)}")
+    if patch is not None:
+        from harden.attacks.patch import PatchMask
+        from harden.attacks.patch_attacks import PatchAttack
+
+        if source is not None:
+            raise InputError("--source (transfer) is not available for patch attacks")
+        if click.get_current_context().get_parameter_source("attack_spec") is ParameterSource.DEFAULT:
+            attack_spec = PATCH_DEFAULT_ATTACKS
+        for name in attack_spec.split(","):  # refuse bad names and parameters before loading anything
+            PatchAttack(name.strip(), gamma=gamma, alpha=alpha)
+        PatchMask(patch, location)
     eps_values = sorted({parse_eps(e) for e in eps_spec.split(",")})
     for eps in eps_values:  # refuse an ε above the box now, before loading anything
         ThreatModel(eps)
@@ -160,6 +210,13 @@ def attack_command(
     )
     if dataset.num_classes != model_config.num_classes:
         raise InputError(f"{data} has {dataset.num_classes} classes but the model predicts {model_config.num_classes}")
+    if patch is not None:
+        run_patch_attacks(
+            run_dir, model, model_config, dataset, attack_spec=attack_spec, patch=patch, location=location,
+            target=target, stripes=stripes, iters=iters, gamma=gamma, alpha=alpha, eot=eot, draws=draws, seed=seed,
+            batch_size=batch_size, examples=examples, report_dir=report_dir, device=device, progress=progress,
+        )  # fmt: skip
+        return
 
     show = progress and sys.stderr.isatty()
     evaluation = evaluate_robustness(
