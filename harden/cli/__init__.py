@@ -57,7 +57,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, demo, evaluate, export, models, train, verify
+    from harden.cli import attack, attention_map, demo, erf, evaluate, export, models, train, verify
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
@@ -67,6 +67,7 @@ def _register() -> None:
     cli.add_command(export.export_command)
     cli.add_command(verify.verify_command)
     cli.add_command(demo.demo_command)
+    cli.add_command(erf.erf_command)
 
 
 _register()
