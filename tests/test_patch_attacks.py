@@ -173,9 +173,10 @@ def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
                   "--report", report, *small)  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((report / "patch_attack.json").read_text())
-    assert [r["attack"] for r in summary["rows"]] == ["clean", "dag", "maxattn-dag"]
+    assert [r["attack"] for r in summary["rows"]] == ["clean", "random-patch", "dag", "maxattn-dag"]
     assert summary["target"] == "strip" and summary["draws"] == 2 and summary["worst_over_draws"]
-    clean, dag = summary["rows"][0], summary["rows"][1]
+    assert summary["sound"] and {c["name"] for c in summary["checks"]} == {"patch-confined", "beats-random-patch"}
+    clean, dag = summary["rows"][0], summary["rows"][2]
     assert dag["targeted_miou"] >= clean["targeted_miou"]
     assert (report / "examples.png").stat().st_size > 10_000
 
@@ -183,6 +184,15 @@ def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
                       "--report", tmp_path / "none", *small)  # fmt: skip
     assert untargeted.exit_code == 0, untargeted.output
     assert json.loads((tmp_path / "none" / "patch_attack.json").read_text())["rows"][0]["targeted_miou"] is None
+
+
+def test_an_attack_weaker_than_random_noise_fails_the_sanity_check(ram_run, tmp_path):
+    # a step of 1e-6 for one iteration leaves the patch as it was: random noise does more damage
+    result = _cli("attack", ram_run, "--patch", 32, "--target", "none", "--attack", "pgd", "--gamma", "1e-6",
+                  "--iters", 1, "--images", 2, "--eot", 2, "--draws", 1, "--report", tmp_path / "r",
+                  "--no-progress")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "[fail] beats-random-patch" in result.output and "pgd" in result.output
 
 
 @pytest.mark.parametrize(

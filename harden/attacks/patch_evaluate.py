@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from harden.attacks.checks import Check
 from harden.attacks.evaluate import DRAW_SEED, keep_first
 from harden.attacks.patch import PatchMask
 from harden.attacks.patch_attacks import PatchAttack
@@ -31,6 +32,7 @@ from harden.ram import fixed_rad_seed
 
 TARGETS: Final = ("permute", "strip", "none")
 CLEAN: Final = "clean"
+RANDOM: Final = "random-patch"  # uniform noise in the patch: the floor every attack must beat
 
 
 @dataclass
@@ -66,6 +68,7 @@ class PatchEvaluation:
     results: dict[str, list[_Draw]]  # attack (or "clean") → one per draw
     seconds: dict[str, float] = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)  # images, labels, targets, mask, <attack>
+    leaked: dict[str, float] = field(default_factory=dict)  # attack → max |change| outside the patch
 
     def worst(self, attack: str) -> dict[str, float]:
         """The worst draw of each metric (highest targeted mIoU, lowest mIoU and pAcc)."""
@@ -75,6 +78,27 @@ class PatchEvaluation:
             "miou": min(s["miou"] for s in per_draw),
             "pixel_accuracy_outside": min(s["pixel_accuracy_outside"] for s in per_draw),
         }
+
+    def checks(self) -> list[Check]:
+        """The sanity checks of the patch protocol: attacks change only the patch, and every
+        attack does at least as well as random noise in the patch (else its optimisation failed:
+        a broken gradient, a step too small for the iterations)."""
+        leaked = {name: value for name, value in self.leaked.items() if value > 0}
+        checks = [
+            Check("patch-confined", "fail" if leaked else "pass",
+                  f"pixels outside the patch changed by {leaked}" if leaked else "no attack changed a pixel outside "
+                  "the patch"),
+        ]  # fmt: skip
+        floor = self.worst(RANDOM)
+        metric, sign = ("targeted_miou", 1) if self.target != "none" else ("pixel_accuracy_outside", -1)
+        weaker = [name for name in self.results if name not in (CLEAN, RANDOM)
+                  if sign * (self.worst(name)[metric] - floor[metric]) < -1e-4]  # fmt: skip
+        checks.append(Check(
+            "beats-random-patch", "fail" if weaker else "pass",
+            f"weaker than random noise in the patch on {metric}: {', '.join(weaker)}" if weaker
+            else f"every attack at least as strong as random noise in the patch on {metric}",
+        ))  # fmt: skip
+        return checks
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -116,10 +140,11 @@ def evaluate_patch_attacks(
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     k = dataset.num_classes
-    names = [CLEAN, *(a.name for a in attacks)]
+    names = [CLEAN, RANDOM, *(a.name for a in attacks)]
     results = {name: [_Draw(ConfusionMatrix(k), ConfusionMatrix(k)) for _ in range(draws)] for name in names}
     seconds: dict[str, float] = {}
     kept: dict[str, list[torch.Tensor]] = {}
+    leaked: dict[str, float] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pad)
     bar = tqdm(total=len(loader) * len(attacks), desc="patch attack", unit="run", disable=not progress)
     try:
@@ -130,6 +155,9 @@ def evaluate_patch_attacks(
             batch, _, height, width = images.shape
             mask = PatchMask(patch.size, patch.location, patch.seed + index)(batch, height, width, images.device)
             _predict(model, images, draws, results[CLEAN], labels, scored, mask)
+            generator = torch.Generator().manual_seed(seed + index)
+            noise = torch.rand(images.shape, generator=generator).to(images.device)
+            _predict(model, images * (1 - mask) + noise * mask, draws, results[RANDOM], labels, scored, mask)
             for key, tensor in (("images", images), ("labels", labels), ("targets", scored), ("mask", mask)):
                 keep_first(kept, key, tensor, examples)
             for attack in attacks:
@@ -137,13 +165,15 @@ def evaluate_patch_attacks(
                 start = time.perf_counter()
                 adversarial = attack(model, images, labels, targets, mask)
                 seconds[attack.name] = seconds.get(attack.name, 0.0) + time.perf_counter() - start
+                outside = float(((adversarial - images).abs() * (1 - mask)).max())
+                leaked[attack.name] = max(leaked.get(attack.name, 0.0), outside)
                 _predict(model, adversarial, draws, results[attack.name], labels, scored, mask)
                 keep_first(kept, attack.name, adversarial, examples)
                 bar.update()
     finally:
         bar.close()
     return PatchEvaluation(target, patch, len(dataset), draws, results, seconds,
-                           {k: torch.cat(v)[:examples].cpu() for k, v in kept.items()})  # fmt: skip
+                           {k: torch.cat(v)[:examples].cpu() for k, v in kept.items()}, leaked)  # fmt: skip
 
 
 def _predict(model: nn.Module, images: torch.Tensor, draws: int, into: list[_Draw], labels: torch.Tensor,

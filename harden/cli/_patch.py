@@ -66,6 +66,9 @@ def run_patch_attacks(
     for row in rows:
         click.echo(f"{row['attack']:<16}{_fmt(row['targeted_miou']):>17}{_fmt(row['miou']):>9}"
                    f"{_fmt(row['pixel_accuracy_outside']):>14}{row['seconds']:>10.1f}")  # fmt: skip
+    checks = evaluation.checks()
+    for check in checks:
+        click.echo(f"  [{check.status}] {check.name}: {check.detail}")
     out = report_dir or run_dir / "patch-attack"
     summary = {
         "run_dir": str(run_dir), "model": model_config.name, "ram": model_config.ram, "patch": patch,
@@ -73,15 +76,21 @@ def run_patch_attacks(
         "iters": iters or 50, "gamma": gamma, "alpha": alpha, "eot": eot, "draws": draws, "seed": seed,
         "images": evaluation.images, "worst_over_draws": True,
         "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows],
+        "checks": [c.to_dict() for c in checks], "sound": all(c.status == "pass" for c in checks),
     }  # fmt: skip
     write_json(out / "patch_attack.json", summary)
     written = [out / "patch_attack.json"]
     if examples and attacks:
-        strongest = max((r for r in rows if r["attack"] != "clean"), key=lambda r: _key(r, target))
+        crafted = [r for r in rows if r["attack"] not in ("clean", "random-patch")]
+        strongest = max(crafted, key=lambda r: _key(r, target))
         _save_examples(model, evaluation, strongest["attack"], out / "examples.png",
                        palette_for(dataset.name, dataset.num_classes))  # fmt: skip
         written.append(out / "examples.png")
     click.echo("wrote " + ", ".join(str(p) for p in written))
+    if not summary["sound"]:
+        from harden.cli import Failed
+
+        raise Failed("a patch-attack sanity check failed (see above): these numbers cannot be trusted")
 
 
 def _fmt(value: float) -> str:
