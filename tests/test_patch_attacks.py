@@ -205,3 +205,26 @@ def test_patch_attack_bad_input_exits_2(ram_run, tmp_path, extra, message):
                   "--report", tmp_path / "r", "--no-progress")  # fmt: skip
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "r" / "patch_attack.json").exists()
+
+
+def test_attention_aware_attacks_pull_more_attention_onto_the_patch_than_dag():
+    """The adaptive attacks' extra terms work: after the attack, the queries of a plain attention
+    model attend to the patch more than after DAG, whose loss ignores attention."""
+    from harden.attacks.patch_attacks import _AttentionReader
+
+    torch.manual_seed(0)
+    model = create_model("segformer_tiny", num_classes=19).eval()
+    dataset = open_dataset("synthetic", "val", size=(64, 128), num_images=2, seed=0)
+    images, labels = collate_pad([dataset[i] for i in range(2)])
+    targets = permute_targets(labels, dataset.num_classes, seed=0)
+    mask = PatchMask(32)(2, 64, 128)
+
+    def patch_attention(x):
+        with torch.no_grad(), _AttentionReader(model, True) as reader:
+            model(x)
+        return float(reader.patch_mass(mask))
+
+    dag = patch_attention(PatchAttack("dag", steps=10)(model, images, labels, targets, mask))
+    for name in ("maxattn-dag", "patch-fool", "attention-fool"):
+        adversarial = PatchAttack(name, steps=10)(model, images, labels, targets, mask)
+        assert patch_attention(adversarial) > dag, name
