@@ -51,7 +51,7 @@ def erf_command(
     field = effective_receptive_field(model, dataset, images)
     r50, r90 = field.radius(0.5), field.radius(0.9)
     out = out or run_dir / "erf.png"
-    fig, ax = plt.subplots(figsize=(6, 6 * field.gradient.shape[0] / field.gradient.shape[1] + 0.6))
+    fig, ax = plt.subplots(figsize=(6.5, 5.2 * field.gradient.shape[0] / field.gradient.shape[1] + 1.0))
     shown = np.log10(field.gradient / max(float(field.gradient.max()), 1e-30) + 1e-6)
     picture = ax.imshow(shown, cmap="magma", vmin=-4, vmax=0)
     fig.colorbar(picture, ax=ax, fraction=0.046, label="log10 relative gradient")
