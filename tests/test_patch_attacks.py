@@ -125,7 +125,7 @@ def attacked(ram_run):
     return model, images, labels, targets, mask, targeted
 
 
-@pytest.mark.parametrize("name", [a for a in PATCH_ATTACKS if a != "pgd"])
+@pytest.mark.parametrize("name", [a for a in PATCH_ATTACKS if a not in ("pgd", "autoattack")])
 def test_each_attack_stays_in_the_patch_and_raises_targeted_miou(attacked, name):
     model, images, labels, targets, mask, targeted = attacked
     adversarial = PatchAttack(name, steps=10, eot=2)(model, images, labels, targets, mask)
@@ -138,6 +138,17 @@ def test_pgd_with_the_papers_small_step_still_moves_towards_the_target(attacked)
     model, images, labels, targets, mask, targeted = attacked
     adversarial = PatchAttack("pgd", steps=10, eot=2, gamma=0.05)(model, images, labels, targets, mask)
     assert targeted(adversarial) > targeted(images)
+
+
+def test_autoattack_in_the_patch_lowers_accuracy_and_is_untargeted_only(attacked):
+    model, images, labels, targets, mask, _ = attacked
+    adversarial = PatchAttack("autoattack", steps=5, eot=2)(model, images, labels, None, mask)
+    assert torch.equal(adversarial * (1 - mask), images * (1 - mask))
+    with torch.no_grad(), fixed_rad_seed(model, 10_000):
+        clean, attacked_accuracy = (float((model(x).argmax(1) == labels).float().mean()) for x in (images, adversarial))
+    assert attacked_accuracy < clean
+    with pytest.raises(InputError, match="--target none"):
+        PatchAttack("autoattack", steps=1, eot=2)(model, images, labels, targets, mask)
 
 
 def test_a_rad_model_needs_eot_and_a_windowed_model_has_no_attention_to_read(attacked):

@@ -13,6 +13,7 @@ from typing import Final
 
 import torch
 
+from harden.attacks.threat import ThreatModel
 from harden.errors import InputError
 
 LOCATIONS: Final = ("lower-right", "lower-left", "upper-right", "upper-left", "center", "random")
@@ -93,3 +94,18 @@ def patch_step(images: torch.Tensor, gradient: torch.Tensor, mask: torch.Tensor,
         raise InputError(f"the step γ must be > 0, got {gamma}")
     scale = gradient.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
     return (images + gamma * gradient / scale * mask).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class PatchThreat(ThreatModel):
+    """The patch threat model as a `ThreatModel` (ε = 1: any value, but only under `mask`), so
+    that attacks written for ε-balls — APGD, Square — run inside a patch unchanged."""
+
+    mask: torch.Tensor | None = None  # (B, 1, H, W), 1 under the patch
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        assert self.mask is not None
+        return super().project(x + (x_adv - x) * self.mask, x)
+
+    def describe(self) -> str:
+        return "patch"

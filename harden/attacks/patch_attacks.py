@@ -38,10 +38,11 @@ from harden.errors import InputError
 from harden.models.attention import AttentionCore, AttentionTrace, find_attention
 
 PATCH_ATTACKS: Final = (
-    "pgd", "dag", "ipatch", "ssap", "maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool", "eot",
+    "pgd", "dag", "ipatch", "ssap", "maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool", "eot", "autoattack",
 )  # fmt: skip
 ATTENTION_AWARE: Final = ("maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool")
 TARGETED_ONLY: Final = ("ipatch", "ssap")
+UNTARGETED_ONLY: Final = ("autoattack",)
 PATCH_SUMMARIES: Final = {
     "pgd": "log-probability of the target (A1), γ 0.005",
     "dag": "Dense Adversary Generation: z_target − z_true on still-correct pixels (A2–A3)",
@@ -52,6 +53,7 @@ PATCH_SUMMARIES: Final = {
     "attention-fool": "target log-probability + α · L_kq, the query-key logits to the patch (A13–A15)",
     "patch-fool": "target log-probability + α · per-layer attention on the patch, β-projected (A9–A12)",
     "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
+    "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8); untargeted only",
 }
 DEFAULT_GAMMA: Final = {"pgd": 0.005}  # Appendix A.1; 1 for every other attack
 IPATCH_EPS: Final = 1e-10
@@ -105,6 +107,11 @@ class PatchAttack:
             raise InputError(f"{self.name} reads attention matrices, and this model has no attention layer")
         if targets is None and self.name in TARGETED_ONLY:
             raise InputError(f"{self.name} is a targeted attack (RAM paper A.4–A.5): use --target permute or strip")
+        if targets is not None and self.name in UNTARGETED_ONLY:
+            raise InputError(f"{self.name} is implemented for --target none only (APGD keeps the point of lowest "
+                             "accuracy, an untargeted criterion)")  # fmt: skip
+        if self.name == "autoattack":
+            return self._autoattack(model, images, labels, mask)
         untargeted = targets is None
         if targets is None:
             classes = _classes(model, images)
@@ -126,6 +133,27 @@ class PatchAttack:
         finally:
             model.train(was_training)
         return x
+
+    def _autoattack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """A.8, untargeted: APGD-CE (`steps` iterations) and Square (10 × `steps` queries) with
+        the patch as threat model; per image, the result with the lower pixel accuracy."""
+        from harden.attacks._registry import create_attack
+        from harden.attacks.base import pixel_accuracy_per_image
+        from harden.attacks.patch import PatchThreat
+        from harden.ram import fixed_rad_seed
+
+        threat = PatchThreat(1.0, mask=mask)
+        best, best_accuracy = images, torch.full((images.shape[0],), float("inf"), device=images.device)
+        for name, steps in (("apgd-ce", self.steps), ("square", 10 * self.steps)):
+            attack = create_attack(name, threat, steps=steps, eot=self.draws, seed=self.seed)
+            candidate = attack(model, images, labels).images
+            with torch.no_grad(), fixed_rad_seed(model, self.seed):
+                accuracy = pixel_accuracy_per_image(model(candidate), labels)
+            lower = accuracy < best_accuracy
+            best_accuracy = torch.where(lower, accuracy, best_accuracy)
+            best = torch.where(lower.view(-1, 1, 1, 1), candidate, best)
+        return best
 
     def _gradient(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
                   mask: torch.Tensor, untargeted: bool) -> torch.Tensor:  # fmt: skip
