@@ -112,19 +112,19 @@ class PatchAttack:
                              "accuracy, an untargeted criterion)")  # fmt: skip
         if self.name == "autoattack":
             return self._autoattack(model, images, labels, mask)
-        untargeted = targets is None
-        if targets is None:
-            classes = _classes(model, images)
-            generator = torch.Generator().manual_seed(self.seed)
-            shift = torch.randint(1, classes, labels.shape, generator=generator).to(labels.device)
-            targets = torch.where(labels == IGNORE_INDEX, labels, (labels + shift) % classes)
         gamma = self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 1.0)
         was_training = model.training
-        model.eval()
+        model.eval()  # before any forward pass: a training-mode pass would update BatchNorm statistics
         x = images.detach().clone()
         try:
             with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
+                untargeted = targets is None
+                if targets is None:
+                    classes = _classes(model, images)
+                    generator = torch.Generator().manual_seed(self.seed)
+                    shift = torch.randint(1, classes, labels.shape, generator=generator).to(labels.device)
+                    targets = torch.where(labels == IGNORE_INDEX, labels, (labels + shift) % classes)
                 for _ in range(self.steps):
                     gradient = torch.zeros_like(x)
                     for _ in range(self.draws):  # a fresh RAD draw per forward pass
