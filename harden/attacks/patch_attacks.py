@@ -55,6 +55,7 @@ PATCH_SUMMARIES: Final = {
     "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
     "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8); untargeted only",
 }
+DEFAULT_STEPS: Final = 50  # T of Algorithm 1, scaled down from the paper's 400 for CPUs
 DEFAULT_GAMMA: Final = {"pgd": 0.005}  # Appendix A.1; 1 for every other attack
 IPATCH_EPS: Final = 1e-10
 
@@ -71,7 +72,7 @@ class PatchAttack:
     """
 
     name: str
-    steps: int = 50
+    steps: int = DEFAULT_STEPS
     gamma: float | None = None
     alpha: float = 1.0
     eot: int = 1

@@ -23,7 +23,7 @@ from harden.attacks.checks import Check
 from harden.attacks.evaluate import DRAW_SEED, keep_first
 from harden.attacks.patch import PatchMask
 from harden.attacks.patch_attacks import PatchAttack
-from harden.attacks.targets import permute_targets, strip_targets
+from harden.attacks.targets import counts_outside, permute_targets, strip_targets
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
@@ -47,9 +47,9 @@ class _Draw:
     def add(self, predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
         self.targeted.update(predictions, targets)
         self.untargeted.update(predictions, labels)
-        outside = (mask[:, 0] < 0.5) & (labels != IGNORE_INDEX)
-        self.correct_outside += int(((predictions == labels) & outside).sum())
-        self.outside += int(outside.sum())
+        correct, outside = counts_outside(predictions, labels, mask)
+        self.correct_outside += correct
+        self.outside += outside
 
     def scores(self) -> dict[str, float]:
         return {

@@ -59,12 +59,16 @@ def targeted_miou(predictions: torch.Tensor, targets: torch.Tensor, num_classes:
     return confusion.miou()
 
 
-def accuracy_outside(predictions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> float:
-    """Eq. 21: pixel accuracy against the ground truth over the pixels outside the patch.
-    mask: (B, 1, H, W) or (B, H, W), 1 under the patch."""
+def counts_outside(predictions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """(correct, labelled) pixels outside the patch. mask: (B, 1, H, W) or (B, H, W), 1 under the patch."""
     outside = (mask.reshape(labels.shape) < 0.5) & (labels != IGNORE_INDEX)
-    total = int(outside.sum())
-    return float(((predictions == labels) & outside).sum()) / total if total else float("nan")
+    return int(((predictions == labels) & outside).sum()), int(outside.sum())
+
+
+def accuracy_outside(predictions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> float:
+    """Eq. 21: pixel accuracy against the ground truth over the pixels outside the patch."""
+    correct, total = counts_outside(predictions, labels, mask)
+    return correct / total if total else float("nan")
 
 
 def _present_absent(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

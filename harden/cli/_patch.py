@@ -46,13 +46,14 @@ def run_patch_attacks(
     from harden._io import write_json
     from harden.attacks import is_randomised
     from harden.attacks.patch import PatchMask
-    from harden.attacks.patch_attacks import PatchAttack
+    from harden.attacks.patch_attacks import DEFAULT_STEPS, PatchAttack
     from harden.attacks.patch_evaluate import evaluate_patch_attacks
     from harden.visualize import palette_for
 
     mask = PatchMask(patch, location, seed)
     names = [a.strip() for a in attack_spec.split(",") if a.strip()]
-    attacks = [PatchAttack(n, steps=iters or 50, gamma=gamma, alpha=alpha, eot=eot, seed=seed) for n in names]
+    steps = iters or DEFAULT_STEPS
+    attacks = [PatchAttack(n, steps=steps, gamma=gamma, alpha=alpha, eot=eot, seed=seed) for n in names]
     randomised = is_randomised(model)
     draws = draws if draws is not None else (3 if randomised else 1)
     evaluation = evaluate_patch_attacks(
@@ -73,7 +74,7 @@ def run_patch_attacks(
     summary = {
         "run_dir": str(run_dir), "model": model_config.name, "ram": model_config.ram, "patch": patch,
         "location": location, "target": target, "stripes": stripes if target == "strip" else None,
-        "iters": iters or 50, "gamma": gamma, "alpha": alpha, "eot": eot, "draws": draws, "seed": seed,
+        "iters": steps, "gamma": gamma, "alpha": alpha, "eot": eot, "draws": draws, "seed": seed,
         "images": evaluation.images, "worst_over_draws": True,
         "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows],
         "checks": [c.to_dict() for c in checks], "sound": all(c.status == "pass" for c in checks),
