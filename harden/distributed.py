@@ -4,7 +4,8 @@ the reduction of every rank's result to rank 0.
 torchrun sets WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT; without them there is one process
 and every method is a no-op, so callers never branch on "distributed or not". The process group
 uses gloo, which reduces CPU objects on any machine; the objects exchanged come from this job's
-own ranks, never from a file.
+own ranks, never from a file. Training on CUDA asks for NCCL (`backend="nccl"`), which
+reduces GPU tensors; verification and CPU training use gloo.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
 from harden.errors import InputError
@@ -25,22 +27,24 @@ T = TypeVar("T")
 class Distributed:
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # this process's index on its machine: its GPU
 
     @classmethod
-    def from_environment(cls) -> Distributed:
+    def from_environment(cls, backend: str = "gloo") -> Distributed:
         """This process's place in a torchrun job (one process when not started by torchrun)."""
         try:
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
             rank = int(os.environ.get("RANK", "0"))
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         except ValueError as err:
-            raise InputError(f"WORLD_SIZE and RANK must be integers (torchrun sets them): {err}") from err
+            raise InputError(f"WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them): {err}") from err
         if world_size <= 1:
             return cls()
         if not 0 <= rank < world_size:
             raise InputError(f"RANK {rank} is outside 0..{world_size - 1}")
         if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(minutes=60))
-        return cls(rank, world_size)
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=60))
+        return cls(rank, world_size, local_rank)
 
     @property
     def is_main(self) -> bool:
@@ -70,6 +74,12 @@ class Distributed:
         box: list[Any] = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `tensor` over every rank (in place; returned for chaining)."""
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
 
     def close(self) -> None:
         if self.active and dist.is_initialized():

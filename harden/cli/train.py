@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,7 +73,54 @@ from harden.cli._options import (
     default=None,
     help="Fine-tune: start from the weights of this run directory (or model.safetensors).",
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+@click.option(
+    "--adv",
+    type=click.Choice(["sat", "pgd", "segpgd", "rppgd", "ddcat", "pir"]),
+    default=None,
+    help="Adversarial training (see below). [default: clean training]",
+)
+@click.option(
+    "--adv-eps", default="0.03", show_default=True, help="L∞ radius of the training attack (0.03, 8/255, ...)."
+)
+@click.option("--adv-step", default="0.01", show_default=True, help="Step size α of the training attack.")
+@click.option(
+    "--adv-steps", type=click.IntRange(min=1), default=3, show_default=True, help="Iterations k of the training attack."
+)
+@click.option(
+    "--adv-ratio",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of each batch replaced by adversarial images.",
+)
+@click.option(
+    "--init-backbone",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Robust classifier weights (safetensors or weights-only torch file) for the backbone; --adv pir needs it.",
+)
+@click.option(
+    "--amp",
+    type=click.Choice(["off", "bf16", "fp16"]),
+    default="off",
+    show_default=True,
+    help="Mixed precision (CUDA only).",
+)
+@click.option(
+    "--save-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also checkpoint every N steps inside an epoch, so --resume loses at most N steps. 0: epoch ends only.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train with N processes (DistributedDataParallel), launched through torchrun.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @device_option
 @progress_option
@@ -100,6 +149,15 @@ def train_command(
     attn_temperature: float | None,
     attn_learnable: bool,
     init_from: Path | None,
+    adv: str | None,
+    adv_eps: str,
+    adv_step: str,
+    adv_steps: int,
+    adv_ratio: float,
+    init_backbone: Path | None,
+    amp: str,
+    save_every: int,
+    nproc: int,
     resume: bool,
     overwrite: bool,
     device: str,
@@ -124,13 +182,20 @@ def train_command(
       harden train --model segformer_tiny --ram --init-from runs/seg --epochs 10 --out runs/seg-ft
       harden train --model pspnet_r50 --data cityscapes:/data/cityscapes --crop 512x1024 --out runs/psp
       harden train --out runs/seg --resume --epochs 40     # train an existing run for longer
+      harden train --model segformer_tiny --adv ddcat --out runs/seg-ddcat
+      harden train --model segformer_tiny --ram --adv pgd --adv-steps 5 --adv-eps 4/255 --out runs/seg-ram-at5
+      harden train --adv sat --nproc 2 --out runs/seg-sat
     """
+    from harden.attacks.threat import format_eps, parse_eps
     from harden.cli import Failed
     from harden.errors import InputError
     from harden.training import TrainConfig, TrainingDivergedError, prepare_run, train
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    device = resolve_device(device)
+    if amp != "off" and device != "cuda":
+        raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")
     config = TrainConfig(
         data=data,
         epochs=epochs,
@@ -147,6 +212,14 @@ def train_command(
         seed=seed,
         workers=workers,
         init_from=str(init_from) if init_from is not None else None,
+        adv=adv,
+        adv_eps=parse_eps(adv_eps),
+        adv_step=parse_eps(adv_step),
+        adv_steps=adv_steps,
+        adv_ratio=adv_ratio,
+        init_backbone=str(init_backbone) if init_backbone is not None else None,
+        amp=amp,
+        save_every=save_every,
     )
     ram_config = ram_settings(ram, mas, mas_threshold, rad, rad_p, attn_temperature, attn_learnable)
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
@@ -161,15 +234,25 @@ def train_command(
         overwrite=overwrite,
         resume_epochs=epochs if epochs_given else None,
     )
-    device = resolve_device(device)
+    if nproc > 1:  # checked above, once, so bad input exits 2 here rather than inside N processes
+        _launch_torchrun(nproc)
+        return
     ram_note = ""
     if model_config.ram is not None:
         from harden.ram import RAMConfig
 
         ram_note = f" with RAM {RAMConfig.from_dict(model_config.ram).describe()}"
-    click.echo(
-        f"training {model_config.name}{ram_note} on {config.data} for {config.epochs} epochs on {device} → {run_dir}"
-    )
+    adv_note = ""
+    if config.adv is not None:
+        adv_note = (
+            f", adversarial training {config.adv} (L∞ ε={format_eps(config.adv_eps)}, α={format_eps(config.adv_step)}, "
+            f"{config.adv_steps} steps, {config.adv_ratio:.0%} of each batch)"
+        )
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(
+            f"training {model_config.name}{ram_note}{adv_note} on {config.data} for {config.epochs} epochs "
+            f"on {device} → {run_dir}"
+        )
     try:
         result = train(
             run_dir,
@@ -182,6 +265,8 @@ def train_command(
         )
     except TrainingDivergedError as err:
         raise Failed(str(err)) from err
+    if os.environ.get("RANK", "0") != "0":
+        return
     click.echo(
         json.dumps(
             {
@@ -193,3 +278,27 @@ def train_command(
             }
         )
     )
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Run this same command under torchrun with `nproc` processes (and without --nproc)."""
+    from harden.cli import Failed
+
+    args = sys.argv[1:]
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    if kept and kept[0] != "train":  # `python -m harden ...` and the console script both start with the command
+        kept = kept[kept.index("train") :]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "harden", *kept]
+    click.echo("launching: " + " ".join(command))
+    code = subprocess.call(command)
+    if code != 0:
+        raise Failed(f"torchrun exited with status {code}") if code != 2 else SystemExit(2)

@@ -23,6 +23,9 @@ class SegmentationModel(nn.Module):
 
     # Why ONNX export must fix H and W for this model (None: batch, height and width dynamic).
     export_static_size: str | None = None
+    # The submodules (and parameters) that form the backbone, the part a classifier shares:
+    # what PIR-AT initialises from a robust classifier (`--init-backbone`).
+    backbone_modules: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()

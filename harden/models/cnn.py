@@ -50,6 +50,8 @@ class ASPP(nn.Module):
 class PSPNet(SegmentationModel):
     """PSPNet (Zhao et al. 2017): dilated ResNet + pyramid pooling + 3×3 conv + classifier."""
 
+    backbone_modules = ("backbone",)
+
     # Adaptive average pooling into 2×2, 3×3 and 6×6 bins has no ONNX op: the exporter's
     # decomposition bakes the bin boundaries of the traced size, so the export fixes H and W.
     export_static_size = "adaptive pooling into fixed bins bakes the traced size into the ONNX graph"
@@ -68,6 +70,8 @@ class PSPNet(SegmentationModel):
 
 class DeepLabV3(SegmentationModel):
     """DeepLabv3 (Chen et al. 2017): dilated ResNet + ASPP + classifier."""
+
+    backbone_modules = ("backbone",)
 
     def __init__(
         self, num_classes: int, backbone: DilatedResNet, head_width: int, rates: tuple[int, ...], dropout: float = 0.1

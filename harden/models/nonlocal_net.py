@@ -63,6 +63,8 @@ class NonLocalNet(SegmentationModel):
 @register_model(family="nonlocal", has_attention=True, tiny=True)
 def nonlocal_tiny(num_classes: int, **kwargs: Any) -> NonLocalNet:
     """Non-local block on a 4-block ResNet: CPU demos and tests."""
+
+    backbone_modules = ("backbone",)
     return NonLocalNet(num_classes, DilatedResNet(), head_width=64, **kwargs)
 
 

@@ -97,6 +97,8 @@ class SegFormer(SegmentationModel):
     drop_path: stochastic depth rate.
     """
 
+    backbone_modules = ("stages",)
+
     def __init__(
         self,
         num_classes: int,

@@ -65,6 +65,8 @@ class Segmenter(SegmentationModel):
     grid: position-embedding grid (H/P, W/P) it was trained at; other sizes interpolate it.
     """
 
+    backbone_modules = ("embed", "pos_embed", "blocks", "norm")
+
     def __init__(
         self,
         num_classes: int,

@@ -141,6 +141,8 @@ class Swin(SegmentationModel):
     decoder_dim: width of the all-MLP decoder.
     """
 
+    backbone_modules = ("embed", "embed_norm", "stages", "merges", "norms")
+
     # The window size, the shift and the shifted-window mask are chosen in Python from the
     # feature-map size, so an exported graph holds the choices of the traced size only.
     export_static_size = "window size, shift and shift mask are chosen from the traced feature-map size"

@@ -116,6 +116,66 @@ def init_weights(model: nn.Module, path_or_run: str | Path) -> None:
     _load_state(model, tensors, path, may_miss=set(ram_only))
 
 
+def init_backbone(model: SegmentationModel, path: str | Path) -> int:
+    """PIR-AT (Croce et al. §4.2): load a robust classifier's weights into the model's backbone.
+
+    `path` is a safetensors file or a weights-only torch file (a state dict, or one under
+    "state_dict"/"model"; nothing else is unpickled). A tensor is matched by its name in the
+    model, or, when the backbone is one module (e.g. `backbone`), by that module's name plus the
+    classifier's own name (`layer1.0.conv1.weight` → `backbone.layer1.0.conv1.weight`); a
+    "module." prefix (DDP) is dropped. Tensors of the classifier's head match nothing and are
+    skipped. Every backbone tensor must be found with its shape, else InputError names the
+    first missing ones. Returns the number of tensors loaded.
+    """
+    path = Path(path)
+    if not model.backbone_modules:
+        raise InputError(f"{type(model).__name__} does not declare its backbone; --init-backbone needs one")
+    tensors = _read_weights(path)
+    own = {  # RAM's learnable temperature (logit_gain) is not a classifier's: it keeps its initial value
+        name: value
+        for name, value in model.state_dict().items()
+        if name.split(".")[0] in model.backbone_modules and not name.endswith("logit_gain")
+    }
+    found: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        key = key.removeprefix("module.")
+        for name in (key, *(f"{prefix}.{key}" for prefix in model.backbone_modules)):
+            if name in own:
+                if own[name].shape != value.shape:
+                    raise InputError(
+                        f"{path}: {key} has shape {tuple(value.shape)} but the backbone's {name} is "
+                        f"{tuple(own[name].shape)}; the checkpoint is for another architecture or width"
+                    )
+                found[name] = value
+                break
+    missing = sorted(set(own) - set(found))
+    if missing:
+        raise InputError(
+            f"{path}: {len(missing)} of the {len(own)} backbone tensors of {type(model).__name__} are not in "
+            f"the file (first: {missing[:3]}); it must hold the backbone's weights, named as in the model or "
+            f"relative to its backbone module ({', '.join(model.backbone_modules)})"
+        )
+    model.load_state_dict(found, strict=False)
+    return len(found)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"no weights file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors, pickle and zip errors all mean "not a weights file"
+        raise InputError(f"{path}: not a readable safetensors or weights-only torch file ({err})") from err
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise InputError(f"{path}: expected a dict of tensors (a state dict)")
+    return data
+
+
 def save_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, extra: dict[str, Any]
 ) -> None:

@@ -16,6 +16,10 @@ from typing import Any
 
 from harden.errors import InputError
 
+# The adversarial-training methods `harden train --adv` knows (`harden.training.methods`).
+ADV_METHODS = ("sat", "pgd", "segpgd", "rppgd", "ddcat", "pir")
+AMP_MODES = ("off", "bf16", "fp16")
+
 
 @dataclass
 class ModelConfig:
@@ -59,6 +63,14 @@ class TrainConfig:
     seed: seeds weights, data order and augmentation; same seed → same run on CPU.
     workers: data-loader worker processes.
     init_from: weights to start from (a run directory or model.safetensors): fine-tuning.
+    adv: adversarial-training method (`harden.training.methods.METHODS`); None = clean training.
+    adv_eps: L∞ radius of the training attack, on [0, 1] pixels (DDC-AT §6.2: 0.03).
+    adv_step: the training attack's step size α (DDC-AT §6.2: 0.01).
+    adv_steps: the training attack's iterations k (DDC-AT §6.2: 3; Croce et al.'s AT² / AT⁵: 2 / 5).
+    adv_ratio: share of each batch replaced by its adversarial version (SAT and DDC-AT: half).
+    init_backbone: robust classifier weights loaded into the backbone before training (PIR-AT).
+    amp: mixed precision on CUDA: "off", "bf16" or "fp16".
+    save_every: also checkpoint every this many optimisation steps inside an epoch (0: at epoch ends only).
     """
 
     data: str = "synthetic"
@@ -77,6 +89,14 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     init_from: str | None = None
+    adv: str | None = None
+    adv_eps: float = 0.03
+    adv_step: float = 0.01
+    adv_steps: int = 3
+    adv_ratio: float = 0.5
+    init_backbone: str | None = None
+    amp: str = "off"
+    save_every: int = 0
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -119,6 +139,20 @@ class TrainConfig:
             ),
             (min(self.resolved_crop) >= 16, f"crop must be at least 16×16, got {self.resolved_crop}"),
             (self.workers >= 0, f"workers must be ≥ 0, got {self.workers}"),
+            (
+                self.adv is None or self.adv in ADV_METHODS,
+                f"unknown adversarial-training method {self.adv!r}; choose one of {', '.join(ADV_METHODS)}",
+            ),
+            (0 < self.adv_eps <= 1, f"--adv-eps must be in (0, 1] (pixels on [0, 1]), got {self.adv_eps}"),
+            (0 < self.adv_step <= 1, f"--adv-step must be in (0, 1], got {self.adv_step}"),
+            (self.adv_steps >= 1, f"--adv-steps must be at least 1, got {self.adv_steps}"),
+            (0 < self.adv_ratio <= 1, f"--adv-ratio must be in (0, 1], got {self.adv_ratio}"),
+            (
+                self.adv != "pir" or self.init_backbone is not None,
+                "--adv pir starts from a robust classifier: give its weights with --init-backbone PATH",
+            ),
+            (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}"),
+            (self.save_every >= 0, f"--save-every must be ≥ 0 (0: at epoch ends only), got {self.save_every}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from harden.data import SegmentationDataset, collate_pad
@@ -19,12 +21,15 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
     workers: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> ConfusionMatrix:
-    """Predict every image (argmax of the logits) and accumulate one confusion matrix.
+    """Predict every image (or those at `indices`: one process's share) by the argmax of the
+    logits and accumulate one confusion matrix.
 
     The model is put in eval mode and returned to its previous mode afterwards.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pad, num_workers=workers)
+    images = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=collate_pad, num_workers=workers)
     confusion = ConfusionMatrix(dataset.num_classes)
     was_training = model.training
     model.eval()

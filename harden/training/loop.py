@@ -1,13 +1,21 @@
-"""Clean training of a registry model: the loop behind `harden train`.
+"""The training loop behind `harden train`: clean or adversarial (`methods.py`), one process or many.
 
-Reproducibility: weights are initialised from `seed`; the data order of epoch e comes from a
-generator seeded with (seed, e) and augmentation from (seed, e, index) (`data.Augmented`); the
-torch RNG (dropout) is saved in every checkpoint. So the same seed gives the same run on CPU,
-and a run resumed from epoch e ends exactly where the uninterrupted run would.
+Reproducibility: weights are initialised from `seed`; the global batches of epoch e come from a
+permutation seeded with (seed, e) and augmentation from (seed, e, index) (`data.Augmented`);
+the training attacks are seeded by (seed, step); the torch RNG (dropout) is saved in every
+checkpoint. So the same seed gives the same run on CPU, and a resumed run ends where the
+uninterrupted run would.
+
+Distributed (torchrun): `--batch-size` is the GLOBAL batch; process r takes its block of every
+global batch, the loss is normalised by the global batch's labelled pixels, batch norm is
+synchronised, and DDP averages the gradients — the same step as one process up to the order of
+float reductions. Validation is split the same way and its confusion matrices added on rank 0,
+which alone writes the run directory. A run may resume with another number of processes.
 
 Crash safety: after each epoch the metrics line is appended, then `model.safetensors`, then
-`state.safetensors` — the commit point — are replaced atomically. On resume, metrics lines past
-the committed epoch (a crash between the two writes) are dropped.
+`state.safetensors` — the commit point — are replaced atomically; `--save-every N` also commits
+the state every N steps inside an epoch. On resume, metrics lines past the committed epoch (a
+crash between the two writes) are dropped.
 """
 
 from __future__ import annotations
@@ -16,20 +24,21 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from harden._io import atomic_open, remove_stale_temporaries
-from harden.data import IGNORE_INDEX, Augmented, TrainAugment, open_dataset
+from harden.data import IGNORE_INDEX, Augmented, SegmentationDataset, TrainAugment, open_dataset
+from harden.distributed import Distributed
 from harden.errors import InputError
-from harden.models import SegmentationModel
+from harden.metrics import ConfusionMatrix
 from harden.training.checkpoint import (
     CURVES_FILE,
     METRICS_FILE,
@@ -37,6 +46,7 @@ from harden.training.checkpoint import (
     STATE_FILE,
     Progress,
     build_model,
+    init_backbone,
     init_weights,
     load_state,
     read_config,
@@ -46,6 +56,7 @@ from harden.training.checkpoint import (
 )
 from harden.training.config import ModelConfig, TrainConfig
 from harden.training.evaluate import evaluate
+from harden.training.methods import adversarial_positions, create_method
 from harden.training.plots import plot_curves
 
 
@@ -97,6 +108,8 @@ def prepare_run(
     model = build_model(model_config)
     if config.init_from is not None:
         init_weights(model, config.init_from)
+    if config.init_backbone is not None:
+        init_backbone(model, config.init_backbone)
     if ram is not None:  # RAM settings that do not fit the model (e.g. a MAS threshold ≤ 1/keys) fail here
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, *config.resolved_crop))
@@ -116,10 +129,51 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train `model_config` with `config`, writing checkpoints and metrics into `run_dir`."""
-    run_dir = Path(run_dir)
+    """Train `model_config` with `config`, writing checkpoints and metrics into `run_dir`.
+
+    Started by torchrun, every process trains its share of each global batch with
+    DistributedDataParallel and rank 0 alone logs and writes the run directory.
+    """
+    _check_amp(config.amp, device)
+    distributed = Distributed.from_environment("nccl" if device.startswith("cuda") else "gloo")
+    if distributed.active and device.startswith("cuda"):
+        device = f"cuda:{distributed.local_rank}"
+        torch.cuda.set_device(device)
+    try:
+        return _train(
+            Path(run_dir),
+            model_config,
+            config,
+            resume=resume,
+            device=device,
+            progress=progress and distributed.is_main,
+            log=log if distributed.is_main else _silent,
+            distributed=distributed,
+        )
+    finally:
+        distributed.close()
+
+
+def _train(
+    run_dir: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    device: str,
+    progress: bool,
+    log: Callable[[str], None],
+    distributed: Distributed,
+) -> TrainResult:
+    main = distributed.is_main
+    if config.batch_size % distributed.world_size:
+        raise InputError(
+            f"--batch-size {config.batch_size} is the global batch; it must divide evenly among "
+            f"{distributed.world_size} processes"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)  # debris of a writer killed mid-write; the real files are intact
+    if main:
+        remove_stale_temporaries(run_dir)  # debris of a writer killed mid-write; the real files are intact
     started = time.perf_counter()
     torch.manual_seed(config.seed)
 
@@ -138,81 +192,178 @@ def train(
     total_steps = steps_per_epoch * config.epochs
 
     model = build_model(model_config)
-    if config.init_from is not None and not resume:
-        init_weights(model, config.init_from)
-        log(f"starting from the weights in {config.init_from}")
+    if not resume:
+        if config.init_from is not None:
+            init_weights(model, config.init_from)
+            log(f"starting from the weights in {config.init_from}")
+        if config.init_backbone is not None:
+            loaded = init_backbone(model, config.init_backbone)
+            log(f"backbone initialised from {config.init_backbone} ({loaded} tensors)")
     model = model.to(device)
-    optimizer = _build_optimizer(model, config)
+    method = create_method(config)
+    trained = method.trainable(model)  # the model, or the model inside DDC-AT's branches
+    optimizer = _build_optimizer(trained, config)
     done = Progress(epoch=0, step=0)
+    running = _Running()
     if resume:
-        done, _ = load_state(run_dir / STATE_FILE, model, optimizer)
-        _truncate_metrics(run_dir / METRICS_FILE, done.epoch)
+        done, extra = load_state(run_dir / STATE_FILE, trained, optimizer)
+        if done.step > done.epoch * steps_per_epoch:  # a checkpoint from inside an epoch (--save-every)
+            running = _Running(**extra.get("running", {}))
+        if main:
+            _truncate_metrics(run_dir / METRICS_FILE, done.epoch)
         log(f"resuming {run_dir} after epoch {done.epoch} (step {done.step})")
-    write_config(run_dir, model_config, config)
+    forward: nn.Module = trained
+    if distributed.active:
+        # Batch statistics over the global batch, as one process would compute them.
+        trained = nn.SyncBatchNorm.convert_sync_batchnorm(trained)
+        forward = DistributedDataParallel(trained, device_ids=[device] if device.startswith("cuda") else None)
+    if main:
+        write_config(run_dir, model_config, config)
     rows = _read_metrics(run_dir / METRICS_FILE)
     if done.epoch >= config.epochs:
         log(f"{run_dir} has already trained {done.epoch} of {config.epochs} epochs; nothing to do")
 
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
+    shard = distributed.shard(config.batch_size)  # this process's places in every global batch
+    adversarial = adversarial_positions(config.batch_size, config.adv_ratio, shard).to(device)
+    lr = config.resolved_lr
     for epoch in range(done.epoch, config.epochs):
         epoch_start = time.perf_counter()
         train_set.set_epoch(epoch)
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        loader = DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=order,
-            num_workers=config.workers,
-        )
-        model.train()
-        losses = []
+        skip = done.step - epoch * steps_per_epoch  # batches this epoch already trained (mid-epoch resume)
+        batches = [[batch[i] for i in shard] for batch in epoch_batches(len(train_set), config, epoch)[skip:]]
+        loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers)
+        trained.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
         for images, labels in bar:
             lr = config.resolved_lr * (1 - done.step / total_steps) ** config.poly_power
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device), ignore_index=IGNORE_INDEX)
-            if not torch.isfinite(loss):
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+                step_loss = method.loss(forward, model, images, labels, step=done.step, adversarial=adversarial)
+            # Divide by the labelled pixels of the GLOBAL batch; DDP averages gradients over the
+            # processes, hence the factor world_size. One process: the mean pixel CE.
+            sums = torch.stack([step_loss.total.detach().float(), (labels != IGNORE_INDEX).sum().float()])
+            distributed.all_reduce_sum(sums)
+            pixels = sums[1].clamp_min(1)
+            loss = step_loss.total * distributed.world_size / pixels
+            global_loss = float(sums[0] / pixels)
+            if not math.isfinite(global_loss):
                 raise TrainingDivergedError(
-                    f"training loss became {loss.item()} at step {done.step}; lower --lr (now {config.resolved_lr:g})"
-                    " or keep --grad-clip on, then --resume from the last good epoch"
+                    f"training loss became {global_loss} at step {done.step}; lower --lr (now {config.resolved_lr:g})"
+                    " or keep --grad-clip on, then --resume from the last good checkpoint"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
             done.step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+            running.add(global_loss, step_loss.stats)
+            bar.set_postfix(loss=f"{global_loss:.3f}", lr=f"{lr:.2e}")
+            inside_epoch = done.step < (epoch + 1) * steps_per_epoch
+            if main and config.save_every and done.step % config.save_every == 0 and inside_epoch:
+                save_state(run_dir / STATE_FILE, trained, optimizer, done, extra={"running": running.to_dict()})
 
-        confusion = evaluate(model, val_set, batch_size=config.batch_size, device=device, progress=progress)
+        confusion = _evaluate(model, val_set, config, device, progress, distributed)
         done.epoch = epoch + 1
-        row = {
-            "epoch": done.epoch,
-            "step": done.step,
-            "train_loss": float(np.mean(losses)),
-            "val_miou": confusion.miou(),
-            "val_pixel_accuracy": confusion.pixel_accuracy(),
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        rows.append(row)
-        _append_metrics(run_dir / METRICS_FILE, row)
-        save_model(run_dir / MODEL_FILE, model, model_config)
-        save_state(run_dir / STATE_FILE, model, optimizer, done, extra={})
-        plot_curves(rows, run_dir / CURVES_FILE, title=f"{model_config.name} on {config.data}")
-        log(
-            f"epoch {done.epoch}/{config.epochs}: loss {row['train_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
-            f"pixel acc {row['val_pixel_accuracy']:.4f}  ({row['epoch_seconds']:.1f} s)"
-        )
+        if main:
+            assert confusion is not None
+            row = {
+                "epoch": done.epoch,
+                "step": done.step,
+                "train_loss": running.mean_loss(),
+                "val_miou": confusion.miou(),
+                "val_pixel_accuracy": confusion.pixel_accuracy(),
+                "lr": lr,
+                "epoch_seconds": time.perf_counter() - epoch_start,
+                **running.mean_stats(),
+            }
+            rows.append(row)
+            _append_metrics(run_dir / METRICS_FILE, row)
+            save_model(run_dir / MODEL_FILE, model, model_config)
+            save_state(run_dir / STATE_FILE, trained, optimizer, done, extra={})
+            plot_curves(rows, run_dir / CURVES_FILE, title=f"{model_config.name} on {config.data}")
+            extras = "".join(f"  {k} {v:.4f}" for k, v in running.mean_stats().items())
+            log(
+                f"epoch {done.epoch}/{config.epochs}: loss {row['train_loss']:.4f}  val mIoU {row['val_miou']:.4f}  "
+                f"pixel acc {row['val_pixel_accuracy']:.4f}{extras}  ({row['epoch_seconds']:.1f} s)"
+            )
+        running = _Running()
 
     last = rows[-1] if rows else {"val_miou": math.nan, "val_pixel_accuracy": math.nan}
     return TrainResult(run_dir, done.epoch, last["val_miou"], last["val_pixel_accuracy"], time.perf_counter() - started)
 
 
-def _build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.optim.Optimizer:
+def epoch_batches(count: int, config: TrainConfig, epoch: int) -> list[list[int]]:
+    """The global batches of an epoch: a permutation seeded by (seed, epoch), cut into full batches.
+
+    Every process computes the same list and takes its own places in each batch, so the global
+    batches, and the data order, do not depend on the number of processes.
+    """
+    order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    permutation = torch.randperm(count, generator=order).tolist()
+    size = config.batch_size
+    return [permutation[i * size : (i + 1) * size] for i in range(count // size)]
+
+
+@dataclass
+class _Running:
+    """Per-epoch sums of the loss and of the method's statistics (saved in mid-epoch checkpoints)."""
+
+    steps: int = 0
+    loss: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, stats: dict[str, float]) -> None:
+        self.steps += 1
+        self.loss += loss
+        for key, value in stats.items():
+            self.stats[key] = self.stats.get(key, 0.0) + value
+
+    def mean_loss(self) -> float:
+        return self.loss / self.steps if self.steps else math.nan
+
+    def mean_stats(self) -> dict[str, float]:
+        return {f"train_{k}": v / self.steps for k, v in self.stats.items()} if self.steps else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "loss": self.loss, "stats": dict(self.stats)}
+
+
+def _evaluate(
+    model: nn.Module,
+    val_set: SegmentationDataset,
+    config: TrainConfig,
+    device: str,
+    progress: bool,
+    distributed: Distributed,
+) -> ConfusionMatrix | None:
+    """Validation confusion matrix; each process predicts its block of images, rank 0 adds them up."""
+    own = distributed.shard(len(val_set))
+    confusion = evaluate(model, val_set, batch_size=config.batch_size, device=device, progress=progress, indices=own)
+    gathered = distributed.gather(confusion)
+    if gathered is None:
+        return None
+    for other in gathered[1:]:
+        confusion.matrix += other.matrix
+    return confusion
+
+
+def _check_amp(amp: str, device: str) -> None:
+    if amp != "off" and not device.startswith("cuda"):
+        raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: one process speaks for the job."""
+
+
+def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on norms and biases (1-D parameters), the usual transformer recipe.
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
