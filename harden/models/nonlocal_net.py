@@ -47,6 +47,8 @@ class NonLocalBlock(nn.Module):
 
 
 class NonLocalNet(SegmentationModel):
+    backbone_modules = ("backbone",)
+
     def __init__(self, num_classes: int, backbone: DilatedResNet, head_width: int, dropout: float = 0.1) -> None:
         super().__init__(num_classes)
         self.backbone = backbone
@@ -63,8 +65,6 @@ class NonLocalNet(SegmentationModel):
 @register_model(family="nonlocal", has_attention=True, tiny=True)
 def nonlocal_tiny(num_classes: int, **kwargs: Any) -> NonLocalNet:
     """Non-local block on a 4-block ResNet: CPU demos and tests."""
-
-    backbone_modules = ("backbone",)
     return NonLocalNet(num_classes, DilatedResNet(), head_width=64, **kwargs)
 
 

@@ -7,9 +7,11 @@ checkpoint. So the same seed gives the same run on CPU, and a resumed run ends w
 uninterrupted run would.
 
 Distributed (torchrun): `--batch-size` is the GLOBAL batch; process r takes its block of every
-global batch, the loss is normalised by the global batch's labelled pixels, batch norm is
-synchronised, and DDP averages the gradients — the same step as one process up to the order of
-float reductions. Validation is split the same way and its confusion matrices added on rank 0,
+global batch, the loss is normalised by the global batch's labelled pixels and DDP averages the
+gradients: the same step as one process up to the order of float reductions. Batch norm is
+synchronised on GPUs; on CPU torch has no synchronised batch norm, so there each process
+normalises by its own share of the batch (models without batch norm, e.g. segmenter_tiny, are
+unaffected). Validation is split the same way and its confusion matrices added on rank 0,
 which alone writes the run directory. A run may resume with another number of processes.
 
 Crash safety: after each epoch the metrics line is appended, then `model.safetensors`, then
@@ -214,8 +216,8 @@ def _train(
         log(f"resuming {run_dir} after epoch {done.epoch} (step {done.step})")
     forward: nn.Module = trained
     if distributed.active:
-        # Batch statistics over the global batch, as one process would compute them.
-        trained = nn.SyncBatchNorm.convert_sync_batchnorm(trained)
+        if device.startswith("cuda"):  # batch statistics over the global batch, as one process computes them
+            trained = nn.SyncBatchNorm.convert_sync_batchnorm(trained)
         forward = DistributedDataParallel(trained, device_ids=[device] if device.startswith("cuda") else None)
     if main:
         write_config(run_dir, model_config, config)
@@ -245,9 +247,13 @@ def _train(
                 step_loss = method.loss(forward, model, images, labels, step=done.step, adversarial=adversarial)
             # Divide by the labelled pixels of the GLOBAL batch; DDP averages gradients over the
             # processes, hence the factor world_size. One process: the mean pixel CE.
-            sums = torch.stack([step_loss.total.detach().float(), (labels != IGNORE_INDEX).sum().float()])
+            names = sorted(step_loss.stats)
+            counted = [float(x) for name in names for x in step_loss.stats[name]]
+            pixels_here = (labels != IGNORE_INDEX).sum().float()
+            sums = torch.stack([step_loss.total.detach().float(), pixels_here, *map(pixels_here.new_tensor, counted)])
             distributed.all_reduce_sum(sums)
             pixels = sums[1].clamp_min(1)
+            stats = {name: (float(sums[2 + 2 * i]), float(sums[3 + 2 * i])) for i, name in enumerate(names)}
             loss = step_loss.total * distributed.world_size / pixels
             global_loss = float(sums[0] / pixels)
             if not math.isfinite(global_loss):
@@ -263,7 +269,7 @@ def _train(
             scaler.step(optimizer)
             scaler.update()
             done.step += 1
-            running.add(global_loss, step_loss.stats)
+            running.add(global_loss, stats)
             bar.set_postfix(loss=f"{global_loss:.3f}", lr=f"{lr:.2e}")
             inside_epoch = done.step < (epoch + 1) * steps_per_epoch
             if main and config.save_every and done.step % config.save_every == 0 and inside_epoch:
@@ -317,22 +323,24 @@ class _Running:
 
     steps: int = 0
     loss: float = 0.0
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, list[float]] = field(default_factory=dict)  # name → [numerator, denominator]
 
-    def add(self, loss: float, stats: dict[str, float]) -> None:
+    def add(self, loss: float, stats: dict[str, tuple[float, float]]) -> None:
         self.steps += 1
         self.loss += loss
-        for key, value in stats.items():
-            self.stats[key] = self.stats.get(key, 0.0) + value
+        for key, (numerator, denominator) in stats.items():
+            total = self.stats.setdefault(key, [0.0, 0.0])
+            total[0] += numerator
+            total[1] += denominator
 
     def mean_loss(self) -> float:
         return self.loss / self.steps if self.steps else math.nan
 
     def mean_stats(self) -> dict[str, float]:
-        return {f"train_{k}": v / self.steps for k, v in self.stats.items()} if self.steps else {}
+        return {f"train_{k}": n / d for k, (n, d) in self.stats.items() if d > 0}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "loss": self.loss, "stats": dict(self.stats)}
+        return {"steps": self.steps, "loss": self.loss, "stats": {k: list(v) for k, v in self.stats.items()}}
 
 
 def _evaluate(

@@ -41,10 +41,12 @@ from harden.training.config import TrainConfig
 
 @dataclass
 class StepLoss:
-    """A step's summed pixel loss and what the method wants logged (per-epoch means)."""
+    """A step's summed pixel loss, and what the method wants logged as (numerator, denominator)
+    pairs: the loop adds both over processes and steps and logs the ratio. A method gives the
+    same keys at every step and in every process (zeros where it has nothing to count)."""
 
     total: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Method:
@@ -89,14 +91,13 @@ class MixedAdversarial(Method):
         step: int,
         adversarial: torch.Tensor,
     ) -> StepLoss:
-        batch, stats = images, {}
+        batch = images
         if adversarial.any():
             crafted = _craft(self.attack, model, images[adversarial], labels[adversarial], self.seed, step)
             batch = images.clone()
             batch[adversarial] = crafted
         logits = trained(batch)
-        if adversarial.any():
-            stats["adv_pixel_accuracy"] = _pixel_accuracy(logits[adversarial], labels[adversarial])
+        stats = {"adv_pixel_accuracy": _correct_pixels(logits[adversarial], labels[adversarial])}
         return StepLoss(_ce_sum(logits, labels), stats)
 
 
@@ -177,12 +178,12 @@ class DDCAT(Method):
         loss_auxiliary = (_ce(auxiliary, labels) * to_auxiliary).sum()  # eq. 3, L_a
         loss_mask = _ce_sum(mask, mask_labels)  # eq. 4, L_m
         valid = labels != IGNORE_INDEX
+        pixels = float(valid.sum())
         stats = {
-            "mask_fraction": float(to_auxiliary[valid].mean()) if valid.any() else 0.0,
-            "boundary_fraction": float(mask_labels[valid].float().mean()) if valid.any() else 0.0,
+            "mask_fraction": (float(to_auxiliary[valid].sum()), pixels),  # pixels f_m sends to f_a
+            "boundary_fraction": (float(mask_labels[valid].sum()), pixels),  # pixels with M = 1
+            "adv_pixel_accuracy": _correct_pixels(main[adversarial], labels[adversarial]),
         }
-        if adversarial.any():
-            stats["adv_pixel_accuracy"] = _pixel_accuracy(main[adversarial], labels[adversarial])
         return StepLoss(loss_main + loss_auxiliary + loss_mask, stats)
 
 
@@ -246,8 +247,7 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _ce(logits, labels).sum()
 
 
-def _pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def _correct_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(correctly classified, labelled) pixels: a pixel-accuracy numerator and denominator."""
     valid = labels != IGNORE_INDEX
-    if not valid.any():
-        return 1.0
-    return float((logits.detach().argmax(1) == labels)[valid].float().mean())
+    return float((logits.detach().argmax(1) == labels)[valid].sum()), float(valid.sum())
