@@ -193,6 +193,10 @@ def train_command(
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
+    if batch_size % nproc:
+        raise InputError(
+            f"--batch-size {batch_size} is the global batch; it must divide evenly among {nproc} processes"
+        )
     device = resolve_device(device)
     if amp != "off" and device != "cuda":
         raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")

@@ -235,7 +235,10 @@ def _train(
         train_set.set_epoch(epoch)
         skip = done.step - epoch * steps_per_epoch  # batches this epoch already trained (mid-epoch resume)
         batches = [[batch[i] for i in shard] for batch in epoch_batches(len(train_set), config, epoch)[skip:]]
-        loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers)
+        # Its own generator, so creating the loader draws nothing from the global RNG (dropout's),
+        # which a mid-epoch checkpoint restores: a resumed run then continues the same stream.
+        workers_seed = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.workers, generator=workers_seed)
         trained.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
         for images, labels in bar:
@@ -275,6 +278,7 @@ def _train(
             if main and config.save_every and done.step % config.save_every == 0 and inside_epoch:
                 save_state(run_dir / STATE_FILE, trained, optimizer, done, extra={"running": running.to_dict()})
 
+        training_seconds = time.perf_counter() - epoch_start
         confusion = _evaluate(model, val_set, config, device, progress, distributed)
         done.epoch = epoch + 1
         if main:
@@ -287,6 +291,7 @@ def _train(
                 "val_pixel_accuracy": confusion.pixel_accuracy(),
                 "lr": lr,
                 "epoch_seconds": time.perf_counter() - epoch_start,
+                "train_seconds": training_seconds,  # the optimisation steps alone, without validation
                 **running.mean_stats(),
             }
             rows.append(row)
