@@ -6,7 +6,8 @@ is evaluated on the same validation images with PGD and SEA at two radii; the ro
 worst case over both attacks per radius (`Evaluation.worst_at`). Prints a Markdown table and
 writes the figures as JSON next to the runs.
 
-    python bench/adversarial_training.py [--model segformer_tiny] [--epochs 20] [--images 32] [--out runs/at-study]
+    python bench/adversarial_training.py [--model segformer_tiny] [--epochs 25] [--train-images 160]
+        [--image-size 32x64] [--images 32] [--out runs/at-study]
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ EPS = [4 / 255, 8 / 255]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="segformer_tiny")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--image-size", default="64x128")
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--image-size", default="32x64")
+    parser.add_argument("--train-images", type=int, default=160)
     parser.add_argument("--images", type=int, default=32, help="validation images attacked")
     parser.add_argument("--out", type=Path, default=Path("runs/at-study"))
     args = parser.parse_args()
@@ -43,7 +45,7 @@ def main() -> None:
     for method in METHODS:
         name = method or "clean"
         run_dir = args.out / name
-        config = TrainConfig(epochs=args.epochs, image_size=(height, width), adv=method)
+        config = TrainConfig(epochs=args.epochs, image_size=(height, width), train_images=args.train_images, adv=method)
         if not (run_dir / "model.safetensors").exists() or _epochs(run_dir) < args.epochs:
             model_config, config = prepare_run(run_dir, args.model, config, {}, resume=False, overwrite=True)
             started = time.perf_counter()

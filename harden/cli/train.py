@@ -167,13 +167,38 @@ def train_command(
 
     Writes into --out: model.safetensors (weights + model config), state.safetensors (resume
     state), config.json, metrics.jsonl (one line per epoch) and curves.png. A run killed at any
-    moment continues with --resume from its last complete epoch; the same --seed reproduces a
+    moment continues with --resume from its last complete epoch (or step, with --save-every);
+    the same --seed reproduces a
     run exactly on CPU.
 
     With --ram the model's attention layers compute the Robust Attention Mechanism: MAS bounds
     every attention weight by --mas-threshold, RAD drops attention weights with probability
     --rad-p in training AND evaluation. The settings are stored with the weights and restored
     whenever the model is loaded.
+
+    With --adv the model trains on adversarial images crafted every step (L∞ --adv-eps, step
+    --adv-step, --adv-steps iterations) that replace part of each batch (--adv-ratio, half by
+    default):
+
+    \b
+      sat     SAT (DDC-AT §4): BIM from the clean image
+      pgd     PGD-AT: PGD on cross-entropy from a random start (Croce et al.'s AT^k)
+      segpgd  SegPGD-AT: PGD on SegPGD's balanced cross-entropy
+      rppgd   RP-PGD-AT: region-and-prototype PGD
+      ddcat   DDC-AT (§5): auxiliary and mask branches share the backbone while training;
+              only the main branch is saved, so exports never see the others
+      pir     PIR-AT (Croce et al. §4.2): PGD-AT from a robust classifier's backbone
+              (--init-backbone)
+
+    With --ram, RAD keeps drawing masks while the training attack runs (no EOT while training,
+    as in the RAM paper). metrics.jsonl also records the training attack's pixel accuracy
+    (train_adv_pixel_accuracy) and, for DDC-AT, the share of pixels the mask branch sends to the
+    auxiliary branch (train_mask_fraction, which should fall towards 0).
+
+    Distributed: `harden train --nproc N ...` (or `torchrun --nproc-per-node N -m harden train
+    ...`) trains with DistributedDataParallel, gloo on CPU and NCCL on GPUs; --batch-size is the
+    global batch. The result equals one process's up to float reduction order (batch norm is
+    synchronised on GPUs only), and a run may resume with another N.
 
     \b
     Examples:
