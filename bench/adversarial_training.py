@@ -71,8 +71,8 @@ def main() -> None:
 
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(
-        f"\n`python bench/adversarial_training.py --model {args.model} --epochs {args.epochs} "
-        f"--images {args.images}` — {date.today()}\n"
+        f"\n`python bench/adversarial_training.py --model {args.model} --epochs {args.epochs} --train-images "
+        f"{args.train_images} --image-size {args.image_size} --images {args.images}` — {date.today()}\n"
     )
     header = ["method", "train s", "clean mIoU"] + [
         f"{a} mIoU {format_eps(e)}" for e in EPS for a in ("PGD", "SEA", "worst")

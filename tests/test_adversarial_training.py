@@ -26,9 +26,9 @@ K = 19  # classes of the synthetic street scenes
 TINY = dict(image_size=(32, 64), train_images=8, val_images=4, batch_size=4, adv_steps=2)
 
 
-def _train(run_dir, epochs=1, model="segformer_tiny", resume=False, **overrides):
+def _train(run_dir, epochs=1, model="segformer_tiny", resume=False, ram=None, **overrides):
     config = TrainConfig(epochs=epochs, **{**TINY, **overrides})
-    model_config, config = prepare_run(run_dir, model, config, {}, resume=resume, overwrite=False)
+    model_config, config = prepare_run(run_dir, model, config, {}, ram=ram, resume=resume, overwrite=False)
     return train(run_dir, model_config, config, resume=resume, progress=False, log=lambda _: None)
 
 
@@ -44,6 +44,20 @@ def test_each_method_trains_and_logs_its_attack(tmp_path, method):
     assert 0 <= row["train_adv_pixel_accuracy"] <= 1
     config = json.loads((tmp_path / method / "config.json").read_text())["train"]
     assert (config["adv"], config["adv_eps"], config["adv_steps"]) == (method, 0.03, 2)
+
+
+@pytest.mark.parametrize("method", ["pgd", "ddcat"])
+def test_adversarial_training_with_ram_attacks_the_randomised_model_without_eot(tmp_path, method):
+    from harden.attacks.base import is_randomised
+    from harden.ram import RAMConfig
+
+    result = _train(tmp_path / method, adv=method, ram=RAMConfig().to_dict(), image_size=(64, 64))
+    assert result.epochs_done == 1
+    from harden.training import load_model
+
+    model, config = load_model(tmp_path / method)
+    assert config.ram is not None and is_randomised(model)  # RAD is in the saved model
+    assert 0 <= _rows(tmp_path / method)[-1]["train_adv_pixel_accuracy"] <= 1
 
 
 @pytest.mark.parametrize("method", ["sat", "pgd", "segpgd", "rppgd"])
