@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+from harden.attacks.base import is_randomised
 from harden.cli import cli
 from harden.data import open_dataset
 from harden.errors import InputError
 from harden.models import create_model
-from harden.training import TrainConfig, prepare_run, train
+from harden.ram import RAMConfig
+from harden.training import TrainConfig, load_model, prepare_run, train
 from harden.training.checkpoint import MODEL_FILE, STATE_FILE, init_backbone
 from harden.training.methods import DDCATNet, MixedAdversarial, adversarial_positions, training_attack
 
@@ -48,13 +50,8 @@ def test_each_method_trains_and_logs_its_attack(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["pgd", "ddcat"])
 def test_adversarial_training_with_ram_attacks_the_randomised_model_without_eot(tmp_path, method):
-    from harden.attacks.base import is_randomised
-    from harden.ram import RAMConfig
-
     result = _train(tmp_path / method, adv=method, ram=RAMConfig().to_dict(), image_size=(64, 64))
     assert result.epochs_done == 1
-    from harden.training import load_model
-
     model, config = load_model(tmp_path / method)
     assert config.ram is not None and is_randomised(model)  # RAD is in the saved model
     assert 0 <= _rows(tmp_path / method)[-1]["train_adv_pixel_accuracy"] <= 1

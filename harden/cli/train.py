@@ -215,16 +215,13 @@ def train_command(
     from harden.cli import Failed
     from harden.errors import InputError
     from harden.training import TrainConfig, TrainingDivergedError, prepare_run, train
+    from harden.training.config import check_amp, check_world_size
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
-    if batch_size % nproc:
-        raise InputError(
-            f"--batch-size {batch_size} is the global batch; it must divide evenly among {nproc} processes"
-        )
+    check_world_size(batch_size, nproc)
     device = resolve_device(device)
-    if amp != "off" and device != "cuda":
-        raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")
+    check_amp(amp, device)
     config = TrainConfig(
         data=data,
         epochs=epochs,
@@ -323,11 +320,9 @@ def _launch_torchrun(nproc: int) -> None:
             skip = True
         elif not arg.startswith("--nproc="):
             kept.append(arg)
-    if kept and kept[0] != "train":  # `python -m harden ...` and the console script both start with the command
-        kept = kept[kept.index("train") :]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "harden", *kept]
     click.echo("launching: " + " ".join(command))
     code = subprocess.call(command)
     if code != 0:
-        raise Failed(f"torchrun exited with status {code}") if code != 2 else SystemExit(2)
+        raise Failed(f"torchrun exited with status {code}; the processes' messages are above")

@@ -166,6 +166,20 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
+def check_amp(amp: str, device: str) -> None:
+    """Mixed precision needs a GPU (TrainConfig does not know the device, hence a function)."""
+    if amp != "off" and not device.startswith("cuda"):
+        raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")
+
+
+def check_world_size(batch_size: int, processes: int) -> None:
+    """--batch-size is the global batch: every process takes an equal share of it."""
+    if batch_size % processes:
+        raise InputError(
+            f"--batch-size {batch_size} is the global batch; it must divide evenly among {processes} processes"
+        )
+
+
 def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known

@@ -56,7 +56,7 @@ from harden.training.checkpoint import (
     save_state,
     write_config,
 )
-from harden.training.config import ModelConfig, TrainConfig
+from harden.training.config import ModelConfig, TrainConfig, check_amp, check_world_size
 from harden.training.evaluate import evaluate
 from harden.training.methods import adversarial_positions, create_method
 from harden.training.plots import plot_curves
@@ -136,7 +136,7 @@ def train(
     Started by torchrun, every process trains its share of each global batch with
     DistributedDataParallel and rank 0 alone logs and writes the run directory.
     """
-    _check_amp(config.amp, device)
+    check_amp(config.amp, device)
     distributed = Distributed.from_environment("nccl" if device.startswith("cuda") else "gloo")
     if distributed.active and device.startswith("cuda"):
         device = f"cuda:{distributed.local_rank}"
@@ -168,11 +168,7 @@ def _train(
     distributed: Distributed,
 ) -> TrainResult:
     main = distributed.is_main
-    if config.batch_size % distributed.world_size:
-        raise InputError(
-            f"--batch-size {config.batch_size} is the global batch; it must divide evenly among "
-            f"{distributed.world_size} processes"
-        )
+    check_world_size(config.batch_size, distributed.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
         remove_stale_temporaries(run_dir)  # debris of a writer killed mid-write; the real files are intact
@@ -250,15 +246,16 @@ def _train(
                 step_loss = method.loss(forward, model, images, labels, step=done.step, adversarial=adversarial)
             # Divide by the labelled pixels of the GLOBAL batch; DDP averages gradients over the
             # processes, hence the factor world_size. One process: the mean pixel CE.
+            # The loss, pixel count and statistics travel as one tensor: one all-reduce and one
+            # device-to-host copy per step.
             names = sorted(step_loss.stats)
-            counted = [float(x) for name in names for x in step_loss.stats[name]]
+            counted = [t.detach().float() for name in names for t in step_loss.stats[name]]
             pixels_here = (labels != IGNORE_INDEX).sum().float()
-            sums = torch.stack([step_loss.total.detach().float(), pixels_here, *map(pixels_here.new_tensor, counted)])
-            distributed.all_reduce_sum(sums)
-            pixels = sums[1].clamp_min(1)
-            stats = {name: (float(sums[2 + 2 * i]), float(sums[3 + 2 * i])) for i, name in enumerate(names)}
-            loss = step_loss.total * distributed.world_size / pixels
-            global_loss = float(sums[0] / pixels)
+            sums = distributed.all_reduce_sum(torch.stack([step_loss.total.detach().float(), pixels_here, *counted]))
+            loss = step_loss.total * distributed.world_size / sums[1].clamp_min(1)
+            total, pixels, *values = sums.tolist()
+            global_loss = total / max(pixels, 1.0)
+            stats = {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(names)}
             if not math.isfinite(global_loss):
                 raise TrainingDivergedError(
                     f"training loss became {global_loss} at step {done.step}; lower --lr (now {config.resolved_lr:g})"
@@ -365,11 +362,6 @@ def _evaluate(
     for other in gathered[1:]:
         confusion.matrix += other.matrix
     return confusion
-
-
-def _check_amp(amp: str, device: str) -> None:
-    if amp != "off" and not device.startswith("cuda"):
-        raise InputError(f"--amp {amp} is mixed precision on a GPU; use --device cuda, or --amp off on {device}")
 
 
 def _silent(message: str) -> None:

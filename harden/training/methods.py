@@ -46,7 +46,7 @@ class StepLoss:
     same keys at every step and in every process (zeros where it has nothing to count)."""
 
     total: torch.Tensor
-    stats: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # 0-d tensors: no sync here
 
 
 class Method:
@@ -178,10 +178,10 @@ class DDCAT(Method):
         loss_auxiliary = (_ce(auxiliary, labels) * to_auxiliary).sum()  # eq. 3, L_a
         loss_mask = _ce_sum(mask, mask_labels)  # eq. 4, L_m
         valid = labels != IGNORE_INDEX
-        pixels = float(valid.sum())
+        pixels = valid.sum()
         stats = {
-            "mask_fraction": (float(to_auxiliary[valid].sum()), pixels),  # pixels f_m sends to f_a
-            "boundary_fraction": (float(mask_labels[valid].sum()), pixels),  # pixels with M = 1
+            "mask_fraction": (to_auxiliary[valid].sum(), pixels),  # pixels f_m sends to f_a
+            "boundary_fraction": (mask_labels[valid].sum(), pixels),  # pixels with M = 1
             "adv_pixel_accuracy": _correct_pixels(main[adversarial], labels[adversarial]),
         }
         return StepLoss(loss_main + loss_auxiliary + loss_mask, stats)
@@ -247,7 +247,7 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _ce(logits, labels).sum()
 
 
-def _correct_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def _correct_pixels(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(correctly classified, labelled) pixels: a pixel-accuracy numerator and denominator."""
     valid = labels != IGNORE_INDEX
-    return float((logits.detach().argmax(1) == labels)[valid].sum()), float(valid.sum())
+    return (logits.detach().argmax(1) == labels)[valid].sum(), valid.sum()
