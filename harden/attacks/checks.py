@@ -161,9 +161,14 @@ def white_box_beats_black_box(evaluation: Evaluation) -> Check:
         if white is None or black is None:
             continue
         if black.pixel_accuracy < white.pixel_accuracy - TOLERANCE or black.miou < white.miou - TOLERANCE:
+            strongest = min(
+                (r for r in evaluation.runs if r.eps == eps and r.kind in ("black-box", "transfer")),
+                key=lambda r: r.worst().pixel_accuracy,
+            )
+            via = strongest.attack + (f" crafted on {strongest.crafted_on}" if strongest.crafted_on else "")
             problems.append(
                 f"ε {format_eps(eps)}: black-box/transfer pAcc {black.pixel_accuracy:.4f} mIoU {black.miou:.4f} "
-                f"below white-box {white.pixel_accuracy:.4f} / {white.miou:.4f}"
+                f"(strongest: {via}) below white-box {white.pixel_accuracy:.4f} / {white.miou:.4f}"
             )
     if problems:
         return Check("white>black", "fail", "; ".join(problems) + " — a sign of gradient masking")

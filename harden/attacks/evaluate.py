@@ -83,6 +83,7 @@ def evaluate_robustness(
     seed: int = 0,
     draws: int | None = None,
     source: nn.Module | None = None,
+    surrogates: dict[str, nn.Module] | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     examples: int = 4,
@@ -95,16 +96,26 @@ def evaluate_robustness(
         eps_values: L∞ radii (bim-l2 uses each as its L2 radius).
         steps, eot, allow_random, seed: passed to every attack.
         draws: evaluation draws of a randomised model (None: 3 if randomised, else 1).
+        surrogates: name → model: every white-box attack is also crafted on each of these and
+            evaluated on `model` as a transfer run (`crafted_on` = the name). A CRF model's
+            unaries are such a surrogate: a transfer that beats the white-box attack exposes
+            gradient masking (Arnab et al. §7.2) through the white>black check.
         examples: how many first images to keep (clean and adversarial) for overlays.
     """
     attacks = list(dict.fromkeys([*attacks, "noise"]))
-    crafting = source if source is not None else model
     draws = draws if draws is not None else (3 if is_randomised(model) else 1)
     kind_of = {
         name: ("transfer" if source is not None and ATTACKS[name].kind == "white-box" else ATTACKS[name].kind)
         for name in attacks
     }
-    runs = {(a, e): AttackRun(a, e, kind_of[a], {}) for e in eps_values for a in attacks}
+    crafting_models: dict[str, nn.Module] = {"": source if source is not None else model}
+    runs = {(a, e, ""): AttackRun(a, e, kind_of[a], {}) for e in eps_values for a in attacks}
+    for surrogate_name, surrogate in (surrogates or {}).items():
+        crafting_models[surrogate_name] = surrogate
+        for e in eps_values:
+            for a in attacks:
+                if ATTACKS[a].kind == "white-box":
+                    runs[(a, e, surrogate_name)] = AttackRun(a, e, "transfer", {}, crafted_on=surrogate_name)
     clean = [ImageCounts.empty(dataset.num_classes) for _ in range(draws)]
     kept: dict[str, list[torch.Tensor]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pad)
@@ -118,13 +129,13 @@ def evaluate_robustness(
                 clean[d] = clean[d].extend(ImageCounts.from_predictions(predictions, labels, dataset.num_classes))
             keep_first(kept, "images", images, examples)
             keep_first(kept, "labels", labels, examples)
-            for (name, eps), run in runs.items():
-                bar.set_postfix_str(f"{name} ε={eps:.4f}")
+            for (name, eps, crafted_on), run in runs.items():
+                bar.set_postfix_str(f"{name} ε={eps:.4f}" + (f" on {crafted_on}" if crafted_on else ""))
                 attack = create_attack(
                     name, ThreatModel(eps), steps=steps, eot=eot, allow_random=allow_random, seed=seed
                 )
                 start = time.perf_counter()
-                outputs = attack.run_members(crafting, images, labels)
+                outputs = attack.run_members(crafting_models[crafted_on], images, labels)
                 run.seconds += time.perf_counter() - start
                 worst, worst_accuracy = images, torch.full((images.shape[0],), float("inf"))
                 for member, output in outputs.items():
@@ -140,7 +151,7 @@ def evaluate_robustness(
                             lower = accuracy < worst_accuracy
                             worst_accuracy = torch.where(lower, accuracy, worst_accuracy)
                             worst = torch.where(lower.to(images.device).view(-1, 1, 1, 1), output.images, worst)
-                keep_first(kept, f"{name}@{eps}", worst, examples)
+                keep_first(kept, f"{name}@{eps}" + (f"[{crafted_on}]" if crafted_on else ""), worst, examples)
                 bar.update()
     finally:
         model.train(was_training)

@@ -38,6 +38,7 @@ def summarise(evaluation: Evaluation, checks: list[Check], meta: dict[str, Any])
                 run.kind,
                 worst.pixel_accuracy,
                 worst.miou,
+                crafted_on=run.crafted_on,
                 seconds=run.seconds,
                 gradients={"images": run.gradients.images, "zero": run.gradients.zero, "nan": run.gradients.nan},
                 members={n: {"pixel_accuracy": w.pixel_accuracy, "miou": w.miou} for n, w in members.items()}
@@ -60,6 +61,11 @@ def summarise(evaluation: Evaluation, checks: list[Check], meta: dict[str, Any])
     }
 
 
+def row_label(row: dict[str, Any]) -> str:
+    """The table and legend name of a row: "pgd", or "pgd[unaries]" when crafted on a surrogate."""
+    return row["attack"] + (f"[{row['crafted_on']}]" if row.get("crafted_on") else "")
+
+
 def format_table(summary: dict[str, Any]) -> str:
     clean = summary["clean"]
     lines = [
@@ -67,9 +73,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'clean':<16} {'0':>7} {clean['pixel_accuracy']:>7.4f} {clean['miou']:>7.4f} {1.0:>9.3f}",
     ]
     for r in sorted(summary["rows"], key=lambda r: (r["eps"], r["attack"] == WORST)):
-        lines.append(
-            f"{r['attack']:<16} {r['eps_text']:>7} {r['pixel_accuracy']:>7.4f} {r['miou']:>7.4f} {r['iou_ratio']:>9.3f}"
-        )
+        scores = f"{r['pixel_accuracy']:>7.4f} {r['miou']:>7.4f} {r['iou_ratio']:>9.3f}"
+        lines.append(f"{row_label(r):<16} {r['eps_text']:>7} {scores}")
         for name, m in r.get("members", {}).items():
             lines.append(f"{'  ' + name:<16} {r['eps_text']:>7} {m['pixel_accuracy']:>7.4f} {m['miou']:>7.4f}")
     lines.append("")
@@ -91,8 +96,8 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     clean = summary["clean"]
-    for attack in dict.fromkeys(r["attack"] for r in summary["rows"]):
-        rows = sorted((r for r in summary["rows"] if r["attack"] == attack), key=lambda r: r["eps"])
+    for attack in dict.fromkeys(row_label(r) for r in summary["rows"]):
+        rows = sorted((r for r in summary["rows"] if row_label(r) == attack), key=lambda r: r["eps"])
         eps = [0.0] + [r["eps"] * 255 for r in rows]
         style = {"color": "black", "linewidth": 2.5} if attack == WORST else {}
         for ax, key in zip(axes, ("miou", "pixel_accuracy"), strict=True):

@@ -167,3 +167,108 @@ def ram_settings(
         learnable=attn_learnable,
     )
     return config.to_dict()
+
+
+def parse_scales(spec: str | None) -> tuple[float, ...] | None:
+    """`0.5,0.75,1` → (0.5, 0.75, 1.0); None stays None. InputError (exit 2) for anything else."""
+    if spec is None:
+        return None
+    try:
+        scales = tuple(float(s) for s in spec.split(",") if s.strip())
+    except ValueError as err:
+        raise InputError(f"--scales {spec!r}: write comma-separated factors, e.g. 0.5,0.75,1") from err
+    from harden.models.multiscale import check_scales
+
+    check_scales(scales, "max")
+    return scales
+
+
+def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--scales/--fusion (multiscale, Arnab et al. §6) and --crf with its settings (§7): see
+    `inference_settings`. The defaults are those of `harden.models.crf.CRFConfig`."""
+    options = [
+        click.option(
+            "--scales",
+            "scales_spec",
+            default=None,
+            metavar="S[,S...]",
+            help="Run the network at these input scales and fuse the logits, e.g. 0.5,0.75,1 "
+            "(DeepLab v2). [default: one scale]",
+        ),
+        click.option(
+            "--fusion",
+            type=click.Choice(["max", "mean"]),
+            default="max",
+            show_default=True,
+            help="With --scales: per-pixel max (DeepLab v2) or mean of the scales' logits.",
+        ),
+        click.option("--crf", is_flag=True, help="Append a mean-field dense CRF (CRF-as-RNN) to the model."),
+        click.option("--crf-iterations", type=int, default=5, show_default=True, help="With --crf: mean-field steps."),
+        click.option(
+            "--crf-window",
+            type=int,
+            default=11,
+            show_default=True,
+            help="With --crf: odd side of the neighbourhood the kernels are truncated to (pixels).",
+        ),
+        click.option(
+            "--crf-spatial-sigma",
+            type=float,
+            default=3.0,
+            show_default=True,
+            help="With --crf: θγ, spatial kernel bandwidth (pixels).",
+        ),
+        click.option(
+            "--crf-bilateral-sigma",
+            type=float,
+            default=8.0,
+            show_default=True,
+            help="With --crf: θα, bilateral kernel spatial bandwidth (pixels).",
+        ),
+        click.option(
+            "--crf-color-sigma",
+            type=float,
+            default=0.05,
+            show_default=True,
+            help="With --crf: θβ, bilateral kernel colour bandwidth on [0, 1] pixels.",
+        ),
+        click.option(
+            "--crf-weights",
+            "crf_weights",
+            type=RANGE,
+            default="3,5",
+            show_default=True,
+            metavar="WS,WB",
+            help="With --crf: spatial and bilateral kernel weights.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def inference_settings(
+    scales_spec: str | None,
+    fusion: str,
+    crf: bool,
+    crf_iterations: int,
+    crf_window: int,
+    crf_spatial_sigma: float,
+    crf_bilateral_sigma: float,
+    crf_color_sigma: float,
+    crf_weights: tuple[float, float],
+) -> tuple[tuple[float, ...] | None, str, dict[str, Any] | None]:
+    """(scales, fusion, CRFConfig as a dict or None) from the options of `inference_options`."""
+    from harden.models.crf import CRFConfig
+
+    scales = parse_scales(scales_spec)
+    crf_config = CRFConfig(
+        iterations=crf_iterations,
+        window=crf_window,
+        spatial_sigma=crf_spatial_sigma,
+        bilateral_sigma=crf_bilateral_sigma,
+        color_sigma=crf_color_sigma,
+        spatial_weight=crf_weights[0],
+        bilateral_weight=crf_weights[1],
+    )  # checked even without --crf, so a bad setting is never silently ignored
+    return scales, fusion, crf_config.to_dict() if crf else None

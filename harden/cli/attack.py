@@ -172,6 +172,7 @@ def attack_command(
     from harden.cli import Failed
     from harden.data import collate_pad, open_dataset
     from harden.errors import InputError
+    from harden.models.crf import crf_unaries
     from harden.training import load_model, read_config
     from harden.visualize import palette_for
 
@@ -219,9 +220,12 @@ def attack_command(
         return
 
     show = progress and sys.stderr.isatty()
+    # A CRF's mean field can mask gradients (Arnab et al. §7): also craft on its unaries.
+    unaries = crf_unaries(model) if source_model is None else None
     evaluation = evaluate_robustness(
         model, dataset, attacks, eps_values, steps=iters, eot=eot, allow_random=allow_random, seed=seed,
-        draws=draws, source=source_model, batch_size=batch_size, device=device, examples=examples, progress=show,
+        draws=draws, source=source_model, surrogates={"unaries": unaries} if unaries is not None else None,
+        batch_size=batch_size, device=device, examples=examples, progress=show,
     )  # fmt: skip
     check_images, check_labels = collate_pad([dataset[i] for i in range(min(4, len(dataset)))])
     checks = run_checks(evaluation, model, check_images.to(device), check_labels.to(device), eot=eot)
@@ -244,7 +248,7 @@ def attack_command(
         save_overlays(
             evaluation,
             model,
-            f"{strongest['attack']}@{eps_values[-1]}",
+            f"{strongest['attack']}@{eps_values[-1]}" + (f"[{c}]" if (c := strongest["crafted_on"]) else ""),
             out / "examples.png",
             palette_for(dataset.name, dataset.num_classes),
         )

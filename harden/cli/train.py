@@ -16,6 +16,8 @@ from harden.cli._options import (
     SIZE,
     data_option,
     device_option,
+    inference_options,
+    inference_settings,
     progress_option,
     ram_options,
     ram_settings,
@@ -67,6 +69,7 @@ from harden.cli._options import (
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed → same run on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loader processes.")
 @ram_options
+@inference_options
 @click.option(
     "--init-from",
     type=click.Path(exists=True, path_type=Path),
@@ -148,6 +151,15 @@ def train_command(
     rad_p: float | None,
     attn_temperature: float | None,
     attn_learnable: bool,
+    scales_spec: str | None,
+    fusion: str,
+    crf: bool,
+    crf_iterations: int,
+    crf_window: int,
+    crf_spatial_sigma: float,
+    crf_bilateral_sigma: float,
+    crf_color_sigma: float,
+    crf_weights: tuple[float, float],
     init_from: Path | None,
     adv: str | None,
     adv_eps: str,
@@ -210,6 +222,7 @@ def train_command(
       harden train --model segformer_tiny --adv ddcat --out runs/seg-ddcat
       harden train --model segformer_tiny --ram --adv pgd --adv-steps 5 --adv-eps 4/255 --out runs/seg-ram-at5
       harden train --adv sat --nproc 2 --out runs/seg-sat
+      harden train --model deeplabv3_tiny --scales 0.5,0.75,1 --crf --out runs/dl-ms-crf
     """
     from harden.attacks.threat import format_eps, parse_eps
     from harden.cli import Failed
@@ -248,6 +261,10 @@ def train_command(
         save_every=save_every,
     )
     ram_config = ram_settings(ram, mas, mas_threshold, rad, rad_p, attn_temperature, attn_learnable)
+    scales, fusion, crf_config = inference_settings(
+        scales_spec, fusion, crf, crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma,
+        crf_color_sigma, crf_weights,
+    )  # fmt: skip
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
     epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
     model_config, config = prepare_run(
@@ -256,6 +273,9 @@ def train_command(
         config,
         {},
         ram=ram_config,
+        scales=scales,
+        fusion=fusion,
+        crf=crf_config,
         resume=resume,
         overwrite=overwrite,
         resume_epochs=epochs if epochs_given else None,
@@ -268,6 +288,10 @@ def train_command(
         from harden.ram import RAMConfig
 
         ram_note = f" with RAM {RAMConfig.from_dict(model_config.ram).describe()}"
+    if model_config.scales is not None:
+        ram_note += f" at scales {','.join(f'{s:g}' for s in model_config.scales)} ({model_config.fusion})"
+    if model_config.crf is not None:
+        ram_note += " with a mean-field CRF"
     adv_note = ""
     if config.adv is not None:
         adv_note = (

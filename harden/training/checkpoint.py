@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -28,6 +28,9 @@ from torch import nn
 from harden._io import atomic_path, write_json
 from harden.errors import InputError
 from harden.models import SegmentationModel, create_model
+from harden.models.compose import compose, network_of
+from harden.models.crf import CRFConfig
+from harden.models.multiscale import Fusion
 from harden.ram import RAMConfig, insert_ram_
 from harden.training.config import ModelConfig, TrainConfig
 
@@ -62,16 +65,22 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def build_model(config: ModelConfig) -> SegmentationModel:
-    """A fresh model as `config` describes it, RAM inserted when the config has RAM settings."""
-    model = create_model(config.name, config.num_classes, **config.kwargs)
+    """A fresh model as `config` describes it: the registry network, RAM inserted when the config
+    has RAM settings, run at several scales and followed by a CRF when it says so."""
+    network = create_model(config.name, config.num_classes, **config.kwargs)
     if config.ram is not None:
-        report = insert_ram_(model, RAMConfig.from_dict(config.ram))
+        report = insert_ram_(network, RAMConfig.from_dict(config.ram))
         if not report.converted:
             raise InputError(
                 f"model {config.name} has no attention layer RAM can convert; choose an attention model "
                 "(`harden models` marks them) or drop the RAM options"
             )
-    return model
+    return compose(
+        network,
+        scales=tuple(config.scales) if config.scales is not None else None,
+        fusion=cast(Fusion, config.fusion),
+        crf=CRFConfig.from_dict(config.crf) if config.crf is not None else None,
+    )
 
 
 def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
@@ -104,16 +113,26 @@ def _weights_path(path_or_run: str | Path, hint: str) -> Path:
     return path
 
 
-def init_weights(model: nn.Module, path_or_run: str | Path) -> None:
-    """Start from trained weights (fine-tuning): parameters RAM adds may be missing from them."""
+def init_weights(model: SegmentationModel, path_or_run: str | Path) -> None:
+    """Start from trained weights (fine-tuning) of the network: parameters RAM adds may be missing
+    from them, and multiscale/CRF wrappers may differ (a CRF keeps its configured weights)."""
     path = _weights_path(path_or_run, "give --init-from a run directory or a model.safetensors file")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from err
-    ram_only = [k for k in model.state_dict() if k.endswith("logit_gain")]
+    network = network_of(model)
+    tensors = {_network_key(k): v for k, v in tensors.items() if not k.startswith("crf.")}
+    ram_only = [k for k in network.state_dict() if k.endswith("logit_gain")]
     tensors = {k: v for k, v in tensors.items() if not k.endswith("logit_gain") or k in ram_only}
-    _load_state(model, tensors, path, may_miss=set(ram_only))
+    _load_state(network, tensors, path, may_miss=set(ram_only))
+
+
+def _network_key(key: str) -> str:
+    """A composed model's weight name → the network's (`base.base.backbone.x` → `backbone.x`)."""
+    while key.startswith("base."):
+        key = key[len("base.") :]
+    return key
 
 
 def init_backbone(model: SegmentationModel, path: str | Path) -> int:

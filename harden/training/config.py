@@ -29,6 +29,9 @@ class ModelConfig:
     class_names: names of the K classes (reports and plots).
     kwargs: keyword overrides passed to the registry factory.
     ram: the `RAMConfig` (as a dict) inserted into the model's attention layers; None = no RAM.
+    scales: run the network at these input scales and fuse the logits (`MultiScale`); None = once.
+    fusion: how the scales are fused, "max" or "mean".
+    crf: the `CRFConfig` (as a dict) of a mean-field CRF appended to the model; None = no CRF.
     """
 
     name: str
@@ -36,6 +39,9 @@ class ModelConfig:
     class_names: list[str]
     kwargs: dict[str, Any] = field(default_factory=dict)
     ram: dict[str, Any] | None = None
+    scales: list[float] | None = None
+    fusion: str = "max"
+    crf: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -82,6 +82,9 @@ def prepare_run(
     model_kwargs: dict[str, Any],
     *,
     ram: dict[str, Any] | None = None,
+    scales: tuple[float, ...] | None = None,
+    fusion: str = "max",
+    crf: dict[str, Any] | None = None,
     resume: bool,
     overwrite: bool,
     resume_epochs: int | None = None,
@@ -106,13 +109,22 @@ def prepare_run(
         )
     # Check the new run before touching the old one: bad input must lose nothing.
     probe = open_dataset(config.data, "train", size=config.image_size, num_images=1)
-    model_config = ModelConfig(model_name, probe.num_classes, list(probe.class_names), dict(model_kwargs), ram)
+    model_config = ModelConfig(
+        model_name,
+        probe.num_classes,
+        list(probe.class_names),
+        dict(model_kwargs),
+        ram,
+        scales=list(scales) if scales is not None else None,
+        fusion=fusion,
+        crf=crf,
+    )
     model = build_model(model_config)
     if config.init_from is not None:
         init_weights(model, config.init_from)
     if config.init_backbone is not None:
         init_backbone(model, config.init_backbone)
-    if ram is not None:  # RAM settings that do not fit the model (e.g. a MAS threshold ≤ 1/keys) fail here
+    if ram is not None or scales is not None:  # a MAS threshold ≤ 1/keys, or a scale too small, fails here
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, *config.resolved_crop))
     if overwrite:
