@@ -111,19 +111,24 @@ class MeanFieldCRF(nn.Module):
         self.bilateral_position: torch.Tensor
         self.register_buffer("spatial_kernel", torch.exp(-distance2 / (2 * spatial_sigma**2)), persistent=False)
         self.register_buffer("bilateral_position", torch.exp(-distance2 / (2 * bilateral_sigma**2)), persistent=False)
+        self.shift_kernels: torch.Tensor  # (O, 1, window, window), one 1 each: picks neighbour o
+        shifts = torch.zeros(len(self.offsets), 1, window, window)
+        for o, (dy, dx) in enumerate(self.offsets):
+            shifts[o, 0, r + dy, r + dx] = 1.0
+        self.register_buffer("shift_kernels", shifts, persistent=False)
 
-    def _neighbours(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x (B, C, H, W) → for each offset (dy, dx), x shifted so that [.., i, j] is x[.., i+dy, j+dx]
-        (zero outside the image). Views of one padded tensor: no copies kept for backward."""
-        r, (height, width) = self.radius, x.shape[-2:]
-        padded = F.pad(x, (r, r, r, r))
-        return [padded[:, :, r + dy : r + dy + height, r + dx : r + dx + width] for dy, dx in self.offsets]
+    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) → (B, C, O, H, W): [.., o, i, j] = x[.., i+dy_o, j+dx_o], zero outside the image.
+        One convolution with one-hot kernels, so it exports as one Conv node."""
+        batch, channels, height, width = x.shape
+        stack = F.conv2d(x.reshape(batch * channels, 1, height, width), self.shift_kernels, padding=self.radius)
+        return stack.view(batch, channels, len(self.offsets), height, width)
 
     def pairwise_weights(self, image: torch.Tensor) -> torch.Tensor:
         """Image (B, 3, H, W) in [0, 1] → weight of each neighbour (B, O, H, W): w_s·k_s/Σk_s + w_b·k_b/Σk_b,
         each kernel normalised over the neighbours that lie inside the image."""
-        inside = torch.cat(self._neighbours(torch.ones_like(image[:, :1])), dim=1)  # (B, O, H, W)
-        color = torch.cat([(n - image).square().sum(1, keepdim=True) for n in self._neighbours(image)], dim=1)
+        inside = self.neighbours(torch.ones_like(image[:, :1]))[:, 0]  # (B, O, H, W)
+        color = (self.neighbours(image) - image.unsqueeze(2)).square().sum(1)  # (B, O, H, W)
         spatial = self.spatial_kernel.view(1, -1, 1, 1) * inside
         bilateral = self.bilateral_position.view(1, -1, 1, 1) * torch.exp(-color / (2 * self.color_sigma**2)) * inside
         spatial = spatial / spatial.sum(1, keepdim=True)
@@ -138,9 +143,11 @@ class MeanFieldCRF(nn.Module):
         logits = unaries
         for _ in range(self.iterations):
             q = torch.softmax(logits, dim=1)
-            if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():  # ONNX export: a compact graph (Conv, Mul, ReduceSum)
+                message = (self.neighbours(q) * weights.unsqueeze(1)).sum(2)
+            elif torch.is_grad_enabled():
                 message = _Message.apply(q, weights, self.offsets, self.radius)
-            else:  # no gradient needed, or ONNX export: plain tensor ops
+            else:  # a loop over the offsets holds one (B, K, H, W) at a time, not O of them
                 message = _message(q, weights, self.offsets, self.radius)
             # Potts: a pixel pays the message of every label other than its own
             logits = unaries - (message.sum(1, keepdim=True) - message)

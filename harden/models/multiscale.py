@@ -78,9 +78,8 @@ class MultiScale(SegmentationModel):
         return fused, features
 
     def _at_scale(self, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if scale != 1.0:
-            height, width = (max(1, round(n * scale)) for n in x.shape[-2:])
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        if scale != 1.0:  # output size ⌊H·s⌋ × ⌊W·s⌋; a scale factor exports as one Resize node
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         try:
             return self.base.forward_with_features(x)
         except RuntimeError as err:
