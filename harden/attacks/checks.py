@@ -48,6 +48,7 @@ def run_checks(
         gradients_are_usable(evaluation),
         randomness_is_handled(model, images, eot=eot, draws=evaluation.draws),
         white_box_beats_black_box(evaluation),
+        white_box_beats_surrogate(evaluation),
         iterative_beats_single_step(evaluation),
     ]
 
@@ -175,6 +176,34 @@ def white_box_beats_black_box(evaluation: Evaluation) -> Check:
     return Check(
         "white>black", "pass", "white-box worst case is at least as strong as noise, query and transfer attacks"
     )
+
+
+def white_box_beats_surrogate(evaluation: Evaluation) -> Check:
+    """Each attack crafted on the model itself must be at least as strong as the same attack
+    crafted on a surrogate (`evaluate_robustness(surrogates=...)`, e.g. a CRF model's unaries).
+    The same attack with the same budget doing better through a surrogate means the model's own
+    gradients mislead it: gradient masking (Arnab et al. §7.2, Fig. 4b)."""
+    own = {(r.attack, r.eps): r.worst() for r in evaluation.runs if r.kind == "white-box"}
+    problems, compared = [], 0
+    for run in evaluation.runs:
+        if not run.crafted_on or (run.attack, run.eps) not in own:
+            continue
+        compared += 1
+        white, transfer = own[(run.attack, run.eps)], run.worst()
+        if transfer.pixel_accuracy < white.pixel_accuracy - TOLERANCE or transfer.miou < white.miou - TOLERANCE:
+            problems.append(
+                f"{run.attack} ε {format_eps(run.eps)} crafted on {run.crafted_on}: pAcc {transfer.pixel_accuracy:.4f} "
+                f"mIoU {transfer.miou:.4f} below white-box {white.pixel_accuracy:.4f} / {white.miou:.4f}"
+            )
+    if not compared:
+        return Check("white>surrogate", "n/a", "no attack was crafted on a surrogate (e.g. a CRF model's unaries)")
+    if problems:
+        return Check(
+            "white>surrogate",
+            "fail",
+            "; ".join(problems) + " — the model masks its gradients: report the surrogate's numbers, not these",
+        )
+    return Check("white>surrogate", "pass", f"{compared} attacks are at least as strong white-box as via a surrogate")
 
 
 def iterative_beats_single_step(evaluation: Evaluation) -> Check:

@@ -99,7 +99,7 @@ def evaluate_robustness(
         surrogates: name → model: every white-box attack is also crafted on each of these and
             evaluated on `model` as a transfer run (`crafted_on` = the name). A CRF model's
             unaries are such a surrogate: a transfer that beats the white-box attack exposes
-            gradient masking (Arnab et al. §7.2) through the white>black check.
+            gradient masking (Arnab et al. §7.2) through the white>surrogate check.
         examples: how many first images to keep (clean and adversarial) for overlays.
     """
     attacks = list(dict.fromkeys([*attacks, "noise"]))

@@ -50,6 +50,7 @@ def cli() -> None:
       harden attack runs/demo --attack sea --eps 4/255,8/255
       harden export runs/demo --out exports/demo
       harden verify exports/demo --twin graph --twin runs/demo
+      harden study crf runs/demo          # experiments from the papers
       harden models                       # what can be trained
 
     Exit codes: 0 success, 1 a check or run failed, 2 bad input.
@@ -57,7 +58,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, demo, erf, evaluate, export, models, train, verify
+    from harden.cli import attack, attention_map, demo, erf, evaluate, export, models, study, train, verify
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
@@ -68,6 +69,7 @@ def _register() -> None:
     cli.add_command(verify.verify_command)
     cli.add_command(demo.demo_command)
     cli.add_command(erf.erf_command)
+    cli.add_command(study.study_group)
 
 
 _register()

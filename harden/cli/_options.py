@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harden.data import DATA_SPEC_HELP
 from harden.errors import InputError
+
+if TYPE_CHECKING:
+    from harden.models.crf import CRFConfig
 
 
 class SizeType(click.ParamType):
@@ -185,7 +188,7 @@ def parse_scales(spec: str | None) -> tuple[float, ...] | None:
 
 def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--scales/--fusion (multiscale, Arnab et al. §6) and --crf with its settings (§7): see
-    `inference_settings`. The defaults are those of `harden.models.crf.CRFConfig`."""
+    `inference_settings`."""
     options = [
         click.option(
             "--scales",
@@ -203,34 +206,43 @@ def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="With --scales: per-pixel max (DeepLab v2) or mean of the scales' logits.",
         ),
         click.option("--crf", is_flag=True, help="Append a mean-field dense CRF (CRF-as-RNN) to the model."),
-        click.option("--crf-iterations", type=int, default=5, show_default=True, help="With --crf: mean-field steps."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return crf_options(command)
+
+
+def crf_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The mean-field CRF's settings (`harden.models.crf.CRFConfig`; these are its defaults)."""
+    options = [
+        click.option("--crf-iterations", type=int, default=5, show_default=True, help="CRF: mean-field steps."),
         click.option(
             "--crf-window",
             type=int,
             default=11,
             show_default=True,
-            help="With --crf: odd side of the neighbourhood the kernels are truncated to (pixels).",
+            help="CRF: odd side of the neighbourhood the kernels are truncated to (pixels).",
         ),
         click.option(
             "--crf-spatial-sigma",
             type=float,
             default=3.0,
             show_default=True,
-            help="With --crf: θγ, spatial kernel bandwidth (pixels).",
+            help="CRF: θγ, spatial kernel bandwidth (pixels).",
         ),
         click.option(
             "--crf-bilateral-sigma",
             type=float,
             default=8.0,
             show_default=True,
-            help="With --crf: θα, bilateral kernel spatial bandwidth (pixels).",
+            help="CRF: θα, bilateral kernel spatial bandwidth (pixels).",
         ),
         click.option(
             "--crf-color-sigma",
             type=float,
             default=0.05,
             show_default=True,
-            help="With --crf: θβ, bilateral kernel colour bandwidth on [0, 1] pixels.",
+            help="CRF: θβ, bilateral kernel colour bandwidth on [0, 1] pixels.",
         ),
         click.option(
             "--crf-weights",
@@ -239,7 +251,7 @@ def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="3,5",
             show_default=True,
             metavar="WS,WB",
-            help="With --crf: spatial and bilateral kernel weights.",
+            help="CRF: spatial and bilateral kernel weights.",
         ),
     ]
     for option in reversed(options):
@@ -259,10 +271,24 @@ def inference_settings(
     crf_weights: tuple[float, float],
 ) -> tuple[tuple[float, ...] | None, str, dict[str, Any] | None]:
     """(scales, fusion, CRFConfig as a dict or None) from the options of `inference_options`."""
+    crf_config = crf_settings(
+        crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma, crf_color_sigma, crf_weights
+    )  # checked even without --crf, so a bad setting is never silently ignored
+    return parse_scales(scales_spec), fusion, crf_config.to_dict() if crf else None
+
+
+def crf_settings(
+    crf_iterations: int,
+    crf_window: int,
+    crf_spatial_sigma: float,
+    crf_bilateral_sigma: float,
+    crf_color_sigma: float,
+    crf_weights: tuple[float, float],
+) -> CRFConfig:
+    """The CRFConfig of `crf_options`; InputError (exit 2) for a setting out of range."""
     from harden.models.crf import CRFConfig
 
-    scales = parse_scales(scales_spec)
-    crf_config = CRFConfig(
+    return CRFConfig(
         iterations=crf_iterations,
         window=crf_window,
         spatial_sigma=crf_spatial_sigma,
@@ -270,5 +296,4 @@ def inference_settings(
         color_sigma=crf_color_sigma,
         spatial_weight=crf_weights[0],
         bilateral_weight=crf_weights[1],
-    )  # checked even without --crf, so a bad setting is never silently ignored
-    return scales, fusion, crf_config.to_dict() if crf else None
+    )
