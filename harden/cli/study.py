@@ -89,7 +89,9 @@ def _attack_list(spec: str) -> tuple[str, ...]:
     return names
 
 
-@study_group.command("transfer-scales")
+@study_group.command(
+    "transfer-scales", short_help="Perturbations crafted at each input scale, evaluated at every other (§6)."
+)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--scales", "scales_spec", default="0.5,0.75,1", show_default=True, metavar="S[,S...]",
               help="Input scales of the network; the multiscale model fuses all of them.")  # fmt: skip
@@ -155,7 +157,7 @@ def transfer_scales_command(
     click.echo(f"wrote {out / 'transfer_scales.json'}, {out / 'transfer_scales.png'}")
 
 
-@study_group.command("crf")
+@study_group.command("crf", short_help="Attacks with and without a mean-field CRF; gradient masking (§7).")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--attack", "attack_spec", default="fgsm,bim,fgsm-ll,bim-ll", show_default=True,
               metavar="NAME[,NAME...]",
