@@ -5,6 +5,7 @@ scales 0.5/0.75/1 with max fusion (DeepLab v2's multiscale training), the same n
 with a mean-field CRF appended (CRF-RNN's end-to-end training), and a PSPNet-tiny; then runs
 
     harden study transfer-scales <single-scale> --other <multiscale-trained> --other <pspnet>
+    harden study transfer-scales <multiscale-trained> --other <single-scale>
     harden study crf <single-scale>        (CRF appended after training, DeepLab's post-processing)
     harden study crf <crf-trained>         (its own CRF, CRF-RNN)
 
@@ -53,6 +54,8 @@ def main() -> None:
     images = ["--images", str(args.images), "--no-progress"]
     harden("study", "transfer-scales", str(args.out / "deeplab"), "--other", str(args.out / "deeplab-ms"),
            "--other", str(args.out / "pspnet"), "--eps", "4/255,8/255", *images)  # fmt: skip
+    harden("study", "transfer-scales", str(args.out / "deeplab-ms"), "--other", str(args.out / "deeplab"),
+           "--eps", "4/255,8/255", *images)  # fmt: skip
     harden("study", "crf", str(args.out / "deeplab"), *images)  # exits 1 when it finds gradient masking
     harden("study", "crf", str(args.out / "deeplab-crf"), *images)
 
