@@ -187,8 +187,8 @@ def parse_scales(spec: str | None) -> tuple[float, ...] | None:
 
 
 def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--scales/--fusion (multiscale, Arnab et al. §6) and --crf with its settings (§7): see
-    `inference_settings`."""
+    """--scales/--fusion (multiscale, Arnab et al. §6; `parse_scales`) and --crf with its settings
+    (§7; `crf_settings`)."""
     options = [
         click.option(
             "--scales",
@@ -257,24 +257,6 @@ def crf_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def inference_settings(
-    scales_spec: str | None,
-    fusion: str,
-    crf: bool,
-    crf_iterations: int,
-    crf_window: int,
-    crf_spatial_sigma: float,
-    crf_bilateral_sigma: float,
-    crf_color_sigma: float,
-    crf_weights: tuple[float, float],
-) -> tuple[tuple[float, ...] | None, str, dict[str, Any] | None]:
-    """(scales, fusion, CRFConfig as a dict or None) from the options of `inference_options`."""
-    crf_config = crf_settings(
-        crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma, crf_color_sigma, crf_weights
-    )  # checked even without --crf, so a bad setting is never silently ignored
-    return parse_scales(scales_spec), fusion, crf_config.to_dict() if crf else None
 
 
 def crf_settings(

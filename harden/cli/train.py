@@ -14,10 +14,11 @@ from click.core import ParameterSource
 from harden.cli._options import (
     RANGE,
     SIZE,
+    crf_settings,
     data_option,
     device_option,
     inference_options,
-    inference_settings,
+    parse_scales,
     progress_option,
     ram_options,
     ram_settings,
@@ -261,10 +262,10 @@ def train_command(
         save_every=save_every,
     )
     ram_config = ram_settings(ram, mas, mas_threshold, rad, rad_p, attn_temperature, attn_learnable)
-    scales, fusion, crf_config = inference_settings(
-        scales_spec, fusion, crf, crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma,
-        crf_color_sigma, crf_weights,
-    )  # fmt: skip
+    scales = parse_scales(scales_spec)
+    crf_config = crf_settings(
+        crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma, crf_color_sigma, crf_weights
+    )  # checked even without --crf, so a bad setting is never silently ignored
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
     epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
     model_config, config = prepare_run(
@@ -275,7 +276,7 @@ def train_command(
         ram=ram_config,
         scales=scales,
         fusion=fusion,
-        crf=crf_config,
+        crf=crf_config.to_dict() if crf else None,
         resume=resume,
         overwrite=overwrite,
         resume_epochs=epochs if epochs_given else None,
