@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -122,11 +123,16 @@ def test_readme_commands_are_real():
         argv = command.split()[1:]
         sub = argv[0]
         assert sub in cli.commands, f"README mentions unknown command {command!r}"
-        result = run(sub, "--help")
+        path = [sub]
+        group = cli.commands[sub]
+        if isinstance(group, click.Group):  # `harden study crf ...`: check the subcommand's options
+            assert argv[1] in group.commands, f"README mentions unknown command {command!r}"
+            path.append(argv[1])
+        result = run(*path, "--help")
         assert result.exit_code == 0
         options = [a.split("=")[0] for a in argv if a.startswith("--")]
         for option in options:
-            assert option in result.output, f"README uses {option} which `harden {sub}` does not have"
+            assert option in result.output, f"README uses {option} which `harden {' '.join(path)}` does not have"
     makefile = (ROOT / "Makefile").read_text()
     for target in re.findall(r"^\s*make (\w[\w-]*)", readme, flags=re.MULTILINE):
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), f"README uses `make {target}`"
