@@ -5,6 +5,10 @@ which gives every forward pass one seed and every RAD call in it its own counter
 all RAD calls of a pass draw distinct masks, a fixed seed reproduces the whole pass, and
 without one every pass draws afresh (from torch's global generator, so `torch.manual_seed`
 makes training with RAD reproducible).
+
+On CUDA tensors a core runs as one fused kernel (`harden::robust_attention`, Triton) whenever
+nothing needs its N×N matrices; everywhere else it takes the explicit logits → MAS → RAD → ·V
+path. Both draw the same RAD masks for the same seed and counter.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from harden.models.attention import AttentionCore
 from harden.ram import ops  # noqa: F401  (registers torch.ops.harden.*)
 from harden.ram.config import RAMConfig
 from harden.ram.counter_rng import MAX_COUNTER
+from harden.ram.fused_attention import runs_triton
 
 Seed = int | torch.Tensor
 
@@ -87,6 +92,49 @@ class RobustAttentionCore(AttentionCore):
     @property
     def uses_fused_kernel(self) -> bool:
         return self.config.is_identity
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.takes_fused_ram_path(q, bias, mask):
+            return self._fused_ram(q, k, v)
+        return super().forward(q, k, v, bias, mask)
+
+    def takes_fused_ram_path(self, q: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None) -> bool:
+        """Whether this call may run as one `harden::robust_attention` (fused kernels on a GPU).
+
+        Only on CUDA, and only when nothing needs the N×N matrices: no hooks, no bias or mask (the
+        kernels take neither), no learnable gain (its gradient needs the logits), and not while
+        exporting to ONNX (the graph keeps MatMul → harden::Mas → harden::Rad → MatMul).
+        """
+        return (
+            q.is_cuda
+            and not self.config.is_identity
+            and not self._hooks
+            and bias is None
+            and mask is None
+            and self.logit_gain is None
+            and not torch.onnx.is_in_onnx_export()
+            and runs_triton(q.device)
+        )
+
+    def _fused_ram(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        if self.config.temperature is not None:
+            scale /= self.config.temperature
+        threshold = self.config.threshold if self.config.mas else None
+        if self.drops:
+            seed, counter = self.seeds.next_call()
+            p = self.config.drop_p
+        else:
+            seed, counter, p = torch.zeros((), dtype=torch.int64), 0, 0.0
+        out, _ = torch.ops.harden.robust_attention(q, k, v, scale, threshold, seed, counter, p)
+        return out
 
     def logits(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         logits = super().logits(q, k, bias)
