@@ -7,6 +7,12 @@ globals to be callable from kernels), and triton is optional: only the launchers
 import triton
 import triton.language as tl
 
+from harden.ram.counter_rng import KEYS, P
+
+# The generator's constants (`harden.ram.counter_rng`), as compile-time values.
+PRIME = tl.constexpr(P)
+K0, K1, K2, K3, K4, K5, K6, K7, K8 = (tl.constexpr(key) for key in KEYS)
+
 
 @triton.jit
 def dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
@@ -29,6 +35,28 @@ def logits_to_z(a, gain, MAS: tl.constexpr):
 
 
 @triton.jit
+def mix(x, k):
+    """((x + k) mod P)² mod P on int64 (x, k ≥ 0): the generator's round."""
+    x = (x + k) % PRIME
+    return x * x % PRIME
+
+
+@triton.jit
+def stream_keys(SEED, counter):
+    """(kr, kc) of one RAD call, from the seed tensor on the device: no host round trip."""
+    s = tl.load(SEED).to(tl.int64) % PRIME
+    s = tl.where(s < 0, s + PRIME, s)  # Triton's % truncates; the spec's remainder is non-negative
+    kr = mix(mix(mix(s, K0) + counter, K1), K2)
+    return kr, mix(mix(kr, K3), K4)
+
+
+@triton.jit
+def lane(index, key, k1, k2):
+    """hr[r] or hc[c]: mix(mix(index + key, k1), k2) mod 2³⁰, index int64."""
+    return mix(mix(index + key, k1), k2) % 1073741824
+
+
+@triton.jit
 def keep_mask(row_lanes, key_lanes, bound):
     x = row_lanes[:, None] + key_lanes[None, :]  # int64, < 2³¹
     return ((x * x) & 0xFFFFFFFFFFF) >= bound  # x² mod 2⁴⁴ (2^(20 + MASK_BITS)); x² < 2⁶²: exact
@@ -36,7 +64,7 @@ def keep_mask(row_lanes, key_lanes, bound):
 
 @triton.jit
 def forward(
-    Q, K, V, OUT, LSE, HR, HC, NQ, NK, D, scale, gain, bound, keep_scale,
+    Q, K, V, OUT, LSE, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
     MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -46,7 +74,8 @@ def forward(
     row_in = rows < NQ
     q = tl.load(Q + bh * NQ * D + rows[:, None] * D + dims[None, :], mask=row_in[:, None] & (dims[None, :] < D))
     if RAD:
-        row_lanes = tl.load(HR + bh * NQ + rows, mask=row_in, other=0)
+        kr, kc = stream_keys(SEED, counter)
+        row_lanes = lane(bh * NQ + rows, kr, K5, K6)
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_M,), tl.float32)  # noqa: E741
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -63,7 +92,7 @@ def forward(
         p = tl.exp(z - m_new[:, None])
         l = l * rescale + tl.sum(p, axis=1)  # noqa: E741  (over all keys: RAD drops after normalising)
         if RAD:
-            key_lanes = tl.load(HC + cols, mask=col_in, other=0)
+            key_lanes = lane(cols.to(tl.int64), kc, K7, K8)
             p = tl.where(keep_mask(row_lanes, key_lanes, bound), p * keep_scale, 0.0)
         v = tl.load(V + bh * NK * D + tile, mask=tile_in, other=0.0)
         acc = acc * rescale[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
@@ -98,7 +127,7 @@ def tile_gradients(
 
 @triton.jit
 def backward_keys(
-    Q, K, V, DO, LSE, DELTA, DK, DV, HR, HC, NQ, NK, D, scale, gain, bound, keep_scale,
+    Q, K, V, DO, LSE, DELTA, DK, DV, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
     MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -110,8 +139,8 @@ def backward_keys(
     key_tile_in = col_in[:, None] & (dims[None, :] < D)
     k = tl.load(K + key_tile, mask=key_tile_in, other=0.0)
     v = tl.load(V + key_tile, mask=key_tile_in, other=0.0)
-    key_lanes = tl.load(HC + cols, mask=col_in, other=0)
-    row_lanes = key_lanes  # replaced per query tile when RAD is on
+    kr, kc = stream_keys(SEED, counter)  # (the lanes are unused, and cheap, when RAD is off)
+    key_lanes = lane(cols.to(tl.int64), kc, K7, K8)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for start in range(0, NQ, BLOCK_M):
@@ -123,8 +152,7 @@ def backward_keys(
         do = tl.load(DO + query_tile, mask=query_tile_in, other=0.0)
         lse = tl.load(LSE + bh * NQ + rows, mask=row_in, other=0.0)
         delta = tl.load(DELTA + bh * NQ + rows, mask=row_in, other=0.0)
-        if RAD:
-            row_lanes = tl.load(HR + bh * NQ + rows, mask=row_in, other=0)
+        row_lanes = lane(bh * NQ + rows, kr, K5, K6)
         applied, dz = tile_gradients(
             q, k, v, do, lse, delta, row_lanes, key_lanes, row_in, col_in, scale, gain, bound, keep_scale,
             MAS, RAD, IEEE, UPCAST,
@@ -137,7 +165,7 @@ def backward_keys(
 
 @triton.jit
 def backward_queries(
-    Q, K, V, DO, LSE, DELTA, DQ, HR, HC, NQ, NK, D, scale, gain, bound, keep_scale,
+    Q, K, V, DO, LSE, DELTA, DQ, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
     MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -151,7 +179,8 @@ def backward_queries(
     do = tl.load(DO + query_tile, mask=query_tile_in, other=0.0)
     lse = tl.load(LSE + bh * NQ + rows, mask=row_in, other=0.0)
     delta = tl.load(DELTA + bh * NQ + rows, mask=row_in, other=0.0)
-    row_lanes = tl.load(HR + bh * NQ + rows, mask=row_in, other=0)
+    kr, kc = stream_keys(SEED, counter)  # (the lanes are unused, and cheap, when RAD is off)
+    row_lanes = lane(bh * NQ + rows, kr, K5, K6)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for start in range(0, NK, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
@@ -160,7 +189,7 @@ def backward_queries(
         key_tile_in = col_in[:, None] & (dims[None, :] < D)
         k = tl.load(K + key_tile, mask=key_tile_in, other=0.0)
         v = tl.load(V + key_tile, mask=key_tile_in, other=0.0)
-        key_lanes = tl.load(HC + cols, mask=col_in, other=0)
+        key_lanes = lane(cols.to(tl.int64), kc, K7, K8)
         _, dz = tile_gradients(
             q, k, v, do, lse, delta, row_lanes, key_lanes, row_in, col_in, scale, gain, bound, keep_scale,
             MAS, RAD, IEEE, UPCAST,

@@ -57,8 +57,7 @@ def _reference(
 def _arithmetic(
     q: torch.Tensor, k: torch.Tensor, scale: float, threshold: float | None, seed: torch.Tensor, counter: int, p: float
 ) -> RamArithmetic:
-    # The kernel always sees a real seed (tracing uses the fake implementation), as `harden::rad`.
-    return RamArithmetic.of(q, k, scale=scale, threshold=threshold, seed=int(seed.item()), counter=counter, p=p)
+    return RamArithmetic.of(q, k, scale=scale, threshold=threshold, seed=seed, counter=counter, p=p)
 
 
 @torch.library.custom_op("harden::robust_attention", mutates_args=())

@@ -9,7 +9,9 @@ multiplies the normalised weight p/l by keep·s; since l does not depend on the 
 drops elements of p as it accumulates p·v and divides by l once at the end: exactly RAD(M)·V.
 The keep mask is the one of `harden.ram.counter_rng` (row r = flat index of (b, h, query),
 column c = key): x = hr[r] + hc[c], keep iff x² mod 2⁴⁴ ≥ θ·2²⁰, so it equals `harden::rad`'s bit
-for bit. It is recomputed in the backward pass, never stored.
+for bit. The kernels derive the keys and lanes from the seed tensor on the device (a few integer
+operations per row and per key tile), so a call never waits for the host, and the mask is
+recomputed in the backward pass, never stored.
 
 The backward pass recomputes the tiles from q, k and the saved log-sum-exp L = m + log l:
     D = P·keep·s with P = exp(z − L)                 dV = Dᵀ·dO
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harden.ram.counter_rng import drop_threshold, keep_scale, lanes_numpy
+from harden.ram.counter_rng import drop_threshold, keep_scale, stream_keys
 from harden.ram.ops import check_threshold, mas_gain
 
 
@@ -50,17 +52,24 @@ def interpreting() -> bool:
 
 @dataclass(frozen=True)
 class RadDraw:
-    """One RAD call's mask, as the kernels compute it: lanes hr (rows) and hc (keys), int64."""
+    """One RAD call: the kernels derive its keys and lanes from the seed on the device.
 
-    row_lanes: torch.Tensor  # (B·H·Nq,)
-    key_lanes: torch.Tensor  # (Nk,)
-    bound: int  # θ·2²⁰: keep iff x² mod 2⁴⁴ ≥ bound
-    scale: float  # applied to kept weights, float32
+    Args:
+        seed: 0-d int64 tensor on the kernels' device (read there: no host synchronisation).
+        counter: the call's index in the forward pass, in [0, 2³¹ − 1).
+        bound: θ·2²⁰; an element is kept iff x² mod 2⁴⁴ ≥ bound.
+        scale: the float32 factor applied to kept weights.
+    """
+
+    seed: torch.Tensor
+    counter: int
+    bound: int
+    scale: float
 
     @classmethod
-    def of(cls, seed: int, counter: int, p: float, rows: int, keys: int, device: torch.device) -> RadDraw:
-        hr, hc = (torch.from_numpy(lane).to(device) for lane in lanes_numpy(seed, counter, rows, keys))
-        return cls(hr, hc, drop_threshold(p) << 20, keep_scale(p))
+    def of(cls, seed: torch.Tensor, counter: int, p: float) -> RadDraw:
+        stream_keys(0, counter)  # refuses a counter out of range, as every implementation does
+        return cls(seed.reshape(()).to(torch.int64), counter, drop_threshold(p) << 20, keep_scale(p))
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class RamArithmetic:
         *,
         scale: float,
         threshold: float | None,
-        seed: int,
+        seed: torch.Tensor,
         counter: int,
         p: float,
     ) -> RamArithmetic:
@@ -94,8 +103,9 @@ class RamArithmetic:
         if threshold is not None:
             check_threshold(threshold, keys)
             gain = float(np.float32(mas_gain(threshold, keys)))
-        rows = math.prod(q.shape[:-1])
-        rad = RadDraw.of(seed, counter, p, rows, keys, q.device) if p > 0 else None
+        if not (math.prod(q.shape[:-1]) < 2**31 and keys < 2**31):
+            raise ValueError(f"RAD's generator indexes rows and keys below 2^31; got q {tuple(q.shape)}, {keys} keys")
+        rad = RadDraw.of(seed.to(q.device), counter, p) if p > 0 else None
         return cls(scale, gain, rad)
 
 
@@ -141,9 +151,8 @@ def _launch_settings(
     ram: RamArithmetic, q: torch.Tensor, k: torch.Tensor, tiles: Tiles
 ) -> tuple[list[Any], dict[str, Any]]:
     """The arguments every kernel shares after its tensors, and its compile-time settings."""
-    empty = torch.zeros(1, dtype=torch.int64, device=q.device)
     rad = ram.rad
-    lanes = [rad.row_lanes, rad.key_lanes] if rad is not None else [empty, empty]
+    seed = rad.seed if rad is not None else torch.zeros((), dtype=torch.int64, device=q.device)
     nq, nk, d = q.shape[2], k.shape[2], q.shape[3]
     numbers = [ram.scale, ram.mas_gain or 0.0, rad.bound if rad else 0, rad.scale if rad else 1.0]
     meta = {
@@ -157,7 +166,7 @@ def _launch_settings(
         "num_warps": tiles.num_warps,
         "num_stages": tiles.num_stages,
     }
-    return [*lanes, nq, nk, d, *numbers], meta
+    return [seed, rad.counter if rad else 0, nq, nk, d, *numbers], meta
 
 
 def attention_forward(
