@@ -187,3 +187,15 @@ def test_gpu_fused_handles_16k_keys_without_the_matrix():
     matrix_bytes = 8 * 16384 * 16384 * 2
     assert torch.cuda.max_memory_allocated() - start < matrix_bytes / 8
     assert torch.isfinite(q.grad).all()  # type: ignore[arg-type]
+
+
+@needs_triton
+@pytest.mark.parametrize(("threshold", "p"), [(0.3, 0.5), (None, 0.0)])
+def test_the_deployment_kernel_equals_the_training_kernel(threshold, p):
+    """`infer` (the TensorRT plugin's kernel, attributes compiled in) computes `forward`'s output."""
+    from harden.ram.triton_attention import RamArithmetic, attention_forward, attention_infer
+
+    q, k, v = qkv(SHAPES[1])
+    ram = RamArithmetic.of(q, k, scale=0.3, threshold=threshold, seed=torch.tensor(-9), counter=4, p=p)
+    expected, _ = attention_forward(q, k, v, ram)
+    assert torch.equal(attention_infer(q, k, v, ram), expected)

@@ -63,11 +63,12 @@ def keep_mask(row_lanes, key_lanes, bound):
 
 
 @triton.jit
-def forward(
-    Q, K, V, OUT, LSE, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
+def attend(
+    Q, K, V, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
     MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    """One query tile's output (BLOCK_M, BLOCK_D) and log-sum-exp (BLOCK_M,): the forward maths."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -97,9 +98,51 @@ def forward(
         v = tl.load(V + bh * NK * D + tile, mask=tile_in, other=0.0)
         acc = acc * rescale[:, None] + dot(p.to(v.dtype), v, IEEE, UPCAST)
         m = m_new
-    out = acc / l[:, None]
-    tl.store(OUT + bh * NQ * D + rows[:, None] * D + dims[None, :], out, mask=row_in[:, None] & (dims[None, :] < D))
-    tl.store(LSE + bh * NQ + rows, m + tl.log(l), mask=row_in)
+    return acc / l[:, None], m + tl.log(l)
+
+
+@triton.jit
+def store_tile(OUT, out, NQ, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    tl.store(
+        OUT + bh * NQ * D + rows[:, None] * D + dims[None, :], out, mask=(rows < NQ)[:, None] & (dims[None, :] < D)
+    )
+
+
+@triton.jit
+def forward(
+    Q, K, V, OUT, LSE, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
+    MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Training and attacks: the output and, for the backward pass, the log-sum-exp."""
+    out, lse = attend(
+        Q, K, V, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
+        MAS, RAD, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
+    store_tile(OUT, out, NQ, D, BLOCK_M, BLOCK_D)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tl.store(LSE + tl.program_id(1).to(tl.int64) * NQ + rows, lse, mask=rows < NQ)
+
+
+@triton.jit
+def infer(
+    Q, K, V, SEED, NQ, NK, OUT,
+    D: tl.constexpr, counter: tl.constexpr, scale: tl.constexpr, gain: tl.constexpr, bound: tl.constexpr,
+    keep_scale: tl.constexpr,
+    MAS: tl.constexpr, RAD: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Deployment (the TensorRT plugin): the output only, in TensorRT's AOT calling convention —
+    input pointers, then the integer arguments TensorRT passes (sizes), then output pointers;
+    everything else is a node attribute, compiled in."""
+    out, _ = attend(
+        Q, K, V, SEED, counter, NQ, NK, D, scale, gain, bound, keep_scale,
+        MAS, RAD, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
+    store_tile(OUT, out, NQ, D, BLOCK_M, BLOCK_D)
 
 
 @triton.jit

@@ -209,12 +209,48 @@ def attention_backward(
     return dq, dk, dv
 
 
+def inference_constants(ram: RamArithmetic, q: torch.Tensor, tiles: Tiles) -> dict[str, Any]:
+    """The compile-time arguments of the `infer` kernel: the node's attributes and the tiles.
+
+    Shared by `attention_infer` and the TensorRT plugin (`export.tensorrt`), which compiles the
+    same kernel ahead of time with these values.
+    """
+    _, meta = _launch_settings(ram, q, q, tiles)
+    rad = ram.rad
+    constants = {
+        "D": q.shape[-1],
+        "counter": rad.counter if rad else 0,
+        "scale": ram.scale,
+        "gain": ram.mas_gain or 0.0,
+        "bound": rad.bound if rad else 0,
+        "keep_scale": rad.scale if rad else 1.0,
+    }
+    return constants | meta
+
+
+def attention_infer(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ram: RamArithmetic, tiles: Tiles | None = None
+) -> torch.Tensor:
+    """The deployment kernel (the TensorRT plugin's): `attention_forward`'s output, no log-sum-exp."""
+    _check(q, k, v)
+    tiles = tiles or Tiles.default(q.device)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    b, h, nq, _ = q.shape
+    out = torch.empty_like(q)
+    seed = ram.rad.seed if ram.rad else torch.zeros((), dtype=torch.int64, device=q.device)
+    grid = (_cdiv(nq, tiles.block_m), b * h)
+    _kernels().infer[grid](q, k, v, seed, nq, k.shape[2], out, **inference_constants(ram, q, tiles))
+    return out
+
+
 __all__ = [
     "RadDraw",
     "RamArithmetic",
     "Tiles",
     "attention_backward",
     "attention_forward",
+    "attention_infer",
+    "inference_constants",
     "interpreting",
     "triton_available",
 ]
