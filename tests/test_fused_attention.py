@@ -196,6 +196,7 @@ def test_the_deployment_kernel_equals_the_training_kernel(threshold, p):
     from harden.ram.triton_attention import RamArithmetic, attention_forward, attention_infer
 
     q, k, v = qkv(SHAPES[1])
-    ram = RamArithmetic.of(q, k, scale=0.3, threshold=threshold, seed=torch.tensor(-9), counter=4, p=p)
-    expected, _ = attention_forward(q, k, v, ram)
-    assert torch.equal(attention_infer(q, k, v, ram), expected)
+    ram = RamArithmetic.of(keys=k.shape[-2], scale=0.3, threshold=threshold, counter=4, p=p)
+    seed = torch.tensor(-9)
+    expected, _ = attention_forward(q, k, v, seed, ram)
+    assert torch.equal(attention_infer(q, k, v, seed, ram), expected)

@@ -12,6 +12,8 @@ auxiliary output and is not differentiated.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from harden.ram import ops
@@ -55,9 +57,13 @@ def _reference(
 
 
 def _arithmetic(
-    q: torch.Tensor, k: torch.Tensor, scale: float, threshold: float | None, seed: torch.Tensor, counter: int, p: float
+    q: torch.Tensor, k: torch.Tensor, scale: float, threshold: float | None, counter: int, p: float
 ) -> RamArithmetic:
-    return RamArithmetic.of(q, k, scale=scale, threshold=threshold, seed=seed, counter=counter, p=p)
+    if not (math.prod(q.shape[:-1]) < 2**31 and k.shape[-2] < 2**31):
+        raise ValueError(
+            f"RAD's generator indexes rows and keys below 2^31; got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    return RamArithmetic.of(keys=k.shape[-2], scale=scale, threshold=threshold, counter=counter, p=p)
 
 
 @torch.library.custom_op("harden::robust_attention", mutates_args=())
@@ -85,7 +91,7 @@ def robust_attention(
         (B, H, Nq) in float32.
     """
     if runs_triton(q.device):
-        return attention_forward(q, k, v, _arithmetic(q, k, scale, threshold, seed, counter, p))
+        return attention_forward(q, k, v, seed, _arithmetic(q, k, scale, threshold, counter, p))
     return _reference(q, k, v, scale, threshold, seed, counter, p)
 
 
@@ -126,8 +132,8 @@ def robust_attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `harden::robust_attention` for the gradient `grad` of its output."""
     if runs_triton(q.device):
-        ram = _arithmetic(q, k, scale, threshold, seed, counter, p)
-        return attention_backward(grad, q, k, v, out, lse, ram)
+        ram = _arithmetic(q, k, scale, threshold, counter, p)
+        return attention_backward(grad, q, k, v, out, lse, seed, ram)
     # The kernels' formulas (see `harden.ram.triton_attention`) on whole matrices.
     logits = (q * scale) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
     attention = logits.softmax(dim=-1) if threshold is None else torch.ops.harden.mas(logits, threshold)

@@ -52,29 +52,28 @@ def interpreting() -> bool:
 
 @dataclass(frozen=True)
 class RadDraw:
-    """One RAD call: the kernels derive its keys and lanes from the seed on the device.
+    """One RAD call's settings; the kernels derive its keys and lanes from the seed tensor, which
+    they read on the device (no host synchronisation).
 
     Args:
-        seed: 0-d int64 tensor on the kernels' device (read there: no host synchronisation).
         counter: the call's index in the forward pass, in [0, 2³¹ − 1).
         bound: θ·2²⁰; an element is kept iff x² mod 2⁴⁴ ≥ bound.
         scale: the float32 factor applied to kept weights.
     """
 
-    seed: torch.Tensor
     counter: int
     bound: int
     scale: float
 
     @classmethod
-    def of(cls, seed: torch.Tensor, counter: int, p: float) -> RadDraw:
+    def of(cls, counter: int, p: float) -> RadDraw:
         stream_keys(0, counter)  # refuses a counter out of range, as every implementation does
-        return cls(seed.reshape(()).to(torch.int64), counter, drop_threshold(p) << 20, keep_scale(p))
+        return cls(counter, drop_threshold(p) << 20, keep_scale(p))
 
 
 @dataclass(frozen=True)
 class RamArithmetic:
-    """What one fused call computes besides q·kᵀ·v.
+    """What one fused call computes besides q·kᵀ·v: a node's attributes, resolved for its key count.
 
     Args:
         scale: logit scale (1/√d by default, divided by RAM's temperature if any).
@@ -87,26 +86,12 @@ class RamArithmetic:
     rad: RadDraw | None
 
     @classmethod
-    def of(
-        cls,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        *,
-        scale: float,
-        threshold: float | None,
-        seed: torch.Tensor,
-        counter: int,
-        p: float,
-    ) -> RamArithmetic:
-        keys = k.shape[-2]
+    def of(cls, *, keys: int, scale: float, threshold: float | None, counter: int, p: float) -> RamArithmetic:
         gain = None
         if threshold is not None:
             check_threshold(threshold, keys)
             gain = float(np.float32(mas_gain(threshold, keys)))
-        if not (math.prod(q.shape[:-1]) < 2**31 and keys < 2**31):
-            raise ValueError(f"RAD's generator indexes rows and keys below 2^31; got q {tuple(q.shape)}, {keys} keys")
-        rad = RadDraw.of(seed.to(q.device), counter, p) if p > 0 else None
-        return cls(scale, gain, rad)
+        return cls(scale, gain, RadDraw.of(counter, p) if p > 0 else None)
 
 
 @dataclass(frozen=True)
@@ -147,30 +132,51 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise RuntimeError("Triton kernels need a GPU, or TRITON_INTERPRET=1 (set before importing triton) on CPU")
 
 
-def _launch_settings(
-    ram: RamArithmetic, q: torch.Tensor, k: torch.Tensor, tiles: Tiles
-) -> tuple[list[Any], dict[str, Any]]:
-    """The arguments every kernel shares after its tensors, and its compile-time settings."""
-    rad = ram.rad
-    seed = rad.seed if rad is not None else torch.zeros((), dtype=torch.int64, device=q.device)
-    nq, nk, d = q.shape[2], k.shape[2], q.shape[3]
-    numbers = [ram.scale, ram.mas_gain or 0.0, rad.bound if rad else 0, rad.scale if rad else 1.0]
-    meta = {
+def _compile_settings(
+    ram: RamArithmetic, head_dim: int, dtype: torch.dtype, on_cpu: bool, tiles: Tiles
+) -> dict[str, Any]:
+    """The kernels' compile-time settings (constexprs, warps, stages)."""
+    return {
         "MAS": ram.mas_gain is not None,
-        "RAD": rad is not None,
-        "IEEE": q.dtype == torch.float32,
-        "UPCAST": q.dtype == torch.bfloat16 and q.device.type == "cpu",
+        "RAD": ram.rad is not None,
+        "IEEE": dtype == torch.float32,
+        "UPCAST": dtype == torch.bfloat16 and on_cpu,
         "BLOCK_M": tiles.block_m,
         "BLOCK_N": tiles.block_n,
-        "BLOCK_D": max(16, 1 << math.ceil(math.log2(d))),
+        "BLOCK_D": max(16, 1 << math.ceil(math.log2(head_dim))),
         "num_warps": tiles.num_warps,
         "num_stages": tiles.num_stages,
     }
-    return [seed, rad.counter if rad else 0, nq, nk, d, *numbers], meta
+
+
+def _numbers(ram: RamArithmetic) -> dict[str, Any]:
+    rad = ram.rad
+    return {
+        "counter": rad.counter if rad else 0,
+        "scale": ram.scale,
+        "gain": ram.mas_gain or 0.0,
+        "bound": rad.bound if rad else 0,
+        "keep_scale": rad.scale if rad else 1.0,
+    }
+
+
+def _launch_settings(
+    ram: RamArithmetic, q: torch.Tensor, k: torch.Tensor, seed: torch.Tensor, tiles: Tiles
+) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments every training kernel takes after its tensors, and its compile-time settings."""
+    numbers = _numbers(ram)
+    seed = seed.reshape(()).to(device=q.device, dtype=torch.int64)
+    args = [seed, numbers.pop("counter"), q.shape[2], k.shape[2], q.shape[3], *numbers.values()]
+    return args, _compile_settings(ram, q.shape[3], q.dtype, q.device.type == "cpu", tiles)
 
 
 def attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ram: RamArithmetic, tiles: Tiles | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seed: torch.Tensor,
+    ram: RamArithmetic,
+    tiles: Tiles | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, H, Nq, d) in q's dtype, log-sum-exp (B, H, Nq) float32 for the backward pass)."""
     _check(q, k, v)
@@ -180,7 +186,7 @@ def attention_forward(
     b, h, nq, _ = q.shape
     out = torch.empty_like(q)
     lse = torch.empty((b, h, nq), dtype=torch.float32, device=q.device)
-    args, meta = _launch_settings(ram, q, k, tiles)
+    args, meta = _launch_settings(ram, q, k, seed, tiles)
     kernels.forward[(_cdiv(nq, tiles.block_m), b * h)](q, k, v, out, lse, *args, **meta)
     return out, lse
 
@@ -192,6 +198,7 @@ def attention_backward(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
+    seed: torch.Tensor,
     ram: RamArithmetic,
     tiles: Tiles | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,33 +210,30 @@ def attention_backward(
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    args, meta = _launch_settings(ram, q, k, tiles)
+    args, meta = _launch_settings(ram, q, k, seed, tiles)
     kernels.backward_keys[(_cdiv(nk, tiles.block_n), b * h)](q, k, v, grad, lse, delta, dk, dv, *args, **meta)
     kernels.backward_queries[(_cdiv(nq, tiles.block_m), b * h)](q, k, v, grad, lse, delta, dq, *args, **meta)
     return dq, dk, dv
 
 
-def inference_constants(ram: RamArithmetic, q: torch.Tensor, tiles: Tiles) -> dict[str, Any]:
+def inference_constants(
+    ram: RamArithmetic, head_dim: int, dtype: torch.dtype, tiles: Tiles, on_cpu: bool = False
+) -> dict[str, Any]:
     """The compile-time arguments of the `infer` kernel: the node's attributes and the tiles.
 
     Shared by `attention_infer` and the TensorRT plugin (`export.tensorrt`), which compiles the
     same kernel ahead of time with these values.
     """
-    _, meta = _launch_settings(ram, q, q, tiles)
-    rad = ram.rad
-    constants = {
-        "D": q.shape[-1],
-        "counter": rad.counter if rad else 0,
-        "scale": ram.scale,
-        "gain": ram.mas_gain or 0.0,
-        "bound": rad.bound if rad else 0,
-        "keep_scale": rad.scale if rad else 1.0,
-    }
-    return constants | meta
+    return {"D": head_dim, **_numbers(ram), **_compile_settings(ram, head_dim, dtype, on_cpu, tiles)}
 
 
 def attention_infer(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ram: RamArithmetic, tiles: Tiles | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seed: torch.Tensor,
+    ram: RamArithmetic,
+    tiles: Tiles | None = None,
 ) -> torch.Tensor:
     """The deployment kernel (the TensorRT plugin's): `attention_forward`'s output, no log-sum-exp."""
     _check(q, k, v)
@@ -237,9 +241,9 @@ def attention_infer(
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     b, h, nq, _ = q.shape
     out = torch.empty_like(q)
-    seed = ram.rad.seed if ram.rad else torch.zeros((), dtype=torch.int64, device=q.device)
-    grid = (_cdiv(nq, tiles.block_m), b * h)
-    _kernels().infer[grid](q, k, v, seed, nq, k.shape[2], out, **inference_constants(ram, q, tiles))
+    seed = seed.reshape(()).to(device=q.device, dtype=torch.int64)
+    constants = inference_constants(ram, q.shape[3], q.dtype, tiles, on_cpu=q.device.type == "cpu")
+    _kernels().infer[(_cdiv(nq, tiles.block_m), b * h)](q, k, v, seed, nq, k.shape[2], out, **constants)
     return out
 
 
