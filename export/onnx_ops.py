@@ -5,6 +5,11 @@ Each PyTorch custom op becomes ONE bare node of the `harden` domain (DESIGN.md �
     harden::Mas(logits)                 attributes threshold, plugin_namespace, plugin_version
     harden::MaskedMas(logits, mask)     the same with a boolean keep-mask (Swin's shifted windows)
     harden::Rad(attention, seed)        attributes counter, p, plugin_namespace, plugin_version
+    harden::RobustAttention(q, k, v, seed)   attributes scale, threshold, counter, p, plugin_*:
+                                        RAD(MAS(scale·q·kᵀ))·v in one node, which only the engine
+                                        builder writes (`export.fuse_attention`): its body
+                                        calls Mas and Rad, its TensorRT plugin is the fused
+                                        Triton kernel
 
 The op types are not builtin names, so TensorRT's parser falls through to our plugins (its
 fallback importer reads `plugin_namespace`/`plugin_version`), and every node has a function
@@ -39,7 +44,8 @@ PLUGIN_VERSION: Final = "1"
 MAS: Final = "Mas"
 MASKED_MAS: Final = "MaskedMas"
 RAD: Final = "Rad"
-OP_TYPES: Final = (MAS, MASKED_MAS, RAD)
+ROBUST_ATTENTION: Final = "RobustAttention"
+OP_TYPES: Final = (MAS, MASKED_MAS, RAD, ROBUST_ATTENTION)
 
 
 def plugin_attributes() -> dict[str, str]:
@@ -97,6 +103,22 @@ SCHEMAS: Final = (
         "Random Attention Dropout with the harden-rad-v1 counter hash of (seed, counter, position).",
         [OpSchema.FormalParameter("attention", "T"), OpSchema.FormalParameter("seed", "I", "0-d int64")],
         [
+            OpSchema.Attribute("counter", OpSchema.AttrType.INT, "RAD call index", required=True),
+            _float_attr("p", "drop probability in [0, 1)"),
+        ],
+    ),
+    _schema(
+        ROBUST_ATTENTION,
+        "RAD(MAS(scale·q·kᵀ))·v: q (B, H, Nq, d), k and v (B, H, Nk, d), output (B, H, Nq, d).",
+        [
+            OpSchema.FormalParameter("q", "T"),
+            OpSchema.FormalParameter("k", "T"),
+            OpSchema.FormalParameter("v", "T"),
+            OpSchema.FormalParameter("seed", "I", "0-d int64"),
+        ],
+        [
+            _float_attr("scale", "logit scale"),
+            _float_attr("threshold", "MAS's T in (1/Nk, 1)"),
             OpSchema.Attribute("counter", OpSchema.AttrType.INT, "RAD call index", required=True),
             _float_attr("p", "drop probability in [0, 1)"),
         ],
@@ -243,14 +265,45 @@ def _rad_body() -> onnx.FunctionProto:
     )
 
 
+def _robust_attention_body() -> onnx.FunctionProto:
+    b = _Body()
+    scale = b("CastLike", b.attribute("scale", "float"), "q")
+    logits = b("MatMul", b("Mul", "q", scale), b("Transpose", "k", perm=[0, 1, 3, 2]))  # (B, H, Nq, Nk)
+    mas = helper.make_node(MAS, [logits], ["_mas"], domain=DOMAIN)
+    rad = helper.make_node(RAD, ["_mas", "seed"], ["_rad"], domain=DOMAIN)
+    for node, names in ((mas, ["threshold"]), (rad, ["counter", "p"])):
+        for name in [*names, "plugin_namespace", "plugin_version"]:
+            kind = onnx.AttributeProto.INT if name == "counter" else onnx.AttributeProto.FLOAT
+            kind = onnx.AttributeProto.STRING if name.startswith("plugin_") else kind
+            node.attribute.append(onnx.AttributeProto(name=name, ref_attr_name=name, type=kind))
+    b.nodes += [mas, rad, helper.make_node("MatMul", ["_rad", "v"], ["output"])]
+    return helper.make_function(
+        DOMAIN,
+        ROBUST_ATTENTION,
+        ["q", "k", "v", "seed"],
+        ["output"],
+        b.nodes,
+        opset_imports=[helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        attributes=["scale", "threshold", "counter", "p", "plugin_namespace", "plugin_version"],
+    )
+
+
 def functions_for(model: onnx.ModelProto) -> list[onnx.FunctionProto]:
     """The function bodies of the harden ops `model` uses, importing the model's own opset.
 
     The function's default-domain opset must equal the model's or the checker refuses the model.
+    RobustAttention's body calls Mas and Rad, so it brings theirs.
     """
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     used = {n.op_type for n in _all_nodes(model.graph) if n.domain == DOMAIN}
-    bodies = {MAS: lambda: _mas_body(False), MASKED_MAS: lambda: _mas_body(True), RAD: _rad_body}
+    if ROBUST_ATTENTION in used:
+        used |= {MAS, RAD}
+    bodies = {
+        MAS: lambda: _mas_body(False),
+        MASKED_MAS: lambda: _mas_body(True),
+        RAD: _rad_body,
+        ROBUST_ATTENTION: _robust_attention_body,
+    }
     functions = []
     for op_type in OP_TYPES:
         if op_type in used:

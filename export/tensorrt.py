@@ -5,8 +5,9 @@ import of `tensorrt` is lazy, `require_tensorrt` says what to install and where,
 plugins are small wrappers around the Triton kernels of `export.triton_kernels`, which are
 tested on their own (interpreter mode on CPU, natively on a GPU).
 
-How the pieces meet: our ONNX nodes are `harden::Mas`, `harden::MaskedMas`, `harden::Rad` with
-`plugin_namespace="harden"`; TensorRT's parser finds no builtin importer for those op types
+How the pieces meet: our ONNX nodes are `harden::Mas`, `harden::MaskedMas`, `harden::Rad` and,
+in the copy the engine is built from, `harden::RobustAttention` (`export.fuse_attention`), all
+with `plugin_namespace="harden"`; TensorRT's parser finds no builtin importer for those op types
 and, since 10.7, prefers a registered plugin of the same name over the node's function body.
 The engine is built strongly typed (TensorRT 11 has no fp16/int8 builder flags): precision
 comes from the ONNX variant it is given.
@@ -39,11 +40,12 @@ def require_tensorrt() -> Any:
 
 @functools.cache
 def register_plugins() -> None:
-    """Register harden::Mas and harden::Rad with TensorRT's Python plugin API (once).
+    """Register harden::Mas, harden::Rad and harden::RobustAttention with TensorRT (once).
 
     harden::MaskedMas (Swin's shifted windows) has no plugin yet: TensorRT builds its function
     body from standard ops.
     """
+    _register_robust_attention()
     require_tensorrt()
     import tensorrt.plugin as trtp
     import torch
@@ -74,13 +76,60 @@ def register_plugins() -> None:
             torch.as_tensor(outputs[0], device="cuda").copy_(result)
 
 
+def _register_robust_attention() -> None:
+    """harden::RobustAttention as an AOT plugin: the fused Triton kernel `infer`, compiled to PTX
+    with the node's attributes built in, launched by TensorRT with no Python at run time."""
+    import tensorrt.plugin as trtp
+    import torch
+
+    from harden.ram.triton_attention import RamArithmetic, Tiles, compile_deployment_kernel
+
+    trt = require_tensorrt()
+    dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
+
+    @trtp.register("harden::RobustAttention")
+    def _desc(
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, seed: trtp.TensorDesc,
+        scale: float, threshold: float, counter: int, p: float,
+    ) -> trtp.TensorDesc:  # fmt: skip
+        return q.like()
+
+    @trtp.aot_impl("harden::RobustAttention")
+    def _aot(
+        q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, seed: trtp.TensorDesc,
+        scale: float, threshold: float, counter: int, p: float, outputs: tuple[trtp.TensorDesc], tactic: int,
+    ) -> tuple[str, str, Any, Any]:  # fmt: skip
+        keys, head_dim = k.shape_expr[2], q.shape_expr[3]
+        if not (keys.is_constant and head_dim.is_constant):
+            raise InputError(
+                "the RobustAttention plugin needs a fixed key count and head size: build with a fixed image size"
+            )
+        ram = RamArithmetic.of(keys=keys.constant_value(), scale=scale, threshold=threshold, counter=counter, p=p)
+        tiles = Tiles()
+        compiled = compile_deployment_kernel(ram, head_dim.constant_value(), dtypes[q.dtype], tiles=tiles)
+        params = trtp.KernelLaunchParams()
+        params.grid_x = trtp.cdiv(q.shape_expr[2], tiles.block_m)
+        params.grid_y = q.shape_expr[0] * q.shape_expr[1]
+        params.block_x = compiled.metadata.num_warps * 32
+        params.shared_mem = compiled.metadata.shared
+        sizes = trtp.SymIntExprs(2)  # the kernel's integer arguments between inputs and outputs: NQ, NK
+        sizes[0], sizes[1] = trtp.SymInt32(q.shape_expr[2]), trtp.SymInt32(keys)
+        return compiled.metadata.name, compiled.asm["ptx"], params, sizes
+
+
 def build_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path:
-    """Parse `onnx_path` with the harden plugins registered and write a strongly typed engine."""
+    """Parse `onnx_path` with the harden plugins registered and write a strongly typed engine.
+
+    The engine is built from a copy whose RAM attention chains are fused into
+    harden::RobustAttention nodes (`export.fuse_attention`); the file itself is unchanged.
+    """
+    from export.fuse_attention import fuse_robust_attention_
     from export.manifest import load_onnx
 
     trt = require_tensorrt()
     register_plugins()
     model = load_onnx(onnx_path)  # refuses external data outside the file's directory
+    fuse_robust_attention_(model)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))

@@ -200,3 +200,55 @@ def test_the_deployment_kernel_equals_the_training_kernel(threshold, p):
     seed = torch.tensor(-9)
     expected, _ = attention_forward(q, k, v, seed, ram)
     assert torch.equal(attention_infer(q, k, v, seed, ram), expected)
+
+
+# Compiled for a Hopper GPU (sm_90, the H100/H200) with Triton's own compiler: no GPU needed, but
+# not in the interpreter, so in a subprocess without TRITON_INTERPRET. The interpreter checks the
+# arithmetic; this checks that the same source compiles to PTX, which the interpreter never does.
+COMPILE_FOR_HOPPER = r"""
+import sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from harden.ram import _triton_attention_kernels as kernels
+from harden.ram.triton_attention import RamArithmetic, compile_deployment_kernel, _compile_settings, Tiles
+
+hopper = GPUTarget("cuda", 90, 32)
+ram = RamArithmetic.of(keys=1024, scale=0.125, threshold=0.3, counter=2, p=0.5)
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    compiled = compile_deployment_kernel(ram, 64, dtype, target=hopper)
+    print("infer", dtype, compiled.metadata.name, len(compiled.asm["ptx"]))
+ptr = "*bf16"
+numbers = {"SEED": "*i64", "counter": "i32", "NQ": "i32", "NK": "i32", "D": "i32",
+           "scale": "fp32", "gain": "fp32", "bound": "i64", "keep_scale": "fp32"}
+floats = {"LSE", "DELTA"}  # float32 whatever the attention's dtype
+for name in ("forward", "backward_keys", "backward_queries"):
+    fn = getattr(kernels, name)
+    settings = _compile_settings(ram, 64, torch.bfloat16, False, Tiles())
+    options = {k: settings.pop(k) for k in ("num_warps", "num_stages")}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in settings:
+            signature[arg] = "constexpr"
+        elif arg in numbers:
+            signature[arg] = numbers[arg]
+        else:
+            signature[arg] = "*fp32" if arg in floats else ptr
+    compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=settings),
+                              target=hopper, options=options)
+    print(name, compiled.metadata.name, len(compiled.asm["ptx"]))
+"""
+
+
+@needs_triton
+def test_every_kernel_compiles_to_ptx_for_hopper():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == ["infer"] * 3 + ["forward", "backward_keys", "backward_queries"]

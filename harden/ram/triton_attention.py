@@ -247,6 +247,33 @@ def attention_infer(
     return out
 
 
+_POINTERS = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def compile_deployment_kernel(
+    ram: RamArithmetic, head_dim: int, dtype: torch.dtype, target: Any = None, tiles: Tiles | None = None
+) -> Any:
+    """`infer` compiled ahead of time for a CUDA GPU (what the TensorRT AOT plugin embeds).
+
+    Args:
+        target: a `triton.backends.compiler.GPUTarget`; None compiles for this machine's GPU.
+            With an explicit target no GPU is needed (Triton ships its own compiler and ptxas).
+
+    Returns:
+        Triton's compiled kernel: `.asm["ptx"]`, `.metadata.name`, `.metadata.num_warps`,
+        `.metadata.shared`. Its arguments: Q, K, V, SEED, NQ, NK, OUT.
+    """
+    import triton
+
+    constants = inference_constants(ram, head_dim, dtype, tiles or Tiles())
+    options = {name: constants.pop(name) for name in ("num_warps", "num_stages")}
+    pointer = _POINTERS[dtype]
+    signature = {"Q": pointer, "K": pointer, "V": pointer, "SEED": "*i64", "NQ": "i32", "NK": "i32", "OUT": pointer}
+    signature |= dict.fromkeys(constants, "constexpr")
+    source = triton.compiler.ASTSource(fn=_kernels().infer, signature=signature, constexprs=constants)
+    return triton.compile(source, target=target, options=options)
+
+
 __all__ = [
     "RadDraw",
     "RamArithmetic",
@@ -254,6 +281,7 @@ __all__ = [
     "attention_backward",
     "attention_forward",
     "attention_infer",
+    "compile_deployment_kernel",
     "inference_constants",
     "interpreting",
     "triton_available",
