@@ -27,6 +27,7 @@ them against the PyTorch ops.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
@@ -40,6 +41,7 @@ from harden.ram.counter_rng import drop_threshold, keep_scale, stream_keys
 from harden.ram.ops import check_threshold, mas_gain
 
 
+@functools.cache  # asked on every attention call on a GPU: look the package up once
 def triton_available() -> bool:
     """Whether Triton is installed (the fused kernels' only requirement besides a GPU)."""
     return importlib.util.find_spec("triton") is not None
