@@ -86,6 +86,37 @@ def test_sea_worst_case_is_never_weaker_than_a_member(model: nn.Module) -> None:
             assert (worst_acc <= pixel_accuracy_per_image(model(output.images), labels) + 1e-9).all()
 
 
+@pytest.mark.parametrize("name", ["apgd", "square"])
+def test_targeted_apgd_and_square_move_pixels_to_the_target(model: nn.Module, name: str) -> None:
+    from harden.attacks.apgd import APGD
+    from harden.attacks.square import Square
+
+    images, labels = batch(2)
+    targets = torch.full_like(labels, 13)  # "car" everywhere
+
+    def attack(targeted: bool) -> torch.Tensor:
+        kind, steps = (APGD, 10) if name == "apgd" else (Square, 300)
+        return kind(ThreatModel(EPS), steps=steps, targeted=targeted)(model, images, targets if targeted else labels)
+
+    towards_car, untargeted = attack(True).images, attack(False).images
+    assert (towards_car - images).abs().max() <= EPS + 1e-6
+    # more pixels reach the target than clean, and than under the untargeted attack (which
+    # makes pixels wrong, some of them "car" by chance)
+    at_target = accuracy(model, towards_car, targets)
+    assert at_target > accuracy(model, images, targets) + 0.01
+    assert at_target > accuracy(model, untargeted, targets) + 0.005
+
+
+def test_targeted_is_refused_where_it_has_no_meaning(model: nn.Module) -> None:
+    from harden.attacks.apgd import APGD
+    from harden.attacks.pgd import PGD
+
+    with pytest.raises(InputError, match="no targeted form"):
+        PGD(ThreatModel(EPS), targeted=True)
+    with pytest.raises(InputError, match="targeted reading"):
+        APGD(ThreatModel(EPS), loss="mask-ce", targeted=True)
+
+
 def test_apgd_checkpoints_follow_the_paper() -> None:
     # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Croce & Hein 2020, §3.2)
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]

@@ -140,15 +140,34 @@ def test_pgd_with_the_papers_small_step_still_moves_towards_the_target(attacked)
     assert targeted(adversarial) > targeted(images)
 
 
-def test_autoattack_in_the_patch_lowers_accuracy_and_is_untargeted_only(attacked):
-    model, images, labels, targets, mask, _ = attacked
+def test_autoattack_in_the_patch_raises_targeted_miou_and_lowers_untargeted_accuracy(attacked):
+    model, images, labels, targets, mask, targeted = attacked
+    towards_target = PatchAttack("autoattack", steps=5, eot=2)(model, images, labels, targets, mask)
+    assert torch.equal(towards_target * (1 - mask), images * (1 - mask))
+    assert targeted(towards_target) > targeted(images)
     adversarial = PatchAttack("autoattack", steps=5, eot=2)(model, images, labels, None, mask)
     assert torch.equal(adversarial * (1 - mask), images * (1 - mask))
     with torch.no_grad(), fixed_rad_seed(model, 10_000):
         clean, attacked_accuracy = (float((model(x).argmax(1) == labels).float().mean()) for x in (images, adversarial))
     assert attacked_accuracy < clean
-    with pytest.raises(InputError, match="--target none"):
-        PatchAttack("autoattack", steps=1, eot=2)(model, images, labels, targets, mask)
+
+
+def test_square_draws_its_windows_inside_the_patch():
+    from harden.attacks.patch import PatchThreat
+    from harden.attacks.square import random_windows, region_boxes
+
+    images = torch.rand(6, 3, 20, 30)
+    mask = PatchMask(7, "random", seed=4)(6, 20, 30)
+    boxes = region_boxes(PatchThreat(1.0, mask=mask).region(images), images.shape)
+    assert torch.equal(boxes[2], torch.full((6,), 7)) and torch.equal(boxes[3], torch.full((6,), 7))
+    torch.manual_seed(0)
+    for side in (1, 3, 7):
+        for _ in range(20):
+            window = random_windows(boxes, side, images.shape, images.device)
+            assert (window.flatten(1).sum(1) == side * side).all()
+            assert not (window & (mask < 0.5)).any()
+    whole = region_boxes(None, images.shape)
+    assert whole[0].tolist() == [0] * 6 and whole[2].tolist() == [20] * 6 and whole[3].tolist() == [30] * 6
 
 
 def test_a_rad_model_needs_eot_and_a_windowed_model_has_no_attention_to_read(attacked):

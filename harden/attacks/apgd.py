@@ -6,6 +6,9 @@ raised the loss, or neither the step size nor the best loss changed since then. 
 restarts the image from its best-loss point. The loss picks the direction; the image that is
 returned is the one with the LOWEST PIXEL ACCURACY seen (the quantity being evaluated).
 
+Targeted (`targeted=True`, the labels are then the attacker's target map): the loss against the
+targets is DESCENDED, and the image returned is the one with the most pixels at their target.
+
 Progressive radius reduction (SEA paper §3.3): the iterations are split 3:3:4 over radii 2ε,
 1.5ε and ε; the best point of each stage, projected onto the next smaller ball, starts the next.
 """
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden.attacks.base import Attack, checked_logits, pixel_accuracy_per_image
+from harden.attacks.base import Attack, checked_logits, unreached_per_image
 from harden.attacks.losses import LOSSES, image_loss
 from harden.attacks.threat import ThreatModel
 from harden.errors import InputError
@@ -42,8 +45,9 @@ class APGD(Attack):
     """Auto-PGD in L∞ with a pixel loss.
 
     Args:
-        threat, steps, eot, allow_random, seed: see `Attack` (steps: total over all stages).
-        loss: a key of `LOSSES`.
+        threat, steps, eot, allow_random, seed, targeted: see `Attack` (steps: total over all stages).
+        loss: a key of `LOSSES`; "ce" only when targeted (the others weigh pixels by whether
+            they are still correct, which has no targeted reading).
         radii: ((radius / ε, share of the iterations), ...); `REDUCED_RADIUS` for SEA's red-ε.
         rho: checkpoint condition 1, the fraction of steps that must have raised the loss.
         momentum: weight of the new step against the previous one (0.75 in APGD).
@@ -51,6 +55,7 @@ class APGD(Attack):
 
     name = "apgd"
     default_steps = 100
+    supports_targeted = True
 
     def __init__(
         self,
@@ -68,6 +73,9 @@ class APGD(Attack):
         super().__init__(threat, **common)
         if threat.norm != "linf":
             raise InputError(f"{self.name} is implemented for L∞ only; use pgd or bim-l2 for L2")
+        if self.targeted and loss != "ce":
+            raise InputError(f"{self.name}: the targeted form descends cross-entropy to the target; loss {loss!r} "
+                             "has no targeted reading")  # fmt: skip
         self.loss_name = loss
         self.loss = LOSSES[loss]
         self.radii = radii
@@ -106,14 +114,15 @@ class APGD(Attack):
         total: int,
     ) -> torch.Tensor:
         """One APGD run of `steps` loss evaluations from x (iterations offset… of `total`, for the
-        loss schedule); returns the lowest-accuracy point."""
+        loss schedule); returns the point where the attacker had won most pixels."""
+        sign = -1.0 if self.targeted else 1.0  # targeted: ascend the loss's negative
 
         def evaluate(x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             progress = (offset + step) / total
 
             def objective(x_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 logits = checked_logits(model, x_var)
-                return image_loss(self.loss(logits, labels, progress), labels), logits
+                return sign * image_loss(self.loss(logits, labels, progress), labels), logits
 
             return self.loss_and_grad(objective, x, labels)
 
@@ -121,7 +130,7 @@ class APGD(Attack):
             return mask.view(-1, 1, 1, 1)
 
         loss, logits, grad = evaluate(x, 0)
-        best_acc, x_best_acc = pixel_accuracy_per_image(logits, labels), x.clone()
+        best_left, x_best_left = unreached_per_image(logits, labels, self.targeted), x.clone()
         best_loss, x_best_loss, grad_best = loss.clone(), x.clone(), grad.clone()
         eta = torch.full_like(loss, 2 * threat.eps)
         x_prev = x
@@ -135,10 +144,10 @@ class APGD(Attack):
             x_prev, x = x, x_new
             loss, logits, grad = evaluate(x, k)
 
-            acc = pixel_accuracy_per_image(logits, labels)
-            lower = acc < best_acc
-            best_acc = torch.where(lower, acc, best_acc)
-            x_best_acc = torch.where(per_image(lower), x, x_best_acc)
+            left = unreached_per_image(logits, labels, self.targeted)
+            lower = left < best_left
+            best_left = torch.where(lower, left, best_left)
+            x_best_left = torch.where(per_image(lower), x, x_best_left)
 
             higher = loss > best_loss
             increases += higher.float()
@@ -155,4 +164,4 @@ class APGD(Attack):
                 grad = torch.where(per_image(reduce), grad_best, grad)
                 increases.zero_()
                 last_checkpoint, eta_then, best_loss_then = k, eta.clone(), best_loss.clone()
-        return x_best_acc
+        return x_best_left

@@ -65,6 +65,14 @@ def pixel_accuracy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torc
     return torch.where(total > 0, correct / total.clamp_min(1), torch.ones_like(correct, dtype=torch.float))
 
 
+def unreached_per_image(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(B,) the share of each image's pixels the attacker has not yet won: still correct
+    (untargeted, `goal` = labels) or not yet at their target class (targeted, `goal` = targets).
+    Lower is better for the attacker either way, so attacks keep their best point by one rule."""
+    accuracy = pixel_accuracy_per_image(logits, goal)
+    return 1 - accuracy if targeted else accuracy
+
+
 class Attack:
     """Base class of every attack.
 
@@ -74,11 +82,14 @@ class Attack:
         eot: gradients averaged over this many draws of a randomised model (1: no EOT).
         allow_random: attack a randomised model without EOT anyway (the result overstates robustness).
         seed: seeds random starts, EOT draws and random search; same seed → same perturbation.
+        targeted: the `labels` given to the attack are the attacker's TARGET classes, to be
+            reached rather than left (only attacks with `supports_targeted`: APGD, Square).
     """
 
     name: str = "attack"  # an instance may rename itself (registry variants, SEA members)
     default_steps: ClassVar[int] = 10
     needs_eot: ClassVar[bool] = True  # False only where the model's randomness cannot mislead the attack
+    supports_targeted: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -88,8 +99,11 @@ class Attack:
         eot: int = 1,
         allow_random: bool = False,
         seed: int = 0,
+        targeted: bool = False,
     ) -> None:
         steps = self.default_steps if steps is None else steps
+        if targeted and not self.supports_targeted:
+            raise InputError(f"{self.name} has no targeted form; targeted attacks: apgd, square")
         if steps < 1:
             raise InputError(f"{self.name}: iterations must be ≥ 1, got {steps}")
         if eot < 1:
@@ -99,6 +113,7 @@ class Attack:
         self.eot = eot
         self.allow_random = allow_random
         self.seed = seed
+        self.targeted = targeted
         self._stats = GradientStats()
 
     # -- the template -------------------------------------------------------------------------
@@ -141,8 +156,8 @@ class Attack:
         """(per-image loss (B,), logits (B, K, H, W), ∇ₓ loss) averaged over the EOT draws.
 
         NaN gradients are counted and replaced by 0, so one bad pixel cannot poison the image.
-        An all-zero gradient is counted only for an image that still has correctly classified
-        pixels (a fully fooled image has nothing left to push under the masked losses).
+        An all-zero gradient is counted only for an image the attacker has not fully won yet
+        (a fully fooled image has nothing left to push under the masked losses).
         """
         loss_sum = torch.zeros(x.shape[0], device=x.device)
         logits_sum: torch.Tensor | None = None
@@ -161,7 +176,7 @@ class Attack:
         logits = logits_sum / self.eot
         zero = grad.flatten(1).abs().amax(1) == 0
         if zero.any():  # rare: only then is it worth asking whether the image had pixels left to flip
-            zero &= pixel_accuracy_per_image(logits, labels) > 0
+            zero &= unreached_per_image(logits, labels, self.targeted) > 0
         self._stats.add(GradientStats(images=x.shape[0], zero=int(zero.sum()), nan=int(nan.sum())))
         return loss_sum / self.eot, logits, grad
 

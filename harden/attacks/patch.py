@@ -107,5 +107,9 @@ class PatchThreat(ThreatModel):
         assert self.mask is not None
         return super().project(x + (x_adv - x) * self.mask, x)
 
+    def region(self, x: torch.Tensor) -> torch.Tensor | None:
+        assert self.mask is not None
+        return (self.mask > 0.5).expand(x.shape[0], 1, *x.shape[2:])
+
     def describe(self) -> str:
         return "patch"

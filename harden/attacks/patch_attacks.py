@@ -42,7 +42,6 @@ PATCH_ATTACKS: Final = (
 )  # fmt: skip
 ATTENTION_AWARE: Final = ("maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool")
 TARGETED_ONLY: Final = ("ipatch", "ssap")
-UNTARGETED_ONLY: Final = ("autoattack",)
 PATCH_SUMMARIES: Final = {
     "pgd": "log-probability of the target (A1), γ 0.005",
     "dag": "Dense Adversary Generation: z_target − z_true on still-correct pixels (A2–A3)",
@@ -53,7 +52,7 @@ PATCH_SUMMARIES: Final = {
     "attention-fool": "target log-probability + α · L_kq, the query-key logits to the patch (A13–A15)",
     "patch-fool": "target log-probability + α · per-layer attention on the patch, β-projected (A9–A12)",
     "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
-    "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8); untargeted only",
+    "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8)",
 }
 DEFAULT_STEPS: Final = 50  # T of Algorithm 1, scaled down from the paper's 400 for CPUs
 DEFAULT_GAMMA: Final = {"pgd": 0.005}  # Appendix A.1; 1 for every other attack
@@ -108,11 +107,8 @@ class PatchAttack:
             raise InputError(f"{self.name} reads attention matrices, and this model has no attention layer")
         if targets is None and self.name in TARGETED_ONLY:
             raise InputError(f"{self.name} is a targeted attack (RAM paper A.4–A.5): use --target permute or strip")
-        if targets is not None and self.name in UNTARGETED_ONLY:
-            raise InputError(f"{self.name} is implemented for --target none only (APGD keeps the point of lowest "
-                             "accuracy, an untargeted criterion)")  # fmt: skip
         if self.name == "autoattack":
-            return self._autoattack(model, images, labels, mask)
+            return self._autoattack(model, images, labels, targets, mask)
         gamma = self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 1.0)
         was_training = model.training
         model.eval()  # before any forward pass: a training-mode pass would update BatchNorm statistics
@@ -136,23 +132,28 @@ class PatchAttack:
         return x
 
     def _autoattack(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """A.8, untargeted: APGD-CE (`steps` iterations) and Square (10 × `steps` queries) with
-        the patch as threat model; per image, the result with the lower pixel accuracy."""
-        from harden.attacks._registry import create_attack
-        from harden.attacks.base import pixel_accuracy_per_image
+                    targets: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """A.8: APGD-CE (`steps` iterations) and Square (10 × `steps` queries, its windows inside
+        the patch) with the patch as threat model; per image, the result with fewer pixels left
+        to win: still correct (untargeted) or not yet at their target (targeted: APGD descends
+        the cross-entropy to the target, Square the target's margin)."""
+        from harden.attacks.apgd import APGD
+        from harden.attacks.base import unreached_per_image
         from harden.attacks.patch import PatchThreat
+        from harden.attacks.square import Square
         from harden.ram import fixed_rad_seed
 
-        threat = PatchThreat(1.0, mask=mask)
-        best, best_accuracy = images, torch.full((images.shape[0],), float("inf"), device=images.device)
-        for name, steps in (("apgd-ce", self.steps), ("square", 10 * self.steps)):
-            attack = create_attack(name, threat, steps=steps, eot=self.draws, seed=self.seed)
-            candidate = attack(model, images, labels).images
+        threat, targeted = PatchThreat(1.0, mask=mask), targets is not None
+        goal = targets if targets is not None else labels
+        best, best_left = images, torch.full((images.shape[0],), float("inf"), device=images.device)
+        apgd = APGD(threat, steps=self.steps, eot=self.draws, seed=self.seed, targeted=targeted, name="apgd-ce")
+        square = Square(threat, steps=10 * self.steps, eot=self.draws, seed=self.seed, targeted=targeted)
+        for attack in (apgd, square):
+            candidate = attack(model, images, goal).images
             with torch.no_grad(), fixed_rad_seed(model, self.seed):
-                accuracy = pixel_accuracy_per_image(model(candidate), labels)
-            lower = accuracy < best_accuracy
-            best_accuracy = torch.where(lower, accuracy, best_accuracy)
+                left = unreached_per_image(model(candidate), goal, targeted)
+            lower = left < best_left
+            best_left = torch.where(lower, left, best_left)
             best = torch.where(lower.view(-1, 1, 1, 1), candidate, best)
         return best
 

@@ -88,6 +88,11 @@ class ThreatModel:
             noise = noise / _l2(noise).clamp_min(1e-12).view(-1, 1, 1, 1) * radius.view(-1, 1, 1, 1)
         return self.project(x + self.eps * noise, x)
 
+    def region(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, H, W) bool: the pixels an attacker may change, or None for every pixel (the
+        ε-ball threat models). Random search draws its windows there (`Square`)."""
+        return None
+
     def steepest_step(self, grad: torch.Tensor) -> torch.Tensor:
         """The unit step that increases a linear loss most: sign(g) for L∞, g/‖g‖₂ for L2."""
         if self.norm == "linf":
