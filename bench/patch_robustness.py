@@ -1,7 +1,8 @@
 """Patch robustness, the shape of the RAM paper's table 3: baseline vs +MAS vs +RAD vs +MAS+RAD
 (one trained segformer_tiny fine-tuned under each setting for the same epochs) and a CNN
 (pspnet_tiny, which has no attention for MaxAttnDAG to read), under Permute and Strip targets
-with DAG, IPatch, MaxAttnDAG and EOT. Trained runs and reports in --out are reused.
+with DAG, IPatch, MaxAttnDAG, EOT and AutoAttack (targeted APGD-CE + Square in the patch).
+Trained runs and reports in --out are reused.
 
 Every number comes from `harden attack RUN --patch M --target T` (targeted mIoU, worst over 3
 RAD draws; RAD models are attacked with EOT 8 by every attack, so "eot" equals "dag" there).
@@ -24,7 +25,7 @@ from harden.cli import cli
 
 SIZE = "64x128"
 VARIANTS = {"baseline": [], "+MAS": ["--ram", "--no-rad"], "+RAD": ["--ram", "--no-mas"], "+MAS+RAD": ["--ram"]}
-ATTACKS = "dag,ipatch,maxattn-dag,eot"
+ATTACKS = "dag,ipatch,maxattn-dag,eot,autoattack"
 
 
 def _cli(*args: object) -> str:
@@ -32,6 +33,26 @@ def _cli(*args: object) -> str:
     if result.exit_code != 0:
         raise SystemExit(f"harden {' '.join(map(str, args))} failed:\n{result.output}")
     return result.output
+
+
+def train_runs(out: Path, base_epochs: int = 30, tune_epochs: int = 10) -> dict[str, Path]:
+    """The study's models (trained once, reused from `out`): label → run directory."""
+    common = ["--image-size", SIZE, "--no-progress"]
+    base = out / "segformer-base"
+    if not (base / "model.safetensors").is_file():
+        _cli("train", "--model", "segformer_tiny", "--epochs", base_epochs, "--out", base, "--overwrite", *common)
+    runs = {}
+    for name, flags in VARIANTS.items():
+        run = out / f"segformer{name.replace('+', '-') if name != 'baseline' else '-ft'}"
+        if not (run / "model.safetensors").is_file():
+            _cli("train", "--model", "segformer_tiny", *flags, "--init-from", base, "--epochs", tune_epochs,
+                 "--lr", "3e-4", "--out", run, "--overwrite", *common)  # fmt: skip
+        runs[f"segformer_tiny {name}"] = run
+    cnn = out / "pspnet"
+    if not (cnn / "model.safetensors").is_file():
+        _cli("train", "--model", "pspnet_tiny", "--epochs", base_epochs, "--out", cnn, "--overwrite", *common)
+    runs["pspnet_tiny (CNN)"] = cnn
+    return runs
 
 
 def main() -> None:
@@ -43,21 +64,8 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=int, default=30)
     parser.add_argument("--tune-epochs", type=int, default=10)
     args = parser.parse_args()
-    common = ["--image-size", SIZE, "--no-progress"]
-    base = args.out / "segformer-base"
-    if not (base / "model.safetensors").is_file():
-        _cli("train", "--model", "segformer_tiny", "--epochs", args.base_epochs, "--out", base, "--overwrite", *common)
-    runs = {}
-    for name, flags in VARIANTS.items():
-        run = args.out / f"segformer{name.replace('+', '-') if name != 'baseline' else '-ft'}"
-        if not (run / "model.safetensors").is_file():
-            _cli("train", "--model", "segformer_tiny", *flags, "--init-from", base, "--epochs", args.tune_epochs,
-                 "--lr", "3e-4", "--out", run, "--overwrite", *common)  # fmt: skip
-        runs[f"segformer_tiny {name}"] = run
-    cnn = args.out / "pspnet"
-    if not (cnn / "model.safetensors").is_file():
-        _cli("train", "--model", "pspnet_tiny", "--epochs", args.base_epochs, "--out", cnn, "--overwrite", *common)
-    runs["pspnet_tiny (CNN)"] = cnn
+    runs = train_runs(args.out, args.base_epochs, args.tune_epochs)
+    cnn = runs["pspnet_tiny (CNN)"]
 
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     outside: dict[str, dict[str, dict[str, float | None]]] = {}
