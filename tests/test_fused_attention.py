@@ -104,13 +104,14 @@ def test_op_registration_passes_opcheck():
     torch.library.opcheck(torch.ops.harden.robust_attention.default, (q, k, v, 0.25, 0.3, torch.tensor(3), 1, 0.5))
 
 
-def test_without_triton_the_op_runs_the_reference_composition(monkeypatch):
+@pytest.mark.parametrize("threshold", [0.3, None])
+def test_without_triton_the_op_runs_the_reference_composition(monkeypatch, threshold):
     monkeypatch.setattr(fused_attention, "runs_triton", lambda device: False)
     q, k, v = qkv(SHAPES[0], requires_grad=True)
-    out = fused(q, k, v, 0.3, 0.5)
-    assert torch.equal(out, reference(q, k, v, 0.3, 0.5))
+    out = fused(q, k, v, threshold, 0.5)
+    assert torch.equal(out, reference(q, k, v, threshold, 0.5))
     grads = torch.autograd.grad(out.sum(), (q, k, v))
-    expected = torch.autograd.grad(reference(q, k, v, 0.3, 0.5).sum(), (q, k, v))
+    expected = torch.autograd.grad(reference(q, k, v, threshold, 0.5).sum(), (q, k, v))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want)
 

@@ -141,9 +141,8 @@ def robust_attention_backward(
     if p > 0:
         applied = torch.ops.harden.rad(attention, seed, counter, p)
         grad_attention = torch.ops.harden.rad(grad_attention, seed, counter, p)
-    grad_z = attention * (grad_attention - (grad_attention * attention).sum(dim=-1, keepdim=True))
-    if threshold is not None:
-        grad_z = grad_z * ops.mas_gain(threshold, k.shape[-2]) / (1.0 + logits.abs()).square()
+    gain = None if threshold is None else ops.mas_gain(threshold, k.shape[-2])
+    grad_z = ops.logits_gradient(logits, attention, grad_attention, gain)
     return (grad_z @ k) * scale, (grad_z.transpose(-2, -1) @ q) * scale, applied.transpose(-2, -1) @ grad
 
 

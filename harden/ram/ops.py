@@ -89,9 +89,18 @@ def _mas_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) 
         gain: float | torch.Tensor = mas_gain(threshold, logits.shape[-1])
     else:
         gain = _row_gain(threshold, mask.expand(logits.shape), logits.dtype)
+    return logits_gradient(logits, attention, grad, gain), None, None
+
+
+def logits_gradient(
+    logits: torch.Tensor, attention: torch.Tensor, grad: torch.Tensor, gain: float | torch.Tensor | None
+) -> torch.Tensor:
+    """∂L/∂logits from ∂L/∂attention = `grad`, for attention = softmax(gain·softsign(logits))
+    (MAS), or softmax(logits) when gain is None. The one copy of this formula: MAS's backward
+    and the fused attention's reference backward both use it."""
     # softmax backward, then the chain rule through k·softsign: softsign'(x) = 1/(1+|x|)².
     grad_z = attention * (grad - (grad * attention).sum(dim=-1, keepdim=True))
-    return grad_z * gain / (1.0 + logits.abs()).square(), None, None
+    return grad_z if gain is None else grad_z * gain / (1.0 + logits.abs()).square()
 
 
 mas.register_autograd(_mas_backward, setup_context=_mas_setup_context)
