@@ -12,23 +12,17 @@ attacked with EOT 8). Prints Markdown tables for docs/.
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import date
-from pathlib import Path
 
-from patch_robustness import _cli, _fmt, train_runs
+from patch_robustness import _cli, _fmt, study_parser, train_runs
 
 ATTACKS = ("maxattn-dag", "maxvar-dag")
 ALPHAS = (0.0, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/patch-study"))
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--patch", type=int, default=32)
+    parser = study_parser(__doc__.splitlines()[0])
     parser.add_argument("--target", default="permute", choices=("permute", "strip", "none"))
     args = parser.parse_args()
     runs = {label: run for label, run in train_runs(args.out).items() if "CNN" not in label}

@@ -55,12 +55,18 @@ def train_runs(out: Path, base_epochs: int = 30, tune_epochs: int = 10) -> dict[
     return runs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_parser(description: str) -> argparse.ArgumentParser:
+    """The options every patch-study script takes: where the runs live and the attack budget."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path("runs/patch-study"))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--patch", type=int, default=32)
+    return parser
+
+
+def main() -> None:
+    parser = study_parser(__doc__.splitlines()[0])
     parser.add_argument("--base-epochs", type=int, default=30)
     parser.add_argument("--tune-epochs", type=int, default=10)
     args = parser.parse_args()
