@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip uninstall --quiet --yes harden 2>/dev/null || true  # the distribution's name before it became harden-seg
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -28,7 +28,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.onnx_export import RAD_SEED, export_onnx, finish_model, harden_translations
+from harden.export.onnx_export import RAD_SEED, export_onnx, finish_model, harden_translations
 from harden.models import create_model, list_models
 from harden.ram import RAMConfig, insert_ram_
 

@@ -27,11 +27,11 @@ from click.testing import CliRunner
 
 from harden.cli import cli
 from harden.data import open_dataset
-from runtime.engines import open_engine
-from runtime.gates import Gates, evaluate_gates
-from runtime.report import write_reports
-from runtime.twins import load_twins, open_deployment
-from runtime.verify import VerifyOptions, verify
+from harden.runtime.engines import open_engine
+from harden.runtime.gates import Gates, evaluate_gates
+from harden.runtime.report import write_reports
+from harden.runtime.twins import load_twins, open_deployment
+from harden.runtime.verify import VerifyOptions, verify
 
 
 def _cli(*args: object) -> None:

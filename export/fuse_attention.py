@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.onnx_export import finish_model
-from export.onnx_ops import DOMAIN, MAS, RAD, ROBUST_ATTENTION, plugin_attributes
+from harden.export.onnx_export import finish_model
+from harden.export.onnx_ops import DOMAIN, MAS, RAD, ROBUST_ATTENTION, plugin_attributes
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import onnxscript
 import torch
 from torch import nn
 
-from export import onnx_ops
-from export.onnx_ops import functions_for, plugin_attributes, register_schemas
 from harden._io import atomic_path
 from harden.errors import InputError
+from harden.export import onnx_ops
+from harden.export.onnx_ops import functions_for, plugin_attributes, register_schemas
 from harden.ram import has_rad, robust_cores, set_rad_seed
 
 OPSET: Final = 18  # what torch 2.13's dynamo exporter targets natively; TensorRT ≥ 10 parses it

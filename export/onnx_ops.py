@@ -7,7 +7,7 @@ Each PyTorch custom op becomes ONE bare node of the `harden` domain (DESIGN.md �
     harden::Rad(attention, seed)        attributes counter, p, plugin_namespace, plugin_version
     harden::RobustAttention(q, k, v, seed)   attributes scale, threshold, counter, p, plugin_*:
                                         RAD(MAS(scale·q·kᵀ))·v in one node, which only the engine
-                                        builder writes (`export.fuse_attention`): its body
+                                        builder writes (`harden.export.fuse_attention`): its body
                                         calls Mas and Rad, its TensorRT plugin is the fused
                                         Triton kernel
 

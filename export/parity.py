@@ -25,7 +25,7 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
-from export.onnx_export import IMAGE, LOGITS, RAD_SEED
+from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.metrics import ConfusionMatrix
 from harden.ram import fixed_rad_seed
 

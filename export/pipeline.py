@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.manifest import FORMAT, MANIFEST_FILE, file_entry, sha256_file, versions
-from export.onnx_export import check_onnx, export_onnx
-from export.parity import ParityReport, check_parity
-from export.precision import PRECISIONS, to_fp16, to_int8
 from harden._io import write_json
 from harden.data import collate_pad, open_dataset
 from harden.errors import InputError
+from harden.export.manifest import FORMAT, MANIFEST_FILE, file_entry, sha256_file, versions
+from harden.export.onnx_export import check_onnx, export_onnx
+from harden.export.parity import ParityReport, check_parity
+from harden.export.precision import PRECISIONS, to_fp16, to_int8
 from harden.ram import has_rad
 from harden.training import load_model, read_config
 from harden.training.checkpoint import MODEL_FILE
@@ -87,7 +87,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
     if out.exists() and not (out / MANIFEST_FILE).is_file():
         raise InputError(f"{out} exists and is not a harden export; --force only replaces harden exports")
     if options.trt:
-        from export.tensorrt import require_tensorrt
+        from harden.export.tensorrt import require_tensorrt
 
         require_tensorrt()  # before any work: says what to install and where it runs
     model_config, train_config = read_config(run_dir)
@@ -139,7 +139,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
 
         engines = []
         if options.trt:
-            from export.tensorrt import build_engine
+            from harden.export.tensorrt import build_engine
 
             source = variants[options.precision][0]
             engine = staging / f"model.{options.precision}.engine"

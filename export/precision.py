@@ -28,8 +28,8 @@ import onnx
 import onnx_ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from export.onnx_export import IMAGE, RAD_SEED, finish_model
-from export.onnx_ops import MAS, MASKED_MAS, RAD, register_schemas
+from harden.export.onnx_export import IMAGE, RAD_SEED, finish_model
+from harden.export.onnx_ops import MAS, MASKED_MAS, RAD, register_schemas
 
 PRECISIONS: Final = ("fp32", "fp16", "int8")
 FP32_OPS: Final = (MAS, MASKED_MAS, RAD, "Softmax")

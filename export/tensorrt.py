@@ -2,11 +2,11 @@
 
 TensorRT cannot be installed on CPU machines (DESIGN.md §7), so this file stays thin: every
 import of `tensorrt` is lazy, `require_tensorrt` says what to install and where, and the
-plugins are small wrappers around the Triton kernels of `export.triton_kernels`, which are
+plugins are small wrappers around the Triton kernels of `harden.export.triton_kernels`, which are
 tested on their own (interpreter mode on CPU, natively on a GPU).
 
 How the pieces meet: our ONNX nodes are `harden::Mas`, `harden::MaskedMas`, `harden::Rad` and,
-in the copy the engine is built from, `harden::RobustAttention` (`export.fuse_attention`), all
+in the copy the engine is built from, `harden::RobustAttention` (`harden.export.fuse_attention`), all
 with `plugin_namespace="harden"`; TensorRT's parser finds no builtin importer for those op types
 and, since 10.7, prefers a registered plugin of the same name over the node's function body.
 The engine is built strongly typed (TensorRT 11 has no fp16/int8 builder flags): precision
@@ -19,12 +19,13 @@ import functools
 from pathlib import Path
 from typing import Any, Final
 
+from harden import install_hint
 from harden._io import atomic_path
 from harden.errors import InputError
 
 INSTALL_HINT: Final = (
     "TensorRT is not installed. Engines need a Linux machine with an NVIDIA GPU and CUDA 12: there run "
-    "`pip install 'harden[trt]'` (tensorrt >= 10.9 and triton). This machine can still export and check the "
+    f"`{install_hint('trt')}` (tensorrt >= 10.9 and triton). This machine can still export and check the "
     "ONNX files (`harden export RUN_DIR --out DIR` without --trt) and build the engine on the GPU machine."
 )
 
@@ -50,7 +51,7 @@ def register_plugins() -> None:
     import tensorrt.plugin as trtp
     import torch
 
-    from export.triton_kernels import mas_triton, rad_triton
+    from harden.export.triton_kernels import mas_triton, rad_triton
 
     @trtp.register("harden::Mas")
     def _mas_desc(logits: trtp.TensorDesc, threshold: float) -> trtp.TensorDesc:
@@ -121,10 +122,10 @@ def build_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path
     """Parse `onnx_path` with the harden plugins registered and write a strongly typed engine.
 
     The engine is built from a copy whose RAM attention chains are fused into
-    harden::RobustAttention nodes (`export.fuse_attention`); the file itself is unchanged.
+    harden::RobustAttention nodes (`harden.export.fuse_attention`); the file itself is unchanged.
     """
-    from export.fuse_attention import fuse_robust_attention_
-    from export.manifest import load_onnx
+    from harden.export.fuse_attention import fuse_robust_attention_
+    from harden.export.manifest import load_onnx
 
     trt = require_tensorrt()
     register_plugins()

@@ -8,3 +8,9 @@ Importing `harden` is cheap on purpose: it imports neither torch nor any optiona
 """
 
 __version__ = "0.1.0"
+DISTRIBUTION = "harden-seg"  # the name pip knows this project by; the import name and command are `harden`
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of this project's optional extras, for error messages."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (from a clone of the repository: pip install '.[{extra}]')"

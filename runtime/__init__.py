@@ -1,13 +1,10 @@
-"""runtime: deployed engines, their gradient-enabled twins, re-attacks and verdicts (DESIGN.md §5).
+"""harden.runtime: deployed engines, their gradient-enabled twins, re-attacks and verdicts (DESIGN.md §5).
 
-What it will hold:
-- one context-managed runner interface over ONNX Runtime (CPU, or CUDA with onnxruntime-gpu),
-  TensorRT engines (lazy import) and the PyTorch model, feeding `rad_seed` when present;
-- twins: the source checkpoint, a graph twin rebuilt op by op from the exported ONNX file, and
-  precision twins emulating fp16 / int8 with straight-through gradients;
-- verification: parity on clean and adversarial inputs, re-attacks computed on twins (EOT over
-  RAD seeds), direct query-based and divergence attacks on the engine, sanity checks, gates
-  and reports (`harden verify`).
+- `engines`: ONNX Runtime and TensorRT behind one context-managed interface;
+- `graph_twin`, `torch_ops`, `twins`: PyTorch twins of the deployed graph (and of its precision);
+- `audits`, `arithmetic`: direct checks that name why a deployment differs from its source;
+- `verify`, `divergence`, `gates`, `report`: `harden verify` end to end.
 
-Imports run one way: `runtime` may import `export` and `harden`.
+The folder is `runtime/` at the repository root; it installs as `harden.runtime`. It may import
+`harden.export` and the rest of `harden`.
 """

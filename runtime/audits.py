@@ -24,9 +24,9 @@ from torch import nn
 
 from harden.attacks.checks import Check
 from harden.ram import robust_cores
-from runtime.engines import Engine
-from runtime.graph_twin import GraphTwin
-from runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
+from harden.runtime.engines import Engine
+from harden.runtime.graph_twin import GraphTwin
+from harden.runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
 
 CLIP_LIMIT = 0.02  # min-max calibration on a few images saturated < 1 % on held-out ones (measured)
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx_export import IMAGE, LOGITS, RAD_SEED
+from harden import install_hint
 from harden.errors import InputError
+from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds, fixed_rad_seed, has_rad
 
 
@@ -57,13 +58,13 @@ class OnnxRuntimeEngine(Engine):
     def __enter__(self) -> OnnxRuntimeEngine:
         import onnxruntime as ort
 
-        from export.onnx_ops import register_schemas
+        from harden.export.onnx_ops import register_schemas
 
         register_schemas()
         providers = ["CPUExecutionProvider"]
         if self.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise InputError("--device cuda needs onnxruntime-gpu (pip install 'harden[gpu]')")
+                raise InputError(f"--device cuda needs onnxruntime-gpu: {install_hint('gpu')}")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -117,7 +118,7 @@ class TensorRTEngine(Engine):
         self._context: Any = None
 
     def __enter__(self) -> TensorRTEngine:
-        from export.tensorrt import register_plugins, require_tensorrt
+        from harden.export.tensorrt import register_plugins, require_tensorrt
 
         trt = require_tensorrt()
         register_plugins()

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from harden.attacks.threat import format_eps
 from harden.errors import InputError
-from runtime.verify import VerifyResult
+from harden.runtime.verify import VerifyResult
 
 PRECISION_DEFAULTS: dict[str, dict[str, float]] = {
     "fp32": {"clean_agreement": 0.999, "clean_miou_delta": 0.001, "adversarial_agreement": 0.99},
@@ -59,6 +60,15 @@ class Gates:
         return asdict(self)
 
 
+def _toml() -> Any:
+    """tomllib (Python ≥ 3.11) or its backport tomli, which the package requires on 3.10."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    return tomllib
+
+
 def read_gate_file(path: Path) -> dict[str, Any]:
     """Gate values from a .toml or .json file (a `[gates]` table or top-level keys)."""
     path = Path(path)
@@ -68,10 +78,7 @@ def read_gate_file(path: Path) -> dict[str, Any]:
         raise InputError(f"cannot read the gate file {path}: {err}") from err
     try:
         if path.suffix == ".toml":
-            import importlib
-
-            # tomllib is in the standard library from Python 3.11; on 3.10 use a .json gate file
-            data: Any = importlib.import_module("tomllib").loads(text)
+            data: Any = _toml().loads(text)
         elif path.suffix == ".json":
             data = json.loads(text)
         else:

@@ -1,6 +1,6 @@
 """The graph twin: a gradient-enabled PyTorch module rebuilt from an exported ONNX file.
 
-It interprets the ONNX graph node by node with the torch operations of `runtime.torch_ops`,
+It interprets the ONNX graph node by node with the torch operations of `harden.runtime.torch_ops`,
 including `harden::Mas`/`MaskedMas`/`Rad` (run by the same custom ops as training), so it is
 the deployed graph itself — not the training code — that attacks differentiate (DESIGN.md §5).
 Interpreting an fp16 or int8 variant gives the precision twin: fp16 casts compute in fp16,
@@ -22,11 +22,11 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from export.manifest import load_onnx
-from export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.errors import InputError
+from harden.export.manifest import load_onnx
+from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds
-from runtime.torch_ops import OPS
+from harden.runtime.torch_ops import OPS
 
 
 def _to_torch(array: Any) -> torch.Tensor:
@@ -55,7 +55,7 @@ class GraphTwin(nn.Module):
     """`GraphTwin(onnx_model)(images) → logits`, differentiable with respect to the images.
 
     Args:
-        model: the exported graph (`export.onnx_export` conventions: input `image`, optional
+        model: the exported graph (`harden.export.onnx_export` conventions: input `image`, optional
             `rad_seed`, output `logits`).
         name: shown in reports, e.g. the file name.
     """

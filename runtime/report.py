@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from export.manifest import versions
 from harden._io import atomic_open, write_json
 from harden.attacks.evaluate import DRAW_SEED
 from harden.attacks.threat import format_eps
 from harden.attacks.worst_case import ImageCounts, WorstCase
-from runtime.gates import GateResult
-from runtime.verify import VerifyResult
+from harden.export.manifest import versions
+from harden.runtime.gates import GateResult
+from harden.runtime.verify import VerifyResult
 
 SCHEMA = "harden-verify-report-v1"
 

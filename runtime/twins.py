@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from export.manifest import MANIFEST_FILE, read_manifest, sha256_file, verify_files
 from harden.errors import InputError
+from harden.export.manifest import MANIFEST_FILE, read_manifest, sha256_file, verify_files
+from harden.runtime.graph_twin import GraphTwin
 from harden.training.checkpoint import MODEL_FILE
-from runtime.graph_twin import GraphTwin
 
 GRAPH = "graph"
 

@@ -8,10 +8,10 @@ For every batch of the verification data:
    robust mIoU/pAcc on both sides and adversarial parity;
 3. direct attacks on the engine — Square (queries only) and the random-noise floor;
 4. divergence search — DIVA-style PGD on (fp32 reference, deployed graph twin), predicted by
-   the engine (`runtime.divergence`).
+   the engine (`harden.runtime.divergence`).
 The engine's verdict per image and per dataset is the worst case over all of them; the
-deployment audits (`runtime.audits`) and the sanity checks (`harden.attacks.checks`) run too.
-`runtime.gates` turns the result into pass/fail.
+deployment audits (`harden.runtime.audits`) and the sanity checks (`harden.attacks.checks`) run too.
+`harden.runtime.gates` turns the result into pass/fail.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from harden.data.classes import IGNORE_INDEX
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.ram import fixed_rad_seed, has_rad
-from runtime import audits
-from runtime.divergence import Divergence
-from runtime.engines import Engine, EngineModule
-from runtime.graph_twin import GraphTwin
-from runtime.twins import GRAPH, Deployment, reference_model
-from runtime.verify_state import Parity, VerifyState, fingerprint, load_state, save_state
+from harden.runtime import audits
+from harden.runtime.divergence import Divergence
+from harden.runtime.engines import Engine, EngineModule
+from harden.runtime.graph_twin import GraphTwin
+from harden.runtime.twins import GRAPH, Deployment, reference_model
+from harden.runtime.verify_state import Parity, VerifyState, fingerprint, load_state, save_state
 
 BLACK_BOX = ("square", "noise")  # run on the engine itself, by queries
 

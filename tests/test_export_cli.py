@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from export.manifest import load_onnx, read_manifest, sha256_file, verify_files
 from harden.cli import cli
 from harden.errors import InputError
+from harden.export.manifest import load_onnx, read_manifest, sha256_file, verify_files
 
 
 def _run(*args):
@@ -81,7 +81,7 @@ def test_fp16_keeps_attention_in_fp32_and_runs_in_onnxruntime(ram_run, tmp_path)
 
 
 def test_a_failed_parity_check_exits_1_and_says_so(ram_run, tmp_path, monkeypatch):
-    from export import parity
+    from harden.export import parity
 
     strict = parity.Tolerance(atol=0.0, rtol=0.0, min_agreement=1.0, max_miou_change=0.0)
     monkeypatch.setitem(parity.TOLERANCES, "fp32", strict)

@@ -1,4 +1,4 @@
-"""`export.fuse_attention`: the engine builder's RobustAttention nodes compute what the graph did."""
+"""`harden.export.fuse_attention`: the engine builder's RobustAttention nodes compute what the graph did."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.fuse_attention import fuse_robust_attention_
-from export.onnx_export import check_onnx, export_onnx
-from export.onnx_ops import DOMAIN, ROBUST_ATTENTION
+from harden.export.fuse_attention import fuse_robust_attention_
+from harden.export.onnx_export import check_onnx, export_onnx
+from harden.export.onnx_ops import DOMAIN, ROBUST_ATTENTION
 from harden.models import create_model, find_attention
 from harden.ram import RAMConfig, insert_ram_
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from export.onnx_export import IMAGE, RAD_SEED, export_onnx
-from export.onnx_ops import DOMAIN, PLUGIN_NAMESPACE
-from export.parity import check_parity
+from harden.export.onnx_export import IMAGE, RAD_SEED, export_onnx
+from harden.export.onnx_ops import DOMAIN, PLUGIN_NAMESPACE
+from harden.export.parity import check_parity
 from harden.models import create_model
 from harden.ram import RAMConfig, fixed_rad_seed, insert_ram_, robust_cores
 from harden.ram.counter_rng import keep_mask_numpy
@@ -49,7 +49,7 @@ class _MasOnly(nn.Module):
 
 
 def _export_module(module: nn.Module, args: tuple, names: list[str], dims: dict, path: Path) -> onnx.ModelProto:
-    from export.onnx_export import finish_model, harden_translations
+    from harden.export.onnx_export import finish_model, harden_translations
 
     program = torch.onnx.export(
         module.eval(), args, dynamo=True, opset_version=18, input_names=names, output_names=["out"],

@@ -104,8 +104,8 @@ def test_bad_crf_settings_are_refused(bad):
 
 
 def test_a_composed_model_exports_and_runs_in_onnx_runtime_and_the_graph_twin(tmp_path):
-    from export.onnx_export import export_onnx
-    from runtime.graph_twin import GraphTwin
+    from harden.export.onnx_export import export_onnx
+    from harden.runtime.graph_twin import GraphTwin
 
     network = create_model("deeplabv3_tiny", 5).eval()
     model = compose(network, scales=(0.5, 1.0), crf=CRFConfig(iterations=2, window=5)).eval()

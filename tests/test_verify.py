@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from export.manifest import MANIFEST_FILE, file_entry
-from export.precision import to_int8
 from harden.cli import cli
+from harden.export.manifest import MANIFEST_FILE, file_entry
+from harden.export.precision import to_int8
 from harden.ram import fixed_rad_seed
+from harden.runtime.graph_twin import GraphTwin
 from harden.training import load_model
-from runtime.graph_twin import GraphTwin
 
 FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
         "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip

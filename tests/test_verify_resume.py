@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import runtime.verify
+import harden.runtime.verify
 from harden.cli import cli
 
 # 4 images in batches of 2: two batches, so there is a batch to interrupt after and one per rank.
@@ -45,7 +45,7 @@ def uninterrupted(ram_run, fp32_export, tmp_path_factory):
 
 def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export, tmp_path, monkeypatch, uninterrupted):
     report = tmp_path / "report"
-    original = runtime.verify._verify_batch
+    original = harden.runtime.verify._verify_batch
     calls = []
 
     def interrupted_after_one(*args, **kwargs):
@@ -54,7 +54,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runtime.verify, "_verify_batch", interrupted_after_one)
+    monkeypatch.setattr(harden.runtime.verify, "_verify_batch", interrupted_after_one)
     aborted = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *ARGS)
     assert aborted.exit_code == 1 and "Aborted" in aborted.output  # click's answer to Ctrl-C
     assert (report / "verify.state").is_file() and not (report / "verify.json").exists()
@@ -65,7 +65,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
         resumed_batches.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runtime.verify, "_verify_batch", counting)
+    monkeypatch.setattr(harden.runtime.verify, "_verify_batch", counting)
     result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, "--resume", *ARGS)
     assert result.exit_code == 0, result.output
     assert len(resumed_batches) == 1  # only the batch the interruption lost
@@ -75,7 +75,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
 
 def test_resume_refuses_another_run_and_a_corrupt_state(ram_run, fp32_export, tmp_path, monkeypatch):
     report = tmp_path / "report"
-    original = runtime.verify._verify_batch
+    original = harden.runtime.verify._verify_batch
     calls = []
 
     def after_one(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_resume_refuses_another_run_and_a_corrupt_state(ram_run, fp32_export, tm
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runtime.verify, "_verify_batch", after_one)
+    monkeypatch.setattr(harden.runtime.verify, "_verify_batch", after_one)
     assert _run("verify", fp32_export, "--report", report, *ARGS).exit_code == 1
     state = report / "verify.state"
     saved = state.read_bytes()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from harden.attack_catalogue import ATTACK_SUMMARIES
 from harden.attacks.apgd import APGD
 from harden.attacks.base import Attack
 from harden.attacks.dag import DAG
@@ -36,11 +37,15 @@ class AttackEntry:
 ATTACKS: dict[str, AttackEntry] = {}
 
 
-def register_attack(name: str, summary: str, kind: Kind = "white-box") -> Callable[[AttackFactory], AttackFactory]:
+def register_attack(name: str, kind: Kind = "white-box") -> Callable[[AttackFactory], AttackFactory]:
+    """Register `factory` under `name`; its one-line summary is `ATTACK_SUMMARIES[name]`."""
+
     def decorator(factory: AttackFactory) -> AttackFactory:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
-        ATTACKS[name] = AttackEntry(name, factory, summary, kind)
+        if name not in ATTACK_SUMMARIES:
+            raise ValueError(f"attack {name!r} has no summary in harden/attack_catalogue.py")
+        ATTACKS[name] = AttackEntry(name, factory, ATTACK_SUMMARIES[name], kind)
         return factory
 
     return decorator
@@ -65,50 +70,50 @@ def _l2(threat: ThreatModel) -> ThreatModel:
     return ThreatModel(threat.eps, "l2", threat.low, threat.high)
 
 
-@register_attack("fgsm", "FGSM: one signed-gradient step of ε on CE (Goodfellow et al.)")
+@register_attack("fgsm")
 def _fgsm(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
     return PGD(threat, steps=1, step_factor=1.0, random_start=False, name="fgsm", **common)
 
 
-@register_attack("fgsm-ll", "FGSM II: one step towards each pixel's least likely class (Kurakin et al.)")
+@register_attack("fgsm-ll")
 def _fgsm_ll(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
     return PGD(threat, steps=1, step_factor=1.0, random_start=False, least_likely=True, name="fgsm-ll", **common)
 
 
-@register_attack("bim", "I-FGSM/BIM: iterative FGSM from the clean image, α = 1.25ε/steps")
+@register_attack("bim")
 def _bim(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
     steps = steps or kurakin_steps(threat.eps)
     return PGD(threat, steps=steps, step_factor=1.25, random_start=False, name="bim", **common)
 
 
-@register_attack("bim-ll", "Iterative FGSM II: BIM towards the least likely class")
+@register_attack("bim-ll")
 def _bim_ll(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
     steps = steps or kurakin_steps(threat.eps)
     return PGD(threat, steps=steps, step_factor=1.25, random_start=False, least_likely=True, name="bim-ll", **common)
 
 
-@register_attack("bim-l2", "BIM in the L2 ball of radius ε (per image), 10 steps by default (DDC-AT §6)")
+@register_attack("bim-l2")
 def _bim_l2(threat: ThreatModel, steps: int | None = None, **common: Any) -> Attack:
     return PGD(_l2(threat), steps=steps or 10, step_factor=1.25, random_start=False, name="bim-l2", **common)
 
 
-@register_attack("pgd", "PGD: random start, α = 2.5ε/steps, CE (Madry et al.)")
+@register_attack("pgd")
 def _pgd(threat: ThreatModel, **common: Any) -> Attack:
     return PGD(threat, name="pgd", **common)
 
 
-@register_attack("segpgd", "SegPGD: PGD on CE balanced between correct and wrong pixels (Gu et al.)")
+@register_attack("segpgd")
 def _segpgd(threat: ThreatModel, **common: Any) -> Attack:
     return PGD(threat, loss="bal-ce", name="segpgd", **common)
 
 
-@register_attack("cospgd", "CosPGD: PGD on CE weighted by cos(σ(z), e_y) (Agnihotri & Keuper)")
+@register_attack("cospgd")
 def _cospgd(threat: ThreatModel, **common: Any) -> Attack:
     return PGD(threat, loss="cossim-ce", name="cospgd", **common)
 
 
 def _register_apgd(loss: str, name: str) -> None:
-    @register_attack(name, f"APGD on the {loss} loss, 100 iterations (SEA paper §3.1)")
+    @register_attack(name)
     def _apgd(threat: ThreatModel, **common: Any) -> Attack:
         return APGD(threat, loss=loss, name=name, **common)
 
@@ -124,31 +129,31 @@ for _loss, _name in (
     _register_apgd(_loss, _name)
 
 
-@register_attack("sea", "SEA: red-ε APGD with Mask-CE, Bal-CE, JS, Mask-Sph; worst case per image (300 it. each)")
+@register_attack("sea")
 def _sea(threat: ThreatModel, **common: Any) -> Attack:
     return SEA(threat, **common)
 
 
-@register_attack("rppgd", "RP-PGD: True/Boundary/False region weights + prototype loss, β = 0.75")
+@register_attack("rppgd")
 def _rppgd(threat: ThreatModel, **common: Any) -> Attack:
     return RPPGD(threat, **common)
 
 
-@register_attack("dag", "DAG: dense adversary generation towards random wrong labels, projected (Xie et al.)")
+@register_attack("dag")
 def _dag(threat: ThreatModel, **common: Any) -> Attack:
     return DAG(threat, name="dag", **common)
 
 
-@register_attack("dag-targeted", "DAG towards each pixel's least likely class")
+@register_attack("dag-targeted")
 def _dag_targeted(threat: ThreatModel, **common: Any) -> Attack:
     return DAG(threat, targeted=True, name="dag-targeted", **common)
 
 
-@register_attack("square", "Square attack: score-based random search, outputs only, 300 queries", kind="black-box")
+@register_attack("square", kind="black-box")
 def _square(threat: ThreatModel, **common: Any) -> Attack:
     return Square(threat, **common)
 
 
-@register_attack("noise", "Random ±ε signs: the floor every attack must beat", kind="black-box")
+@register_attack("noise", kind="black-box")
 def _noise(threat: ThreatModel, **common: Any) -> Attack:
     return RandomNoise(threat, **common)

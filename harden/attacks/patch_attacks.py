@@ -42,18 +42,6 @@ PATCH_ATTACKS: Final = (
 )  # fmt: skip
 ATTENTION_AWARE: Final = ("maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool")
 TARGETED_ONLY: Final = ("ipatch", "ssap")
-PATCH_SUMMARIES: Final = {
-    "pgd": "log-probability of the target (A1), γ 0.005",
-    "dag": "Dense Adversary Generation: z_target − z_true on still-correct pixels (A2–A3)",
-    "ipatch": "KL to the one-hot target (A4–A5); targeted only",
-    "ssap": "η-weighted target log-probability (A6–A8); targeted only",
-    "maxvar-dag": "dag + α · attention variance (A16), adaptive to MAS",
-    "maxattn-dag": "dag + α · attention mass on the patch (A17), adaptive to MAS",
-    "attention-fool": "target log-probability + α · L_kq, the query-key logits to the patch (A13–A15)",
-    "patch-fool": "target log-probability + α · per-layer attention on the patch, β-projected (A9–A12)",
-    "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
-    "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8)",
-}
 DEFAULT_STEPS: Final = 50  # T of Algorithm 1, scaled down from the paper's 400 for CPUs
 DEFAULT_GAMMA: Final = {"pgd": 0.005}  # Appendix A.1; 1 for every other attack
 IPATCH_EPS: Final = 1e-10

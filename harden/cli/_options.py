@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.data import DATA_SPEC_HELP
+from harden.data_spec import DATA_SPEC_HELP
 from harden.errors import InputError
 
 if TYPE_CHECKING:

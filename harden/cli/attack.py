@@ -9,20 +9,17 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
 from harden.cli._options import SIZE, data_option, device_option, progress_option, resolve_device
 from harden.cli._patch import DEFAULT_ATTACKS as PATCH_DEFAULT_ATTACKS
 from harden.cli._patch import run_patch_attacks
 
 
 def _attack_help() -> str:
-    from harden.attacks import ATTACKS
-
-    return "\n".join(f"  {name:<13} {entry.summary}" for name, entry in ATTACKS.items())
+    return "\n".join(f"  {name:<13} {summary}" for name, summary in ATTACK_SUMMARIES.items())
 
 
 def _patch_attack_help() -> str:
-    from harden.attacks.patch_attacks import PATCH_SUMMARIES
-
     return "\n".join(f"  {name:<15} {summary}" for name, summary in PATCH_SUMMARIES.items())
 
 

@@ -12,7 +12,6 @@ from harden.cli._options import SIZE
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (must not exist).")
-@click.option("--onnx", "onnx_flag", is_flag=True, default=True, help="Write the ONNX files (always on).")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine from the chosen precision (needs TensorRT).")
 @click.option(
     "--precision",
@@ -33,7 +32,6 @@ from harden.cli._options import SIZE
 def export_command(
     run_dir: Path,
     out: Path,
-    onnx_flag: bool,
     trt: bool,
     precision: str,
     calib_data: str | None,
@@ -63,8 +61,8 @@ def export_command(
       harden export runs/demo --out exports/demo-int8 --precision int8 --calib-images 64
       harden export runs/demo --out exports/demo-trt --precision fp16 --trt   # on a GPU machine
     """
-    from export.pipeline import ExportOptions, export_run
     from harden.cli import Failed
+    from harden.export.pipeline import ExportOptions, export_run
 
     options = ExportOptions(
         precision=precision,

@@ -13,9 +13,9 @@ from harden.cli._options import SIZE, data_option, progress_option
 
 if TYPE_CHECKING:
     from harden.data import SegmentationDataset
-    from runtime.gates import Gates
-    from runtime.twins import Deployment
-    from runtime.verify import VerifyOptions, VerifyResult
+    from harden.runtime.gates import Gates
+    from harden.runtime.twins import Deployment
+    from harden.runtime.verify import VerifyOptions, VerifyResult
 
 
 @click.command("verify")
@@ -118,11 +118,11 @@ def verify_command(
     from harden.data import open_dataset
     from harden.distributed import Distributed
     from harden.errors import InputError
+    from harden.runtime.engines import open_engine
+    from harden.runtime.gates import Gates, read_gate_file
+    from harden.runtime.twins import GRAPH, load_twins, open_deployment
+    from harden.runtime.verify import VerifyOptions, verify
     from harden.training import read_config
-    from runtime.engines import open_engine
-    from runtime.gates import Gates, read_gate_file
-    from runtime.twins import GRAPH, load_twins, open_deployment
-    from runtime.verify import VerifyOptions, verify
 
     options = VerifyOptions(
         attacks=tuple(a.strip() for a in attack_spec.split(",") if a.strip()),
@@ -184,9 +184,9 @@ def _report(
     out: Path,
 ) -> list[str]:  # fmt: skip
     """Evaluate the gates, write the reports, print the gates; the names of the failed ones."""
+    from harden.runtime.gates import evaluate_gates
+    from harden.runtime.report import write_reports
     from harden.visualize import palette_for
-    from runtime.gates import evaluate_gates
-    from runtime.report import write_reports
 
     results = evaluate_gates(result, gates, list(options.eps_values))
     palette = palette_for(dataset.name, dataset.num_classes)

@@ -18,6 +18,7 @@ from harden.data.classes import IGNORE_INDEX
 from harden.data.synthetic import SyntheticStreets
 from harden.data.transforms import TrainAugment
 from harden.data.voc import voc
+from harden.data_spec import DATA_SPEC_HELP
 from harden.errors import InputError
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 _FILE_LOADERS = {"cityscapes": cityscapes, "voc": voc, "ade20k": ade20k}
-DATA_SPEC_HELP = "synthetic | cityscapes:PATH | voc:PATH | ade20k:PATH"
 
 
 def open_dataset(

@@ -223,7 +223,7 @@ def inference_constants(
 ) -> dict[str, Any]:
     """The compile-time arguments of the `infer` kernel: the node's attributes and the tiles.
 
-    Shared by `attention_infer` and the TensorRT plugin (`export.tensorrt`), which compiles the
+    Shared by `attention_infer` and the TensorRT plugin (`harden.export.tensorrt`), which compiles the
     same kernel ahead of time with these values.
     """
     return {"D": head_dim, **_numbers(ram), **_compile_settings(ram, head_dim, dtype, on_cpu, tiles)}
