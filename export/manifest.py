@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import onnx
 
+from harden import DISTRIBUTION
 from harden.errors import InputError
 
 MANIFEST_FILE: Final = "manifest.json"
@@ -35,7 +36,7 @@ def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {}
     for package in ("harden", "torch", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tensorrt"):
         try:
-            found[package] = importlib.metadata.version(package)
+            found[package] = importlib.metadata.version(DISTRIBUTION if package == "harden" else package)
         except importlib.metadata.PackageNotFoundError:
             found[package] = None
     return found

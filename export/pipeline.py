@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from harden._io import write_json
 from harden.data import collate_pad, open_dataset
 from harden.errors import InputError
+from harden.export.arithmetic import ArithmeticVerdict, audit_file
 from harden.export.manifest import FORMAT, MANIFEST_FILE, file_entry, sha256_file, versions
-from harden.export.onnx_export import check_onnx, export_onnx
+from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED, check_onnx, export_onnx
 from harden.export.parity import ParityReport, check_parity
-from harden.export.precision import PRECISIONS, to_fp16, to_int8
+from harden.export.precision import INT8_WEIGHTS, PRECISIONS, to_fp16, to_int8
 from harden.ram import has_rad
 from harden.training import load_model, read_config
 from harden.training.checkpoint import MODEL_FILE
@@ -48,6 +49,8 @@ class ExportOptions:
     image_size: (H, W) of the tracing example and of the graph for static-size models;
         None: the run's training image size.
     calib_data, calib_split, calib_images: int8 calibration images (data None: the run's data).
+    int8_weights: "reduced" (7-bit: exact in ONNX Runtime on every x86-64 CPU) or "full"
+        (8-bit: TensorRT, VNNI CPUs); None: "full" with --trt, else "reduced".
     force: replace an existing output directory.
     """
 
@@ -59,6 +62,7 @@ class ExportOptions:
     calib_data: str | None = None
     calib_split: str = "train"
     calib_images: int = 32
+    int8_weights: str | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -66,6 +70,13 @@ class ExportOptions:
             raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.parity_images < 1 or self.calib_images < 1:
             raise InputError("--parity-images and --calib-images must be at least 1")
+        if self.int8_weights is not None and self.int8_weights not in INT8_WEIGHTS:
+            raise InputError(f"--int8-weights must be one of {', '.join(INT8_WEIGHTS)}, got {self.int8_weights!r}")
+
+    @property
+    def weight_range(self) -> str:
+        """The int8 weight range: the stated one, else what the target engine computes exactly."""
+        return self.int8_weights or ("full" if self.trt else "reduced")
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class ExportSummary:
     out: Path
     files: list[Path]
     parity: dict[str, ParityReport]
+    arithmetic: dict[str, ArithmeticVerdict]
 
     @property
     def passed(self) -> bool:
@@ -120,15 +132,17 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             path = staging / "model.fp16.onnx"
             variants["fp16"] = (path, to_fp16(fp32.path, path))
         elif options.precision == "int8":
-            say(f"calibrating the int8 variant on {options.calib_images} images ...")
+            say(f"calibrating the int8 variant on {options.calib_images} images ({options.weight_range} weights) ...")
             path = staging / "model.int8.onnx"
             assert calibration is not None
-            variants["int8"] = (path, to_int8(fp32.path, path, _one_by_one(calibration[0]), with_rad))
+            quantized = to_int8(fp32.path, path, _one_by_one(calibration[0]), with_rad, options.weight_range)
+            variants["int8"] = (path, quantized)
         for precision, (path, _) in variants.items():
             if precision != "fp32":  # export_onnx checked the fp32 file before keeping it
                 check_onnx(path)
 
         parity: dict[str, ParityReport] = {}
+        arithmetic: dict[str, ArithmeticVerdict] = {}
         if parity_data is not None:
             images, labels = parity_data
             for precision, (path, _) in variants.items():
@@ -136,6 +150,9 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
                 parity[precision] = check_parity(model, path, images, labels, model_config.num_classes,
                                                  precision=precision, with_rad=with_rad)  # fmt: skip
             write_json(staging / PARITY_FILE, {k: v.to_dict() for k, v in parity.items()})
+            for precision, (path, _) in variants.items():
+                arithmetic[precision] = _arithmetic(path, precision, images, labels, model_config.num_classes,
+                                                    with_rad, say)  # fmt: skip
 
         engines = []
         if options.trt:
@@ -163,13 +180,15 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             "harden_nodes": fp32.harden_nodes,
             "precision": options.precision,
             "onnx": [
-                file_entry(path, staging, precision=precision, **_kept(precision, ops))
+                file_entry(path, staging, precision=precision, **_kept(precision, ops, options.weight_range))
                 for precision, (path, ops) in variants.items()
             ],
             "engines": [file_entry(e, staging, precision=options.precision) for e in engines],
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
             "versions": versions(),
             "parity": {k: {"passed": v.passed, "reasons": v.reasons} for k, v in parity.items()} or None,
+            # measured on the exporting machine's CPU: a property of that engine, not of the files
+            "engine_arithmetic": {k: v.to_dict() for k, v in arithmetic.items()} or None,
         }
         write_json(staging / MANIFEST_FILE, manifest)
         _move_into_place(staging, out)
@@ -177,14 +196,37 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
         shutil.rmtree(staging, ignore_errors=True)
         raise
     files = sorted(p for p in out.iterdir() if p.is_file())
-    return ExportSummary(out=out, files=files, parity=parity)
+    return ExportSummary(out=out, files=files, parity=parity, arithmetic=arithmetic)
 
 
-def _kept(precision: str, ops: list[str]) -> dict[str, Any]:
+def _arithmetic(
+    path: Path,
+    precision: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    with_rad: bool,
+    say: Callable[[str], None],
+) -> ArithmeticVerdict:
+    """ONNX Runtime's kernels on this CPU vs the file as written; says the remedy when they differ."""
+    feeds = []
+    for i in range(images.shape[0]):
+        feed = {IMAGE: images[i : i + 1].numpy().astype(np.float32)}
+        if with_rad:
+            feed[RAD_SEED] = np.array(i, dtype=np.int64)
+        feeds.append(feed)
+    verdict = audit_file(path, precision, feeds, labels.numpy(), num_classes, LOGITS)
+    if not verdict.passed:
+        say(f"warning: engine arithmetic {precision}: {verdict.detail()}")
+    return verdict
+
+
+def _kept(precision: str, ops: list[str], weights: str) -> dict[str, Any]:
     if precision == "fp16":
         return {"kept_fp32": ops}
     if precision == "int8":
-        return {"quantized_ops": ops}
+        bits = 7 if weights == "reduced" else 8
+        return {"quantized_ops": ops, "int8_weights": weights, "int8_weight_bits": bits}
     return {}
 
 

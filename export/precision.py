@@ -12,7 +12,10 @@ takes the same feeds) and these ops kept in float32, Casts around them:
 int8: static calibration on dataset images, written as explicit QuantizeLinear /
 DequantizeLinear pairs on the inputs of Conv, MatMul and Gemm (the layers TensorRT runs in
 int8), symmetric (zero point 0, which TensorRT requires), weights per output channel, min-max
-ranges. Attention (MAS, softmax, RAD) stays float.
+ranges. Attention (MAS, softmax, RAD) stays float. Weights are "reduced" (7-bit, [−64, 64],
+ONNX Runtime's `reduce_range`) or "full" (8-bit): ONNX Runtime's int8 kernels on x86-64 CPUs
+without VNNI saturate with full-range weights and cannot with reduced ones
+(`harden.export.arithmetic`); TensorRT and VNNI CPUs compute either exactly.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import onnx
 import onnx_ir
 from onnx_ir.passes.common import TopologicalSortPass
 
+from harden.errors import InputError
 from harden.export.onnx_export import IMAGE, RAD_SEED, finish_model
 from harden.export.onnx_ops import MAS, MASKED_MAS, RAD, register_schemas
 
 PRECISIONS: Final = ("fp32", "fp16", "int8")
 FP32_OPS: Final = (MAS, MASKED_MAS, RAD, "Softmax")
 INT8_OPS: Final = ("Conv", "MatMul", "Gemm")
+INT8_WEIGHTS: Final = ("reduced", "full")
 
 
 def to_fp16(source: Path, target: Path) -> list[str]:
@@ -54,11 +59,15 @@ def to_fp16(source: Path, target: Path) -> list[str]:
     return [op for op in blocked if op in used]
 
 
-def to_int8(source: Path, target: Path, calibration: Iterator[np.ndarray], with_rad: bool) -> list[str]:
+def to_int8(
+    source: Path, target: Path, calibration: Iterator[np.ndarray], with_rad: bool, weights: str = "reduced"
+) -> list[str]:
     """Write the int8 Q/DQ variant of `source` to `target`, calibrated on `calibration` images.
 
     Args:
         calibration: float32 images (1, 3, H, W) in [0, 1]; RAD models get seed i for image i.
+        weights: "reduced" (7-bit weights in [−64, 64]: no int16 saturation on any x86-64 CPU)
+            or "full" (8-bit: for TensorRT and VNNI CPUs).
 
     Returns the op types that received Q/DQ pairs.
     """
@@ -70,6 +79,8 @@ def to_int8(source: Path, target: Path, calibration: Iterator[np.ndarray], with_
         quantize_static,
     )
 
+    if weights not in INT8_WEIGHTS:
+        raise InputError(f"unknown int8 weight range {weights!r}; choose one of {', '.join(INT8_WEIGHTS)}")
     register_schemas()
 
     class Reader(CalibrationDataReader):
@@ -99,6 +110,7 @@ def to_int8(source: Path, target: Path, calibration: Iterator[np.ndarray], with_
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(INT8_OPS),
                 per_channel=True,
+                reduce_range=weights == "reduced",
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from harden import install_hint
 from harden.errors import InputError
 from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds, fixed_rad_seed, has_rad
@@ -47,31 +46,24 @@ class Engine:
 
 
 class OnnxRuntimeEngine(Engine):
-    """An ONNX file in ONNX Runtime: the CPU provider, or CUDA when onnxruntime-gpu has it."""
+    """An ONNX file in ONNX Runtime: the CPU provider, or CUDA when onnxruntime-gpu has it.
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    Args:
+        as_written: run the file's own semantics (no graph optimisation, Q/DQ in float) instead
+            of the fused kernels a deployment runs (`harden.export.ort_session`).
+    """
+
+    def __init__(self, path: Path, device: str = "cpu", *, as_written: bool = False) -> None:
         self.path = Path(path)
-        self.name = f"onnxruntime:{self.path.name}"
+        self.name = f"onnxruntime:{self.path.name}" + (" (as written)" if as_written else "")
         self.device = device
+        self.as_written = as_written
         self._session: Any = None
 
     def __enter__(self) -> OnnxRuntimeEngine:
-        import onnxruntime as ort
+        from harden.export.ort_session import ort_session
 
-        from harden.export.onnx_ops import register_schemas
-
-        register_schemas()
-        providers = ["CPUExecutionProvider"]
-        if self.device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise InputError(f"--device cuda needs onnxruntime-gpu: {install_hint('gpu')}")
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as err:  # ORT raises its own exception types for unreadable models
-            raise InputError(f"{self.path}: ONNX Runtime cannot load it ({err})") from err
+        self._session = ort_session(self.path, as_written=self.as_written, device=self.device)
         names = [i.name for i in self._session.get_inputs()]
         if IMAGE not in names:
             raise InputError(f"{self.path}: no {IMAGE!r} input (inputs: {names}); export it with `harden export`")

@@ -10,7 +10,10 @@ of them can be set from a TOML or JSON file (`[gates]` table or top-level keys) 
     min_robust_miou = 0.0          # engine worst-case mIoU at every ε (0: no floor)
 
 Fail closed: no images, a failed audit, and a sanity check that failed OR could not run
-("n/a") fail the verdict.
+("n/a") fail the verdict. The `engine-arithmetic` gate fails when the engine's kernels on this
+hardware compute something other than the file as written (`harden.export.arithmetic`; its
+threshold per precision is `MIN_AGREEMENT` there): the file may be faithful while the engine
+is not, and the gate's detail names the cause.
 """
 
 from __future__ import annotations
@@ -118,6 +121,14 @@ def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) 
             "deployment-audits",
             not failed,
             "; ".join(c.detail for c in failed) or f"{len(result.audits)} audits passed or not applicable",
+        )
+    )
+    arithmetic = result.engine_arithmetic
+    out.append(
+        GateResult(
+            "engine-arithmetic",
+            arithmetic["status"] != "fail",
+            ("n/a: " if arithmetic["status"] == "n/a" else "") + arithmetic["detail"],
         )
     )
     bad = [c for c in result.checks if c.status != "pass"]

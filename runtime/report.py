@@ -100,6 +100,7 @@ def summarise(
         "rows": rows,
         "worst_case": worst_cases,
         "audits": [c.to_dict() for c in result.audits],
+        "engine_arithmetic": result.engine_arithmetic,
         "checks": [c.to_dict() for c in result.checks],
         "gates": [g.to_dict() for g in gates],
         "seconds": result.seconds,
@@ -193,6 +194,8 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         _img(_class_bars(summary)),
         "<h2>Twin vs engine</h2>",
         _parity_table(summary),
+        "<h2>Engine arithmetic: this engine on this hardware vs the file as written</h2>",
+        _arithmetic_table(summary["engine_arithmetic"]),
         "<h2>Deployment audits</h2>",
         _table(["audit", "status", "detail"], [(c["name"], c["status"], c["detail"]) for c in summary["audits"]]),
         "<h2>Sanity checks (DESIGN.md §6)</h2>",
@@ -203,6 +206,31 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
     ]
     with atomic_open(path, "w") as f:
         f.write("\n".join(parts))
+
+
+def _arithmetic_table(arithmetic: dict[str, Any]) -> str:
+    """Figures, then the cause and remedy when the engine's kernels differ from the file."""
+    if arithmetic["status"] == "n/a":
+        return _table(["audit", "status", "detail"], [("engine-arithmetic", "n/a", arithmetic["detail"])])
+    c = arithmetic["comparison"]
+    rows: list[tuple[Any, ...]] = [
+        (
+            "argmax agreement",
+            arithmetic["status"],
+            f"{c['argmax_agreement']:.4%} (gate ≥ {arithmetic['min_agreement']:.2%})",
+        ),
+        ("max |Δlogit|", "", f"{c['max_abs_diff']:.3g}"),
+        ("mIoU as written → deployed", "", f"{c['miou_as_written']:.4f} → {c['miou_deployed']:.4f}"),
+        ("engine, CPU", "", f"{arithmetic['engine']}; {arithmetic['cpu']}"),
+        (
+            "int8 weights beyond ±64",
+            "",
+            f"{arithmetic['int8_weights_beyond_bound']} of {arithmetic['int8_weight_tensors']}",
+        ),
+    ]
+    if arithmetic["cause"]:
+        rows += [("cause", "fail", arithmetic["cause"]), ("remedy", "", arithmetic["remedy"])]
+    return _table(["", "status", "value"], rows)
 
 
 def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:

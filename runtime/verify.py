@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -36,10 +37,12 @@ from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
 from harden.distributed import Distributed
 from harden.errors import InputError
+from harden.export.arithmetic import audit_file
+from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import fixed_rad_seed, has_rad
 from harden.runtime import audits
 from harden.runtime.divergence import Divergence
-from harden.runtime.engines import Engine, EngineModule
+from harden.runtime.engines import Engine, EngineModule, OnnxRuntimeEngine
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.twins import GRAPH, Deployment, reference_model
 from harden.runtime.verify_state import Parity, VerifyState, fingerprint, load_state, save_state
@@ -103,6 +106,7 @@ class VerifyResult:
     divergence: dict[str, Any]
     audits: list[Check]
     checks: list[Check]
+    engine_arithmetic: dict[str, Any]  # the deployed kernels vs the file as written (harden.export.arithmetic)
     seconds: dict[str, float] = field(default_factory=dict)
     example_predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # engine, draw 0, kept images
 
@@ -269,6 +273,7 @@ def _finish(
         engine_logits = outputs_are_logits(engine_module, check_images)
         checks.append(Check("engine-logits", engine_logits.status, "engine: " + engine_logits.detail))
         found = _audits(deployment, engine, twins, plan.deployed_twin, plan.reference, check_images)
+        arithmetic = engine_arithmetic(engine, deployment.precision, dataset)
     agree, pixels = state.divergence
     divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
     largest = max(options.eps_values)
@@ -290,6 +295,7 @@ def _finish(
         divergence=divergence,
         audits=found,
         checks=checks,
+        engine_arithmetic=arithmetic,
         seconds=dict(state.seconds),
         example_predictions=predictions,
     )
@@ -415,6 +421,26 @@ def _audits(
         weight_check,
         audits.int8_calibration(deployed_twin, images),
     ]
+
+
+ARITHMETIC_IMAGES = 8
+
+
+def engine_arithmetic(engine: Engine, precision: str, dataset: SegmentationDataset) -> dict[str, Any]:
+    """The engine's kernels on this hardware vs the deployed file as written, on the first images.
+
+    For ONNX Runtime: the optimised session that verify attacks against the same file with every
+    graph optimisation off (`harden.export.arithmetic`). A TensorRT engine has no "as written"
+    mode; its reference is the precision twin, which the clean-parity gates compare already.
+    """
+    if not isinstance(engine, OnnxRuntimeEngine) or engine.as_written:
+        return {"status": "n/a", "detail": f"{engine.name}: compared with its precision twin by the parity gates"}
+    images, labels = collate_pad([dataset[i] for i in range(min(ARITHMETIC_IMAGES, len(dataset)))])
+    feed = {IMAGE: images.numpy()}
+    if engine.takes_seed:
+        feed[RAD_SEED] = np.array(DRAW_SEED, dtype=np.int64)
+    verdict = audit_file(engine.path, precision, [feed], labels.numpy(), dataset.num_classes, LOGITS, engine.device)
+    return {"status": "pass" if verdict.passed else "fail", **verdict.to_dict()}
 
 
 class _Timer:

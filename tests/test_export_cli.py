@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from harden.cli import cli
 from harden.errors import InputError
+from harden.export.arithmetic import SATURATION_FREE_WEIGHT, int8_weights
 from harden.export.manifest import load_onnx, read_manifest, sha256_file, verify_files
 
 
@@ -23,6 +24,7 @@ def int8_export(ram_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / "int8"
     result = _run("export", ram_run, "--out", out, "--precision", "int8", "--calib-images", "4", "--parity-images", "3")
     assert result.exit_code == 0, result.output
+    (out.parent / "output.txt").write_text(result.output)
     return out
 
 
@@ -52,6 +54,14 @@ def test_int8_export_writes_checked_files_parity_and_a_manifest_that_verifies(ra
         onnx.numpy_helper.to_array(t) for t in int8.graph.initializer if t.name.endswith("zero_point")
     ]  # symmetric, as TensorRT requires
     assert zero_points and all((z == 0).all() for z in zero_points)
+    # 7-bit weights by default: ONNX Runtime's int8 kernels cannot saturate on any x86-64 CPU
+    (int8_entry,) = [e for e in manifest["onnx"] if e["precision"] == "int8"]
+    assert int8_entry["int8_weights"] == "reduced" and int8_entry["int8_weight_bits"] == 7
+    weights = int8_weights(int8)
+    assert weights.tensors > 0 and weights.beyond == 0 and 32 < weights.max_abs <= SATURATION_FREE_WEIGHT
+    arithmetic = manifest["engine_arithmetic"]["int8"]
+    assert arithmetic["passed"] is True and arithmetic["int8_weights_beyond_bound"] == 0
+    assert "engine arithmetic int8" in (out.parent / "output.txt").read_text()
 
 
 def test_a_changed_file_no_longer_verifies(int8_export, tmp_path):

@@ -18,6 +18,7 @@ from PIL import Image
 
 from harden.cli import cli
 from harden.export.manifest import MANIFEST_FILE, file_entry
+from harden.export.ort_session import ort_session
 from harden.export.precision import to_int8
 from harden.ram import fixed_rad_seed
 from harden.runtime.graph_twin import GraphTwin
@@ -130,14 +131,18 @@ def test_precision_twin_fake_quantises_with_straight_through_gradients(fp32_expo
     twin = GraphTwin.from_file(int8)
     assert twin.op_counts["QuantizeLinear"] > 0
     images = torch.rand(2, 3, 64, 64)
-    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    # The twin emulates the file's arithmetic (Q/DQ as the ONNX spec defines them), so it is compared
+    # with ONNX Runtime running the file as written: the fused int8 kernels of the default session
+    # depend on the CPU (harden.export.arithmetic judges those).
+    session = ort_session(int8, as_written=True)
     expected = session.run(None, {"image": images.numpy(), "rad_seed": np.array(3, dtype=np.int64)})[0]
     x = images.clone().requires_grad_(True)
     with fixed_rad_seed(twin, 3):
         out = twin(x)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert (out.detach().numpy().argmax(1) == expected.argmax(1)).mean() > 0.95
+    assert (out.detach().numpy().argmax(1) == expected.argmax(1)).mean() > 0.995
+    assert np.abs(out.detach().numpy() - expected).max() < 0.05  # rounding, not a different arithmetic
     fp32 = GraphTwin.from_file(fp32_export / "model.fp32.onnx")
     with torch.no_grad(), fixed_rad_seed(fp32, 3):
         assert not torch.equal(fp32(images), out.detach())  # quantisation is really emulated

@@ -22,6 +22,7 @@ from harden.ram import fixed_rad_seed
 
 TOLERANCE = 0.005  # half a percentage point of pAcc / mIoU: below the noise of a small dataset
 UNBOUNDED_ACCURACY = 0.1  # an attack that may write any image must get pAcc below this
+DAG_UNBOUNDED_STEPS = 30  # pspnet_tiny test fixture: pAcc 0.016–0.039 (PGD-CE alone: 0.063–0.069)
 
 Status = Literal["pass", "fail", "n/a"]
 
@@ -80,15 +81,28 @@ def eps_zero_is_clean(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 def unbounded_attack_succeeds(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eot: int, steps: int
 ) -> Check:
-    attack = create_attack("pgd", ThreatModel(1.0), steps=steps, eot=eot, allow_random=True)
-    adversarial = attack(model, images, labels).images
-    with torch.no_grad(), fixed_rad_seed(model, DRAW_SEED):
-        accuracy = float(pixel_accuracy_per_image(model(adversarial), labels).mean())
-    status: Status = "pass" if accuracy <= UNBOUNDED_ACCURACY else "fail"
+    """An attacker allowed any image must drive pixel accuracy to ~0 (Carlini et al. §5.2).
+
+    Two attacks, worst case per image: PGD on CE (the attack family being evaluated) and DAG,
+    which pushes only the still-correct pixels towards wrong labels. PGD-CE alone plateaus on
+    small CNNs at 5–11 % (its gradient keeps favouring pixels that are already wrong), which sat
+    at the edge of the threshold; with DAG the worst case lands well below it (DAG_UNBOUNDED_STEPS).
+    """
+    worst: torch.Tensor | None = None
+    for name, budget in (("pgd", steps), ("dag", max(steps, DAG_UNBOUNDED_STEPS))):
+        attack = create_attack(name, ThreatModel(1.0), steps=budget, eot=eot, allow_random=True)
+        adversarial = attack(model, images, labels).images
+        with torch.no_grad(), fixed_rad_seed(model, DRAW_SEED):
+            accuracy = pixel_accuracy_per_image(model(adversarial), labels)
+        worst = accuracy if worst is None else torch.minimum(worst, accuracy)
+    assert worst is not None
+    mean = float(worst.mean())
+    status: Status = "pass" if mean <= UNBOUNDED_ACCURACY else "fail"
     return Check(
         "unbounded",
         status,
-        f"PGD with ε = 1 (any image allowed), {steps} steps: pAcc {accuracy:.3f} (must be ≤ {UNBOUNDED_ACCURACY})",
+        f"PGD ({steps} steps) and DAG ({max(steps, DAG_UNBOUNDED_STEPS)} steps) with ε = 1 (any image allowed), "
+        f"worst per image: pAcc {mean:.3f} (must be ≤ {UNBOUNDED_ACCURACY})",
     )
 
 

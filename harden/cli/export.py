@@ -23,6 +23,14 @@ from harden.cli._options import SIZE
 @click.option("--calib-data", default=None, metavar="SPEC", help="int8 calibration images. [default: the run's data]")
 @click.option("--calib-split", default="train", show_default=True, help="Split of --calib-data.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--int8-weights",
+    type=click.Choice(["reduced", "full"]),
+    default=None,
+    help="int8 weight range: reduced = 7-bit, computed exactly by ONNX Runtime on every x86-64 CPU (its int8 "
+    "kernels saturate 8-bit weights on CPUs without VNNI); full = 8-bit, for TensorRT and VNNI CPUs. "
+    "[default: full with --trt, else reduced]",
+)
 @click.option("--parity-images", type=click.IntRange(min=1), default=8, show_default=True, help="Val images.")
 @click.option("--no-parity", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check (not recommended).")
 @click.option(
@@ -37,6 +45,7 @@ def export_command(
     calib_data: str | None,
     calib_split: str,
     calib_images: int,
+    int8_weights: str | None,
     parity_images: int,
     no_parity: bool,
     image_size: tuple[int, int] | None,
@@ -51,9 +60,12 @@ def export_command(
     width are dynamic (PSPNet and Swin fix H and W: the manifest says why).
 
     After export, every ONNX file is compared with the PyTorch model on validation images
-    through Polygraphy (logits, argmax agreement, mIoU change); a failed comparison exits 1
-    unless --no-parity. OUT gets model.fp32.onnx, the chosen variant, parity.json and
-    manifest.json (sha256 of every file, versions, shapes, options).
+    through Polygraphy (logits, argmax agreement, mIoU change), with ONNX Runtime running the
+    file as written; a failed comparison exits 1 unless --no-parity. The engine-arithmetic
+    check then runs ONNX Runtime's optimised kernels on this CPU against the same file as
+    written and, when they differ (int8 on x86-64 without VNNI), names the cause and the remedy.
+    OUT gets model.fp32.onnx, the chosen variant, parity.json and manifest.json (sha256 of every
+    file, versions, shapes, options, int8 weight range, engine arithmetic on this machine).
 
     \b
     Examples:
@@ -73,6 +85,7 @@ def export_command(
         calib_data=calib_data,
         calib_split=calib_split,
         calib_images=calib_images,
+        int8_weights=int8_weights,
         force=force,
     )
     summary = export_run(run_dir, out, options, say=lambda line: click.echo(line, err=True))
@@ -82,6 +95,13 @@ def export_command(
             f"parity {precision_name:<5} max|Δ| {report.max_abs_diff:.2e}  "
             f"argmax agreement {report.argmax_agreement:.4%}  "
             f"mIoU {report.miou_reference:.4f} → {report.miou_onnx:.4f}  {verdict}"
+        )
+    for precision_name, arithmetic in summary.arithmetic.items():
+        state = "pass" if arithmetic.passed else "DIFFERS (not a parity failure; see the remedy above)"
+        click.echo(
+            f"engine arithmetic {precision_name:<5} ONNX Runtime on this CPU vs the file as written: "
+            f"agreement {arithmetic.comparison.argmax_agreement:.4%}  "
+            f"max|Δ| {arithmetic.comparison.max_abs_diff:.2e}  {state}"
         )
     click.echo("wrote " + ", ".join(str(p) for p in summary.files))
     if not summary.passed:

@@ -173,6 +173,11 @@ def verify_command(
         state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
     finally:
         distributed.close()
+    if failed == ["engine-arithmetic"]:
+        raise Failed(
+            "verification FAILED: engine-arithmetic — the file is faithful to the model, but this engine on this "
+            "hardware computes something else (cause and remedy in the engine-arithmetic gate above and in the report)"
+        )
     if failed:
         raise Failed(f"verification FAILED: {', '.join(failed)}")
     if distributed.is_main:
