@@ -221,3 +221,28 @@ def test_eot_reduces_gradient_variance_on_a_rad_model() -> None:
     spread_1 = gradients(1).var(0).sum()
     spread_8 = gradients(8).var(0).sum()
     assert spread_8 < spread_1 / 3  # 1/8 in expectation
+
+
+class _Blind(nn.Module):
+    """Ignores its input: no attack can change what it predicts."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(images.shape[0], self.bias.numel(), *images.shape[2:]) + self.bias.view(1, -1, 1, 1)
+        return logits + 0 * images.mean()  # connected to the input, with zero gradient
+
+
+def test_unbounded_check_passes_a_trained_model_and_fails_one_attacks_cannot_move(model: nn.Module) -> None:
+    from harden.attacks.checks import UNBOUNDED_ACCURACY, unbounded_attack_succeeds
+
+    images, labels = batch(2)
+    check = unbounded_attack_succeeds(model, images, labels, eot=1, steps=10)
+    assert check.status == "pass", check.detail
+    assert float(check.detail.split("pAcc ")[1].split()[0]) <= UNBOUNDED_ACCURACY
+    blind = _Blind(19)
+    with torch.no_grad():
+        blind.bias[int(labels[labels != 255].mode().values)] = 1.0  # predicts the commonest class everywhere
+    assert unbounded_attack_succeeds(blind, images, labels, eot=1, steps=10).status == "fail"
