@@ -32,6 +32,7 @@ from harden.export.manifest import FORMAT, MANIFEST_FILE, file_entry, sha256_fil
 from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED, check_onnx, export_onnx
 from harden.export.parity import ParityReport, check_parity
 from harden.export.precision import INT8_WEIGHTS, PRECISIONS, to_fp16, to_int8
+from harden.export.trt_options import TrtBuildOptions, TrtShapes, parse_bytes, parse_shapes, shapes_from
 from harden.ram import has_rad
 from harden.training import load_model, read_config
 from harden.training.checkpoint import MODEL_FILE
@@ -51,6 +52,10 @@ class ExportOptions:
     calib_data, calib_split, calib_images: int8 calibration images (data None: the run's data).
     int8_weights: "reduced" (7-bit: exact in ONNX Runtime on every x86-64 CPU) or "full"
         (8-bit: TensorRT, VNNI CPUs); None: "full" with --trt, else "reduced".
+    trt_shapes: the engine's profile, `min=HxW,opt=HxW,max=HxW` (None: the image size for all).
+    trt_batch: (min, opt, max) batch of the profile (None: 1, 1, 8).
+    trt_workspace: the builder's workspace limit, e.g. "4GiB" (None: TensorRT's default).
+    trt_timing_cache: the timing cache file (None: beside the engine).
     force: replace an existing output directory.
     """
 
@@ -63,6 +68,10 @@ class ExportOptions:
     calib_split: str = "train"
     calib_images: int = 32
     int8_weights: str | None = None
+    trt_shapes: str | None = None
+    trt_batch: tuple[int, int, int] | None = None
+    trt_workspace: str | None = None
+    trt_timing_cache: Path | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -72,6 +81,27 @@ class ExportOptions:
             raise InputError("--parity-images and --calib-images must be at least 1")
         if self.int8_weights is not None and self.int8_weights not in INT8_WEIGHTS:
             raise InputError(f"--int8-weights must be one of {', '.join(INT8_WEIGHTS)}, got {self.int8_weights!r}")
+
+        given = [name for name in ("trt_shapes", "trt_batch", "trt_workspace", "trt_timing_cache")
+                 if getattr(self, name) is not None]  # fmt: skip
+        if given and not self.trt:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise InputError(f"{flags} configure the TensorRT engine: add --trt, or leave them out")
+        if self.trt_shapes is not None:  # refused before any work, with or without TensorRT
+            sizes = parse_shapes(self.trt_shapes)
+            shapes_from(self.trt_shapes, next(iter(sizes.values())), self.trt_batch)
+        if self.trt_workspace is not None:
+            parse_bytes(self.trt_workspace)
+        if self.trt_batch is not None:
+            TrtShapes.at((1, 1), self.trt_batch)
+
+    def trt_build(self, image_size: tuple[int, int]) -> TrtBuildOptions:
+        """The engine's build options; the profile defaults to `image_size` (the run's)."""
+        return TrtBuildOptions(
+            shapes=shapes_from(self.trt_shapes, image_size, self.trt_batch),
+            workspace_bytes=parse_bytes(self.trt_workspace) if self.trt_workspace else None,
+            timing_cache=self.trt_timing_cache,
+        )
 
     @property
     def weight_range(self) -> str:
@@ -106,6 +136,10 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
     model, _ = load_model(run_dir)
     image_size = options.image_size or train_config.image_size
     static_reason = getattr(model, "export_static_size", None)
+    height, width = image_size
+    trt_build = options.trt_build((height, width)) if options.trt else None
+    if trt_build is not None and static_reason is not None:
+        trt_build.shapes.check_static((height, width))
     with_rad = has_rad(model)
     calibration = None
     if options.precision == "int8":
@@ -160,8 +194,9 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
 
             source = variants[options.precision][0]
             engine = staging / f"model.{options.precision}.engine"
-            say(f"building the TensorRT engine from {source.name} ...")
-            engines.append(build_engine(source, engine))
+            assert trt_build is not None
+            say(f"building the TensorRT engine from {source.name} ({trt_build.shapes.describe()}) ...")
+            engines.append(build_engine(source, engine, trt_build))
 
         manifest = {
             "format": FORMAT,
@@ -183,8 +218,12 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
                 file_entry(path, staging, precision=precision, **_kept(precision, ops, options.weight_range))
                 for precision, (path, ops) in variants.items()
             ],
-            "engines": [file_entry(e, staging, precision=options.precision) for e in engines],
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+            "engines": [
+                file_entry(e, staging, precision=options.precision, build=trt_build.to_dict(e))
+                for e in engines
+                if trt_build is not None
+            ],
+            "options": {k: _json_value(v) for k, v in asdict(options).items()},
             "versions": versions(),
             "parity": {k: {"passed": v.passed, "reasons": v.reasons} for k, v in parity.items()} or None,
             # measured on the exporting machine's CPU: a property of that engine, not of the files
@@ -197,6 +236,12 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
         raise
     files = sorted(p for p in out.iterdir() if p.is_file())
     return ExportSummary(out=out, files=files, parity=parity, arithmetic=arithmetic)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
 
 
 def _arithmetic(

@@ -22,6 +22,7 @@ from typing import Any, Final
 from harden import install_hint
 from harden._io import atomic_path
 from harden.errors import InputError
+from harden.export.trt_options import TrtBuildOptions
 
 INSTALL_HINT: Final = (
     "TensorRT is not installed. Engines need a Linux machine with an NVIDIA GPU and CUDA 12: there run "
@@ -118,11 +119,13 @@ def _register_robust_attention() -> None:
         return compiled.metadata.name, compiled.asm["ptx"], params, sizes
 
 
-def build_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path:
+def build_engine(onnx_path: Path, engine_path: Path, options: TrtBuildOptions) -> Path:
     """Parse `onnx_path` with the harden plugins registered and write a strongly typed engine.
 
     The engine is built from a copy whose RAM attention chains are fused into
     harden::RobustAttention nodes (`harden.export.fuse_attention`); the file itself is unchanged.
+    The optimisation profile, workspace and timing cache come from `options`; the timing cache
+    is read before the build when it exists and written back after it.
     """
     from harden.export.fuse_attention import fuse_robust_attention_
     from harden.export.manifest import load_onnx
@@ -139,16 +142,22 @@ def build_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise InputError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    cache_path = options.cache_for(engine_path)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     image = network.get_input(0)
     _, channels, height, width = image.shape
-    height, width = (h if h > 0 else 512 for h in (height, width))
-    profile.set_shape(image.name, (1, channels, height, width), (1, channels, height, width),
-                      (max_batch, channels, height, width))  # fmt: skip
+    options.shapes.check_static((height, width) if height > 0 and width > 0 else None)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(image.name, *options.shapes.profile(channels))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return engine_path

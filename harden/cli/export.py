@@ -36,6 +36,33 @@ from harden.cli._options import SIZE
 @click.option(
     "--image-size", type=SIZE, default=None, help="Trace size; the fixed size of static models. [default: the run's]"
 )
+@click.option(
+    "--trt-shapes",
+    default=None,
+    metavar="min=HxW,opt=HxW,max=HxW",
+    help="TensorRT optimisation profile of the image input (trtexec's --minShapes/--optShapes/--maxShapes); the "
+    "engine accepts only sizes inside it. A missing key takes opt. [default: the run's image size for all three]",
+)
+@click.option(
+    "--trt-batch",
+    type=click.Tuple([int, int, int]),
+    default=None,
+    metavar="MIN OPT MAX",
+    help="Batch sizes of the profile. [default: 1 1 8]",
+)
+@click.option(
+    "--trt-workspace",
+    default=None,
+    metavar="SIZE",
+    help="Builder workspace limit, e.g. 4GiB or 512MiB (trtexec's --memPoolSize=workspace). [default: TensorRT's]",
+)
+@click.option(
+    "--trt-timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Timing cache file, read before and written after the build; share it between builds on one GPU model "
+    "to build faster and pick the same kernels. [default: model.<precision>.engine.timing.cache in OUT]",
+)
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
 def export_command(
     run_dir: Path,
@@ -49,6 +76,10 @@ def export_command(
     parity_images: int,
     no_parity: bool,
     image_size: tuple[int, int] | None,
+    trt_shapes: str | None,
+    trt_batch: tuple[int, int, int] | None,
+    trt_workspace: str | None,
+    trt_timing_cache: Path | None,
     force: bool,
 ) -> None:
     """Export the model of RUN_DIR to ONNX, check it against PyTorch, and optionally build an engine.
@@ -72,6 +103,8 @@ def export_command(
       harden export runs/demo --out exports/demo
       harden export runs/demo --out exports/demo-int8 --precision int8 --calib-images 64
       harden export runs/demo --out exports/demo-trt --precision fp16 --trt   # on a GPU machine
+      harden export runs/psp --out exports/psp-trt --precision int8 --trt \\
+          --trt-shapes min=512x1024,opt=1024x2048,max=1024x2048 --trt-batch 1 1 4 --trt-workspace 8GiB
     """
     from harden.cli import Failed
     from harden.export.pipeline import ExportOptions, export_run
@@ -86,6 +119,10 @@ def export_command(
         calib_split=calib_split,
         calib_images=calib_images,
         int8_weights=int8_weights,
+        trt_shapes=trt_shapes,
+        trt_batch=trt_batch,
+        trt_workspace=trt_workspace,
+        trt_timing_cache=trt_timing_cache,
         force=force,
     )
     summary = export_run(run_dir, out, options, say=lambda line: click.echo(line, err=True))
