@@ -264,5 +264,5 @@ def audit_file(
     deployed, as_written = run_both(path, feeds, output, device)
     comparison = compare_logits(deployed, as_written, labels, num_classes)
     weights = int8_weights(onnx.load(str(path), load_external_data=False))
-    provider = "ONNX Runtime CUDA" if device == "cuda" else "ONNX Runtime CPU"
+    provider = f"ONNX Runtime CUDA ({device})" if device.startswith("cuda") else "ONNX Runtime CPU"
     return judge(comparison, precision, weights, cpu_int8(), f"{provider} ({path.name})")

@@ -24,18 +24,20 @@ def ort_session(path: Path, *, as_written: bool = False, device: str = "cpu") ->
     Args:
         as_written: disable every graph optimisation (the file's semantics) instead of running
             the deployment's fused kernels.
-        device: "cpu", or "cuda" for ONNX Runtime's CUDA provider (needs onnxruntime-gpu).
+        device: "cpu", or "cuda" / "cuda:N" for ONNX Runtime's CUDA provider on that GPU (needs
+            onnxruntime-gpu).
     """
     import onnxruntime as ort
 
     from harden.export.onnx_ops import register_schemas
 
     register_schemas()
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise InputError(f"--device cuda needs onnxruntime-gpu: {install_hint('gpu')}")
-        providers.insert(0, "CUDAExecutionProvider")
+            raise InputError(f"--device {device} needs onnxruntime-gpu: {install_hint('gpu')}")
+        index = int(device.partition(":")[2] or 0)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if as_written:

@@ -131,7 +131,7 @@ def weights(deployed: GraphTwin, reference: dict[str, torch.Tensor], what: str) 
         if ref is None or ref.shape != tensor.shape or not tensor.is_floating_point():
             continue
         compared += 1
-        ref = ref.detach().float().cpu()
+        ref, tensor = ref.detach().float().cpu(), tensor.cpu()
         tolerance = 1e-3 * float(ref.abs().max()) + 1e-6 if tensor.dtype == torch.float16 else 1e-6
         delta = float((tensor.float() - ref).abs().max()) if ref.numel() else 0.0
         if delta > tolerance:

@@ -127,7 +127,7 @@ class TensorRTEngine(Engine):
         self._context = self._engine = None
 
     def _run(self, images: torch.Tensor, seed: int | None) -> torch.Tensor:
-        stream = torch.cuda.current_stream()
+        stream = torch.cuda.current_stream()  # the current device: verify sets it (cuda:N, LOCAL_RANK)
         image = images.cuda()
         self._context.set_input_shape(IMAGE, tuple(image.shape))
         self._context.set_tensor_address(IMAGE, image.data_ptr())

@@ -35,6 +35,7 @@ from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation, keep_first
 from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
+from harden.devices import place
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.export.arithmetic import audit_file
@@ -129,6 +130,7 @@ def verify(
     state_file: Path | None = None,
     resume: bool = False,
     distributed: Distributed | None = None,
+    device: torch.device | None = None,
 ) -> VerifyResult | None:
     """Run everything of the module docstring; `engine` must be open (inside `with`).
 
@@ -137,11 +139,15 @@ def verify(
         refused).
     distributed: under torchrun each rank verifies a contiguous block of batches; rank 0 merges
         the states and returns the result, the other ranks return None.
+    device: where the twins, the images and every attack run (None: the CPU); the engine runs on
+        its own device and its logits are brought here. The saved state stays on the CPU.
     """
     if len(dataset) == 0:
         raise InputError("the verification dataset is empty: nothing would be verified (fail closed)")
     distributed = distributed or Distributed()
-    plan = _Plan.make(deployment, engine, twins, options)
+    device = device or torch.device("cpu")
+    place(twins, device)
+    plan = _Plan.make(deployment, engine, twins, options, device)
     my_batches = distributed.shard(math.ceil(len(dataset) / options.batch_size))
     identity = fingerprint(
         files={e["path"]: e["sha256"] for key in ("onnx", "engines") for e in deployment.manifest.get(key, [])},
@@ -154,7 +160,7 @@ def verify(
         state = load_state(state_file, identity)
     else:
         state = VerifyState(list(twins), dataset.num_classes, plan.draws)
-    runner = _Runner(engine, twins, state, options.examples)
+    runner = _Runner(engine, twins, state, options.examples, device)
     size = options.batch_size
     todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
     loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
@@ -163,7 +169,7 @@ def verify(
                disable=not progress)  # fmt: skip
     try:
         for images, labels in loader:
-            _verify_batch(runner, plan, options, images, labels, bar)
+            _verify_batch(runner, plan, options, images.to(device), labels.to(device), bar)
             state.batches += 1
             if state_file is not None:
                 with runner.timer("state"):
@@ -177,7 +183,8 @@ def verify(
     merged = VerifyState.from_dict(states[0])
     for other in states[1:]:
         merged.merge(VerifyState.from_dict(other))
-    return _finish(merged, _Runner(engine, twins, merged, options.examples), plan, deployment, dataset, options)
+    runner = _Runner(engine, twins, merged, options.examples, device)
+    return _finish(merged, runner, plan, deployment, dataset, options)
 
 
 @dataclass(frozen=True)
@@ -191,10 +198,13 @@ class _Plan:
     diverge: bool
 
     @classmethod
-    def make(cls, deployment: Deployment, engine: Engine, twins: dict[str, nn.Module], options: VerifyOptions) -> _Plan:
-        reference = reference_model(twins, deployment)
+    def make(
+        cls, deployment: Deployment, engine: Engine, twins: dict[str, nn.Module], options: VerifyOptions,
+        device: torch.device,
+    ) -> _Plan:  # fmt: skip
+        reference = reference_model(twins, deployment).to(device)
         graph = twins.get(GRAPH)
-        deployed_twin = graph if isinstance(graph, GraphTwin) else GraphTwin.from_file(deployment.onnx)
+        deployed_twin = graph if isinstance(graph, GraphTwin) else GraphTwin.from_file(deployment.onnx).to(device)
         randomised = engine.takes_seed or any(is_randomised(t) for t in twins.values())
         eot = options.eot if options.eot is not None else (8 if randomised else 1)
         draws = options.draws if options.draws is not None else (3 if randomised else 1)
@@ -266,6 +276,7 @@ def _finish(
         for name, runs in state.twin_runs.items()
     }
     check_images, check_labels = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
+    check_images, check_labels = check_images.to(runner.device), check_labels.to(runner.device)
     engine_module = EngineModule(engine)
     with runner.timer("checks"):
         primary = twins.get(GRAPH) or next(iter(twins.values()))
@@ -278,8 +289,8 @@ def _finish(
     divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
     largest = max(options.eps_values)
     predictions = {
-        "clean": runner.on_engine(engine_eval.examples["images"], 0).argmax(1),
-        "adversarial": runner.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1),
+        "clean": runner.on_engine(engine_eval.examples["images"], 0).argmax(1).cpu(),
+        "adversarial": runner.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1).cpu(),
     }
     return VerifyResult(
         deployment=deployment,
@@ -324,18 +335,20 @@ class _Batch:
 class _Runner:
     """Runs the engine and the twins on a batch and adds what they predict to the state."""
 
-    def __init__(self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int) -> None:
-        self.engine, self.twins, self.state, self.limit = engine, twins, state, examples
+    def __init__(
+        self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int, device: torch.device
+    ) -> None:
+        self.engine, self.twins, self.state, self.limit, self.device = engine, twins, state, examples, device
         self.num_classes, self.draws = state.num_classes, state.draws
         self.timer = _Timer(state.seconds)
 
     def on_engine(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         with self.timer("engine"):
-            return self.engine.logits(images, DRAW_SEED + draw)
+            return self.engine.logits(images, DRAW_SEED + draw).to(self.device)
 
     def on_twin(self, twin: nn.Module, images: torch.Tensor, draw: int) -> torch.Tensor:
-        with self.timer("engine"), torch.no_grad(), fixed_rad_seed(twin, DRAW_SEED + draw):
-            return twin(images)
+        with self.timer("twin"), torch.no_grad(), fixed_rad_seed(twin, DRAW_SEED + draw):
+            return twin(images.to(self.device))
 
     def counts(self, logits: torch.Tensor, labels: torch.Tensor) -> ImageCounts:
         return ImageCounts.from_predictions(logits.argmax(1), labels, self.num_classes)

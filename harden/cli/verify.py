@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 @click.option("--gate", "gate_pairs", multiple=True, metavar="NAME=VALUE", help="Override one gate, e.g. survival=0.9.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="[default: DEPLOYED/verify]")  # fmt: skip
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu).")  # fmt: skip
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
+              help="Where the twins and every attack run, and the engine's GPU: ONNX Runtime's CUDA provider "
+              "(needs onnxruntime-gpu) or TensorRT on that GPU. Under torchrun, cuda is cuda:LOCAL_RANK. "
+              "Attack arithmetic is float32 on every device.")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from REPORT/verify.state (saved after "
               "every batch; the same arguments are required).")  # fmt: skip
 @progress_option
@@ -116,6 +118,7 @@ def verify_command(
     from harden.attacks import parse_eps
     from harden.cli import Failed
     from harden.data import open_dataset
+    from harden.devices import local_rank_from_environment, resolve_device
     from harden.distributed import Distributed
     from harden.errors import InputError
     from harden.runtime.engines import open_engine
@@ -155,7 +158,12 @@ def verify_command(
         )
 
     out = report_dir or deployment.root / "verify"
-    distributed = Distributed.from_environment()
+    target = resolve_device(device, local_rank=local_rank_from_environment())
+    if target.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(target)  # TensorRT and NCCL use the current device
+    distributed = Distributed.from_environment("nccl" if target.type == "cuda" else "gloo")
     try:
         state_file = out / ("verify.state" if not distributed.active else f"verify.state.rank{distributed.rank}")
         if resume and not state_file.is_file():
@@ -165,9 +173,9 @@ def verify_command(
             click.echo(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
                        f"on {len(dataset)} {split} images{shards} ...")  # fmt: skip
         show = progress and sys.stderr.isatty() and distributed.is_main
-        with open_engine(deployment.artefact, device) as engine:
+        with open_engine(deployment.artefact, str(target)) as engine:
             result = verify(deployment, engine, twins, dataset, options, progress=show, state_file=state_file,
-                            resume=resume, distributed=distributed)  # fmt: skip
+                            resume=resume, distributed=distributed, device=target)  # fmt: skip
         failed = _report(result, gates, options, deployment, dataset, out) if result is not None else []
         failed = distributed.broadcast(failed)
         state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
