@@ -9,8 +9,10 @@ of them can be set from a TOML or JSON file (`[gates]` table or top-level keys) 
     survival = 0.95                # engine robust mIoU ≥ survival × twin robust mIoU, every ε
     min_robust_miou = 0.0          # engine worst-case mIoU at every ε (0: no floor)
 
-Fail closed: no images, a failed audit, and a sanity check that failed OR could not run
-("n/a") fail the verdict. The `engine-arithmetic` gate fails when the engine's kernels on this
+Fail closed: no images, a failed audit, and a failed sanity check (including one whose premise
+was present but that could not measure anything) fail the verdict; a check whose premise the
+user left out (no single-step attack for iterative>single) is "n/a" with its reason. The
+`engine-arithmetic` gate fails when the engine's kernels on this
 hardware compute something other than the file as written (`harden.export.arithmetic`; its
 threshold per precision is `MIN_AGREEMENT` there): the file may be faithful while the engine
 is not, and the gate's detail names the cause.
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from harden.attacks.checks import Check
 from harden.attacks.threat import format_eps
 from harden.errors import InputError
 from harden.runtime.verify import VerifyResult
@@ -106,6 +109,21 @@ class GateResult:
         return asdict(self)
 
 
+def _sanity_gate(checks: list[Check]) -> GateResult:
+    """Fails on a failed check. A check whose premise this run lacks by the user's choice (e.g.
+    iterative>single without a single-step attack) is "n/a": it says why and does not decide
+    the verdict (DESIGN.md §6). A check whose premise was there but that measured nothing says
+    "fail" itself (see `harden.attacks.checks`), so it fails closed here."""
+    failed = [c for c in checks if c.status == "fail"]
+    absent = [c for c in checks if c.status == "n/a"]
+    if failed:
+        return GateResult("sanity-checks", False, "; ".join(f"{c.name} fail: {c.detail}" for c in failed))
+    detail = f"{len(checks) - len(absent)} sanity checks passed (DESIGN.md §6)"
+    if absent:
+        detail += "; n/a, premise not in this run: " + "; ".join(f"{c.name} ({c.detail})" for c in absent)
+    return GateResult("sanity-checks", True, detail)
+
+
 def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) -> list[GateResult]:
     """Every gate, in the order a reader checks them; the verdict passes only if all pass."""
     out = [
@@ -131,15 +149,7 @@ def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) 
             ("n/a: " if arithmetic["status"] == "n/a" else "") + arithmetic["detail"],
         )
     )
-    bad = [c for c in result.checks if c.status != "pass"]
-    out.append(
-        GateResult(
-            "sanity-checks",
-            not bad,
-            "; ".join(f"{c.name} {c.status}: {c.detail}" for c in bad)
-            or f"all {len(result.checks)} sanity checks passed (DESIGN.md §6)",
-        )
-    )
+    out.append(_sanity_gate(result.checks))
     for twin, parities in result.clean_parity.items():
         agreement = min(p.agreement for p in parities)
         delta = max(p.miou_delta() for p in parities)

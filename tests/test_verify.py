@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -241,3 +242,28 @@ def test_tampered_file_and_bad_gates_are_bad_input(fp32_export, tmp_path):
     assert result.exit_code == 2 and "unknown gate nonsense" in result.output
     result = _run("verify", tmp_path, *FAST)
     assert result.exit_code == 2 and "not a harden export" in result.output
+
+
+@pytest.mark.parametrize("attacks", ["pgd", "pgd,apgd-ce", "fgsm"])
+def test_a_faithful_export_passes_whatever_the_attack_list(fp32_export, tmp_path, attacks):
+    """A sanity check whose premise the attack list leaves out (iterative>single needs a
+    single-step AND an iterative attack) is n/a with its reason, not a failure (DESIGN.md §6)."""
+    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST, "--attacks", attacks)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "verify.json").read_text())
+    status = {c["name"]: c["status"] for c in summary["checks"]}
+    assert status["iterative>single"] == ("pass" if "," in attacks and "fgsm" in attacks else "n/a")
+    assert "fail" not in status.values()
+    if status["iterative>single"] == "n/a":
+        assert "n/a, premise not in this run: iterative>single (needs a single-step" in result.output
+
+
+def test_a_white_box_run_without_gradients_fails_the_gradient_check():
+    from harden.attacks.checks import gradients_are_usable
+    from harden.attacks.evaluate import AttackRun, Evaluation
+
+    def evaluation(*kinds):
+        return Evaluation(19, 1, 1, [], [AttackRun("x", 4 / 255, kind, {}) for kind in kinds], {})
+
+    assert gradients_are_usable(evaluation("white-box")).status == "fail"  # premise there, nothing measured
+    assert gradients_are_usable(evaluation("black-box")).status == "n/a"  # no white-box attack asked for

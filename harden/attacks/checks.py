@@ -1,9 +1,11 @@
 """Sanity checks run with every robustness evaluation (DESIGN.md §6; Carlini et al., AutoAttack).
 
 Each check returns a `Check` with a status — "pass", "fail", or "n/a" when its premise is absent
-(e.g. no single-step attack was run to compare iterative ones with) — and a detail that says
-what was measured. An evaluation is sound only if no check failed; `harden attack` exits 1
-otherwise.
+by the user's choice (e.g. no single-step attack was run to compare iterative ones with) — and a
+detail that says what was measured or why it does not apply. A premise that was present but
+produced nothing to judge is a "fail" (fail closed). The checks that are part of soundness
+itself (ε = 0, unbounded, randomness/EOT) run their own small attacks, so they always apply. An
+evaluation is sound only if no check failed; `harden attack` and `harden verify` fail otherwise.
 """
 
 from __future__ import annotations
@@ -142,13 +144,17 @@ def accuracy_non_increasing_in_eps(evaluation: Evaluation) -> Check:
 
 
 def gradients_are_usable(evaluation: Evaluation) -> Check:
+    """Zero or NaN gradients mean masking. Part of soundness: a white-box attack that ran but
+    recorded no gradient fails (premise present, nothing measured); without one it is n/a."""
     images = sum(r.gradients.images for r in evaluation.runs)
     zero = sum(r.gradients.zero for r in evaluation.runs)
     nan = sum(r.gradients.nan for r in evaluation.runs)
     detail = f"{images} per-image gradients: {zero} all-zero on images with correct pixels, {nan} with NaN"
     if nan or (images and zero / images > 0.01):
         return Check("gradients", "fail", detail + " — gradients are masked or broken; results overstate robustness")
-    return Check("gradients", "pass" if images else "n/a", detail)
+    if not images and any(r.kind == "white-box" for r in evaluation.runs):
+        return Check("gradients", "fail", "white-box attacks ran but recorded no gradient: cannot tell masking apart")
+    return Check("gradients", "pass" if images else "n/a", detail if images else "no white-box attack was run")
 
 
 def randomness_is_handled(model: nn.Module, images: torch.Tensor, *, eot: int, draws: int) -> Check:

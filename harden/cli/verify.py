@@ -101,7 +101,8 @@ def verify_command(
       adversarial_agreement  0.99  / 0.97 / 0.85   on adversarial and divergence images
       survival               0.95                  engine robust mIoU ≥ 0.95 × twin's
       min_robust_miou        0 (off)               engine worst-case mIoU floor
-    Fail closed: a failed audit, a failed or not-run sanity check, or no images fails.
+    Fail closed: a failed audit, a failed sanity check, or no images fails. A sanity check whose
+    premise the attack list leaves out (iterative>single needs fgsm) is n/a and says why.
 
     Writes REPORT/verify.json, REPORT/junit.xml (one test case per gate) and REPORT/report.html.
     The state is saved after every batch, so an interrupted run continues with --resume.
