@@ -76,6 +76,7 @@ class GraphTwin(nn.Module):
         self.takes_seed = RAD_SEED in inputs
         self.seeds = RadSeeds()
         self.nodes = [(n.domain, n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node]
+        self.node_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(graph.node)]
         self.op_counts = Counter(_op_name(n) for n in graph.node)
         self.constant_names: list[str] = []
         for i, initializer in enumerate(graph.initializer):
@@ -99,6 +100,12 @@ class GraphTwin(nn.Module):
         return self.takes_seed and any(p > 0 for p in self._rad_ps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.intermediates(images)[LOGITS]
+        assert logits is not None
+        return logits.float()
+
+    def intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Every value of the graph by name (inputs, constants, each node's outputs) for `images`."""
         values: dict[str, torch.Tensor | None] = {"": None}
         values.update(self.constants())
         values[IMAGE] = images
@@ -114,6 +121,4 @@ class GraphTwin(nn.Module):
                 observer(op_type, [values[name] for name in inputs], results, attrs)
             for name, value in zip(outputs, results, strict=False):
                 values[name] = value
-        logits = values[LOGITS]
-        assert logits is not None
-        return logits.float()
+        return values

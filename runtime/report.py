@@ -101,6 +101,7 @@ def summarise(
         "worst_case": worst_cases,
         "audits": [c.to_dict() for c in result.audits],
         "engine_arithmetic": result.engine_arithmetic,
+        "localisation": result.localisation,
         "checks": [c.to_dict() for c in result.checks],
         "gates": [g.to_dict() for g in gates],
         "seconds": result.seconds,
@@ -194,6 +195,7 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         _img(_class_bars(summary)),
         "<h2>Twin vs engine</h2>",
         _parity_table(summary),
+        *_localisation(summary["localisation"]),
         "<h2>Engine arithmetic: this engine on this hardware vs the file as written</h2>",
         _arithmetic_table(summary["engine_arithmetic"]),
         "<h2>Deployment audits</h2>",
@@ -206,6 +208,14 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
     ]
     with atomic_open(path, "w") as f:
         f.write("\n".join(parts))
+
+
+def _localisation(found: dict[str, Any] | None) -> list[str]:
+    """The first diverging node, when a parity gate failed: what turns FAIL into a bug report."""
+    if found is None:
+        return []
+    rows = [("first diverging node", "fail", found["detail"])]
+    return ["<h2>Where the engine diverges from its graph twin</h2>", _table(["", "status", "detail"], rows)]
 
 
 def _arithmetic_table(arithmetic: dict[str, Any]) -> str:

@@ -109,6 +109,7 @@ class VerifyResult:
     checks: list[Check]
     engine_arithmetic: dict[str, Any]  # the deployed kernels vs the file as written (harden.export.arithmetic)
     seconds: dict[str, float] = field(default_factory=dict)
+    localisation: dict[str, Any] | None = None  # the first diverging node when parity failed (runtime.localise)
     example_predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # engine, draw 0, kept images
 
     def worst_at(self, eps: float) -> WorstCase:

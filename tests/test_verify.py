@@ -267,3 +267,27 @@ def test_a_white_box_run_without_gradients_fails_the_gradient_check():
 
     assert gradients_are_usable(evaluation("white-box")).status == "fail"  # premise there, nothing measured
     assert gradients_are_usable(evaluation("black-box")).status == "n/a"  # no white-box attack asked for
+
+
+def test_a_failing_parity_names_the_first_diverging_node(fp32_export, tmp_path, monkeypatch):
+    """A twin op that computes something else (here GELU's Erf, off by 0.5) makes engine and
+    graph twin disagree; the report must name the first Erf node, not only say FAIL."""
+    from harden.runtime import torch_ops
+
+    erf = torch_ops.OPS[("", "Erf")]
+    monkeypatch.setitem(torch_ops.OPS, ("", "Erf"), lambda inputs, attrs: erf(inputs, attrs) + 0.5)
+    first_erf = next(n.name for n in onnx.load(str(fp32_export / "model.fp32.onnx")).graph.node if n.op_type == "Erf")
+    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 1, result.output
+    assert f"first diverging node: {first_erf} (Erf" in result.output
+    summary = json.loads((tmp_path / "r" / "verify.json").read_text())
+    assert summary["localisation"]["node"] == first_erf and summary["localisation"]["op_type"] == "Erf"
+    assert summary["localisation"]["max_abs"] > 0.4
+    assert "Where the engine diverges" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_a_faithful_export_has_no_diverging_node(fp32_export):
+    from harden.runtime.localise import first_divergence
+
+    path = fp32_export / "model.fp32.onnx"
+    assert first_divergence(path, GraphTwin.from_file(path), torch.rand(2, 3, 64, 64), 3, "fp32") is None

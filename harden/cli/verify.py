@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -177,7 +177,11 @@ def verify_command(
         with open_engine(deployment.artefact, str(target)) as engine:
             result = verify(deployment, engine, twins, dataset, options, progress=show, state_file=state_file,
                             resume=resume, distributed=distributed, device=target)  # fmt: skip
-        failed = _report(result, gates, options, deployment, dataset, out) if result is not None else []
+        failed = (
+            _report(result, gates, options, deployment, dataset, out, twins.get(GRAPH), str(target))
+            if result is not None
+            else []
+        )
         failed = distributed.broadcast(failed)
         state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
     finally:
@@ -195,14 +199,17 @@ def verify_command(
 
 def _report(
     result: VerifyResult, gates: Gates, options: VerifyOptions, deployment: Deployment, dataset: SegmentationDataset,
-    out: Path,
+    out: Path, graph_twin: Any, device: str,
 ) -> list[str]:  # fmt: skip
-    """Evaluate the gates, write the reports, print the gates; the names of the failed ones."""
+    """Evaluate the gates (naming the first diverging node when parity failed), write the
+    reports, print the gates; the names of the failed ones."""
     from harden.runtime.gates import evaluate_gates
+    from harden.runtime.localise import localise_failed_parity
     from harden.runtime.report import write_reports
     from harden.visualize import palette_for
 
     results = evaluate_gates(result, gates, list(options.eps_values))
+    results = localise_failed_parity(result, results, graph_twin, dataset, device)
     palette = palette_for(dataset.name, dataset.num_classes)
     written = write_reports(result, results, {**dataclasses.asdict(options), "gates": gates.to_dict()},
                             deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
