@@ -161,6 +161,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
         say(f"exporting {model_config.name} ({_ram_text(model_config.ram)}) to ONNX ...")
         fp32 = export_onnx(model, staging / "model.fp32.onnx", image_size)
         variants: dict[str, tuple[Path, list[str]]] = {"fp32": (fp32.path, [])}
+        recipe: dict[str, Any] = {}  # how the int8 variant was calibrated, for verify to re-derive it
         if options.precision == "fp16":
             say("making the fp16 variant ...")
             path = staging / "model.fp16.onnx"
@@ -171,6 +172,12 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             assert calibration is not None
             quantized = to_int8(fp32.path, path, _one_by_one(calibration[0]), with_rad, options.weight_range)
             variants["int8"] = (path, quantized)
+            recipe = {
+                "data": options.calib_data or train_config.data, "split": options.calib_split,
+                "images": options.calib_images, "seed": train_config.seed, "image_size": list(image_size),
+                "static": static_reason is not None, "num_classes": model_config.num_classes, "rad": with_rad,
+                "weights": options.weight_range, "method": "minmax", "symmetric": True, "per_channel": True,
+            }  # fmt: skip
         for precision, (path, _) in variants.items():
             if precision != "fp32":  # export_onnx checked the fp32 file before keeping it
                 check_onnx(path)
@@ -215,7 +222,13 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             "harden_nodes": fp32.harden_nodes,
             "precision": options.precision,
             "onnx": [
-                file_entry(path, staging, precision=precision, **_kept(precision, ops, options.weight_range))
+                file_entry(
+                    path,
+                    staging,
+                    precision=precision,
+                    **_kept(precision, ops, options.weight_range),
+                    **({"calibration": recipe} if precision == "int8" else {}),
+                )
                 for precision, (path, ops) in variants.items()
             ],
             "engines": [
@@ -301,6 +314,21 @@ def _fit(images: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> t
     images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
     return images, labels
+
+
+def calibration_images(recipe: dict[str, Any]) -> list[np.ndarray]:
+    """The int8 calibration images an export used, from the recipe its manifest records (verify
+    re-derives the quantisation from them, `harden.runtime.provenance`)."""
+    try:
+        size = (int(recipe["image_size"][0]), int(recipe["image_size"][1]))
+        data, split, count = str(recipe["data"]), str(recipe["split"]), int(recipe["images"])
+        seed, num_classes = int(recipe["seed"]), int(recipe["num_classes"])
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise InputError(f"the manifest's calibration recipe is malformed ({err!r}); export again") from err
+    images, labels = _images(data, split, count, size, seed, num_classes)
+    if recipe.get("static"):
+        images, labels = _fit(images, labels, size)
+    return list(_one_by_one(images))
 
 
 def _one_by_one(images: torch.Tensor) -> Iterator[np.ndarray]:

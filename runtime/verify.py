@@ -41,7 +41,7 @@ from harden.errors import InputError
 from harden.export.arithmetic import audit_file
 from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import fixed_rad_seed, has_rad
-from harden.runtime import audits
+from harden.runtime import audits, provenance
 from harden.runtime.divergence import Divergence
 from harden.runtime.engines import Engine, EngineModule, OnnxRuntimeEngine
 from harden.runtime.graph_twin import GraphTwin
@@ -434,6 +434,8 @@ def _audits(
         audits.seed_dependence(engine, images, source_drops),
         weight_check,
         audits.int8_calibration(deployed_twin, images),
+        provenance.int8_provenance(deployment),
+        provenance.float32_attention(deployed_twin, images),
     ]
 
 
