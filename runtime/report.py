@@ -102,6 +102,7 @@ def summarise(
         "audits": [c.to_dict() for c in result.audits],
         "engine_arithmetic": result.engine_arithmetic,
         "localisation": result.localisation,
+        "not_judged": result.not_judged,
         "checks": [c.to_dict() for c in result.checks],
         "gates": [g.to_dict() for g in gates],
         "seconds": result.seconds,
@@ -184,6 +185,7 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         ".fail{background:#f8d0d0}.na{background:#eee}h1 span{padding:2px 12px;border-radius:6px}</style></head><body>",
         f"<h1>harden verify — <span class='{verdict}'>{verdict.upper()}</span></h1>",
         _deployment_table(summary),
+        *_not_judged(summary["not_judged"]),
         "<h2>Gates</h2>",
         _table(
             ["gate", "result", "detail"],
@@ -208,6 +210,13 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
     ]
     with atomic_open(path, "w") as f:
         f.write("\n".join(parts))
+
+
+def _not_judged(blind: list[str]) -> list[str]:
+    if not blind:
+        return []
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in blind)
+    return [f"<h2>What this verdict could not judge</h2><ul class='na'>{items}</ul>"]
 
 
 def _localisation(found: dict[str, Any] | None) -> list[str]:

@@ -110,6 +110,7 @@ class VerifyResult:
     engine_arithmetic: dict[str, Any]  # the deployed kernels vs the file as written (harden.export.arithmetic)
     seconds: dict[str, float] = field(default_factory=dict)
     localisation: dict[str, Any] | None = None  # the first diverging node when parity failed (runtime.localise)
+    not_judged: list[str] = field(default_factory=list)  # what this verdict could not see, and why
     example_predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # engine, draw 0, kept images
 
     def worst_at(self, eps: float) -> WorstCase:
@@ -310,6 +311,7 @@ def _finish(
         engine_arithmetic=arithmetic,
         seconds=dict(state.seconds),
         example_predictions=predictions,
+        not_judged=not_judged(deployment, twins),
     )
 
 
@@ -437,6 +439,24 @@ def _audits(
         provenance.int8_provenance(deployment),
         provenance.float32_attention(deployed_twin, images),
     ]
+
+
+def not_judged(deployment: Deployment, twins: dict[str, nn.Module]) -> list[str]:
+    """What the verdict cannot see with these twins (DESIGN.md §6): a graph twin rebuilt from a
+    broken file is the broken model, so without the source checkpoint export faults are invisible."""
+    if "source" in twins:
+        return []
+    blind = [
+        "whether the export is faithful to the trained model: there is no source twin (--twin RUN_DIR), so the "
+        "deployed weights are not compared with the checkpoint and a change made before or at export would be "
+        "its own reference"
+    ]
+    if deployment.precision == "fp32":
+        blind.append(
+            "survival against a reference: the graph twin is the deployed fp32 graph itself, so survival compares "
+            "the engine with its own graph"
+        )
+    return blind
 
 
 ARITHMETIC_IMAGES = 8

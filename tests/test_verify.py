@@ -291,3 +291,14 @@ def test_a_faithful_export_has_no_diverging_node(fp32_export):
 
     path = fp32_export / "model.fp32.onnx"
     assert first_divergence(path, GraphTwin.from_file(path), torch.rand(2, 3, 64, 64), 3, "fp32") is None
+
+
+def test_a_graph_twin_alone_says_what_it_cannot_judge(fp32_export, ram_run, tmp_path):
+    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "[not judged] whether the export is faithful to the trained model" in result.output
+    summary = json.loads((tmp_path / "r" / "verify.json").read_text())
+    assert len(summary["not_judged"]) == 2
+    assert "What this verdict could not judge" in (tmp_path / "r" / "report.html").read_text()
+    with_source = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "s", *FAST)
+    assert with_source.exit_code == 0 and "[not judged]" not in with_source.output

@@ -215,5 +215,7 @@ def _report(
                             deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
     for gate in results:
         click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
+    for line in result.not_judged:
+        click.echo(f"  [not judged] {line}")
     click.echo("wrote " + ", ".join(str(p) for p in written))
     return [g.name for g in results if not g.passed]
