@@ -169,12 +169,7 @@ def int8_calibration(deployed: GraphTwin, images: torch.Tensor) -> Check:
         q = torch.round(data.float() / per_axis(scale.float(), data, axis)) + per_axis(zero.float(), data, axis)
         clipped.append((float(((q < low) | (q > high)).sum()), float(q.numel())))
 
-    deployed.observers.append(observe)
-    try:
-        with torch.no_grad():
-            deployed(images)
-    finally:
-        deployed.observers.remove(observe)
+    deployed.run_observed(images, observe)
     rates = [c / t for c, t in clipped if t]
     worst = max(rates, default=0.0)
     bad = sum(rate > CLIP_LIMIT for rate in rates)

@@ -28,6 +28,8 @@ from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds
 from harden.runtime.torch_ops import OPS
 
+Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]
+
 
 def _to_torch(array: Any) -> torch.Tensor:
     return torch.from_numpy(array.copy())  # a writable copy (0-d arrays included); onnx's may be read-only
@@ -83,7 +85,7 @@ class GraphTwin(nn.Module):
             self.register_buffer(f"constant{i}", _to_torch(numpy_helper.to_array(initializer)), persistent=False)
             self.constant_names.append(initializer.name)
         # observers see (op_type, inputs, outputs, attributes) of every node: the audits use them
-        self.observers: list[Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]] = []
+        self.observers: list[Observer] = []
         self._rad_ps = [float(attrs["p"]) for domain, op, *_, attrs in self.nodes if (domain, op) == ("harden", "Rad")]
 
     @classmethod
@@ -103,6 +105,15 @@ class GraphTwin(nn.Module):
         logits = self.intermediates(images)[LOGITS]
         assert logits is not None
         return logits.float()
+
+    def run_observed(self, images: torch.Tensor, observer: Observer) -> None:
+        """One forward pass without gradients with `observer` watching every node (the audits)."""
+        self.observers.append(observer)
+        try:
+            with torch.no_grad():
+                self(images)
+        finally:
+            self.observers.remove(observer)
 
     def intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Every value of the graph by name (inputs, constants, each node's outputs) for `images`."""

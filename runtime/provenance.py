@@ -113,12 +113,7 @@ def float32_attention(deployed: GraphTwin, images: torch.Tensor) -> Check:
         if op_type in FP32_OPS and inputs and inputs[0] is not None and inputs[0].dtype != torch.float32:
             lowered.append(f"{op_type} on {inputs[0].dtype}")
 
-    deployed.observers.append(observe)
-    try:
-        with torch.no_grad():
-            deployed(images)
-    finally:
-        deployed.observers.remove(observe)
+    deployed.run_observed(images, observe)
     if lowered:
         return Check(
             "float32-attention",
