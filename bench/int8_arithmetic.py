@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import harden, small_ram_run
+
 from harden.export.arithmetic import cpu_int8, int8_weights
-
-
-def harden(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "harden", *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -41,20 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="harden-bench-") as scratch:
         run = args.run_dir
         if run is None:
-            run = Path(scratch) / "run"
-            size = ["--image-size", "64x128", "--train-images", "128", "--val-images", str(args.images)]
-            harden(
-                "train",
-                "--model",
-                "segformer_tiny",
-                "--ram",
-                "--epochs",
-                "12",
-                *size,
-                "--no-progress",
-                "--out",
-                str(run),
-            )
+            run = small_ram_run(Path(scratch) / "run", args.images)
         print(f"CPU: {cpu_int8().describe()}")
         print(f"{'weights':<8} {'parity agree':>12} {'ΔmIoU':>7} {'engine agree':>12} {'max|Δ|':>8} {'beyond ±64':>10}")
         for weights in ("reduced", "full"):

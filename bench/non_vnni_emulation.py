@@ -19,7 +19,6 @@ the argmax agreement of the emulated engine with the file as written.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +28,9 @@ import onnx
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import harden, small_ram_run
 
 from harden.attacks.evaluate import DRAW_SEED
 from harden.data import collate_pad, open_dataset
@@ -145,11 +147,6 @@ def emulated_logits(
     return values["logits"].float(), written, emulator
 
 
-def harden(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "harden", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", type=Path)
@@ -158,10 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="harden-bench-") as scratch:
         run = args.run_dir
         if run is None:
-            run = Path(scratch) / "run"
-            size = ["--image-size", "64x128", "--train-images", "128", "--val-images", str(args.images)]
-            harden("train", "--model", "segformer_tiny", "--ram", "--epochs", "12", *size, "--no-progress", "--out",
-                   str(run))  # fmt: skip
+            run = small_ram_run(Path(scratch) / "run", args.images)
         dataset = open_dataset("synthetic", "val", size=(64, 128), num_images=args.images, seed=0)
         images, _ = collate_pad([dataset[i] for i in range(len(dataset))])
         print(f"{'weights':<8} {'CPU':<8} {'saturated pairs':>16} {'agreement vs as written':>24} {'max|Δlogit|':>12}")
