@@ -17,6 +17,7 @@ the engine is the file.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -259,9 +260,15 @@ def audit_file(
     num_classes: int,
     output: str,
     device: str = "cpu",
+    to_label_size: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ArithmeticVerdict:
-    """Run `path` both ways on `feeds` and judge the difference (export and verify share this)."""
+    """Run `path` both ways on `feeds` and judge the difference (export and verify share this).
+
+    to_label_size: maps logits smaller than the labels (a model with H/4 output) to their size.
+    """
     deployed, as_written = run_both(path, feeds, output, device)
+    if to_label_size is not None:
+        deployed, as_written = to_label_size(deployed), to_label_size(as_written)
     comparison = compare_logits(deployed, as_written, labels, num_classes)
     weights = int8_weights(onnx.load(str(path), load_external_data=False))
     provider = f"ONNX Runtime CUDA ({device})" if device.startswith("cuda") else "ONNX Runtime CPU"

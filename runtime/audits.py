@@ -167,7 +167,11 @@ def int8_calibration(deployed: GraphTwin, images: torch.Tensor) -> Check:
         low, high = QUANT_RANGE[zero.dtype]
         axis = attrs.get("axis", 1)
         q = torch.round(data.float() / per_axis(scale.float(), data, axis)) + per_axis(zero.float(), data, axis)
-        clipped.append((float(((q < low) | (q > high)).sum()), float(q.numel())))
+        # a zero point at the bottom of the range is a one-sided (post-ReLU) range: a quantiser that folds
+        # the ReLU into the clamp (ONNX Runtime's) cuts the negative half on purpose, which is not saturation
+        one_sided = bool((zero.float() == low).all())
+        saturated = (q > high) if one_sided else (q < low) | (q > high)
+        clipped.append((float(saturated.sum()), float(q.numel())))
 
     deployed.run_observed(images, observe)
     rates = [c / t for c, t in clipped if t]

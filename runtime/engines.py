@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from harden.errors import InputError
 from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds, fixed_rad_seed, has_rad
+
+if TYPE_CHECKING:
+    from harden.runtime.interface import ModelInterface
 
 
 class Engine:
@@ -53,34 +55,36 @@ class OnnxRuntimeEngine(Engine):
             of the fused kernels a deployment runs (`harden.export.ort_session`).
     """
 
-    def __init__(self, path: Path, device: str = "cpu", *, as_written: bool = False) -> None:
+    def __init__(
+        self, path: Path, device: str = "cpu", *, as_written: bool = False, interface: ModelInterface | None = None
+    ) -> None:
         self.path = Path(path)
         self.name = f"onnxruntime:{self.path.name}" + (" (as written)" if as_written else "")
         self.device = device
         self.as_written = as_written
+        self.interface = interface
         self._session: Any = None
 
     def __enter__(self) -> OnnxRuntimeEngine:
+        from harden.export.manifest import load_onnx
         from harden.export.ort_session import ort_session
+        from harden.runtime.interface import find_interface
 
+        self.interface = self.interface or find_interface(load_onnx(self.path))
         self._session = ort_session(self.path, as_written=self.as_written, device=self.device)
-        names = [i.name for i in self._session.get_inputs()]
-        if IMAGE not in names:
-            raise InputError(f"{self.path}: no {IMAGE!r} input (inputs: {names}); export it with `harden export`")
-        self.takes_seed = RAD_SEED in names
+        self.takes_seed = self.interface.seed is not None
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self._session = None
 
     def _run(self, images: torch.Tensor, seed: int | None) -> torch.Tensor:
-        if self._session is None:
+        if self._session is None or self.interface is None:
             raise RuntimeError("open the engine with `with` before running it")
-        feed: dict[str, np.ndarray] = {IMAGE: images.numpy()}
-        if self.takes_seed:
-            feed[RAD_SEED] = np.array(seed, dtype=np.int64)
-        (logits,) = self._session.run([LOGITS], feed)
-        return torch.from_numpy(logits).float()
+        if self.interface.batch == 1 and images.shape[0] != 1:  # a static export: one image per call
+            return torch.cat([self._run(image, seed) for image in images.split(1)])
+        (logits,) = self._session.run([self.interface.output], self.interface.feed(images, seed))
+        return self.interface.postprocess(torch.from_numpy(logits), (images.shape[-2], images.shape[-1])).float()
 
 
 class TorchEngine(Engine):
@@ -142,11 +146,11 @@ class TensorRTEngine(Engine):
         return logits.float().cpu()
 
 
-def open_engine(path: Path, device: str = "cpu") -> Engine:
+def open_engine(path: Path, device: str = "cpu", interface: ModelInterface | None = None) -> Engine:
     """The engine for a deployed file, by its suffix: .onnx → ONNX Runtime, .engine/.plan → TensorRT."""
     path = Path(path)
     if path.suffix == ".onnx":
-        return OnnxRuntimeEngine(path, device)
+        return OnnxRuntimeEngine(path, device, interface=interface)
     if path.suffix in (".engine", ".plan"):
         return TensorRTEngine(path)
     raise InputError(f"{path}: unknown deployed format; expected .onnx, .engine or .plan")

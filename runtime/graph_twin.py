@@ -24,8 +24,9 @@ from torch import nn
 
 from harden.errors import InputError
 from harden.export.manifest import load_onnx
-from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import RadSeeds
+from harden.runtime import torch_ops_nn, torch_ops_ort  # noqa: F401  (register their ops in OPS)
+from harden.runtime.interface import ModelInterface, find_interface
 from harden.runtime.torch_ops import OPS
 
 Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]
@@ -33,6 +34,10 @@ Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[st
 
 def _to_torch(array: Any) -> torch.Tensor:
     return torch.from_numpy(array.copy())  # a writable copy (0-d arrays included); onnx's may be read-only
+
+
+def _domain(node: onnx.NodeProto) -> str:
+    return "" if node.domain == "ai.onnx" else node.domain  # two spellings of the standard domain
 
 
 def _op_name(node: onnx.NodeProto) -> str:
@@ -62,23 +67,21 @@ class GraphTwin(nn.Module):
         name: shown in reports, e.g. the file name.
     """
 
-    def __init__(self, model: onnx.ModelProto, name: str = "graph") -> None:
+    def __init__(self, model: onnx.ModelProto, name: str = "graph", interface: ModelInterface | None = None) -> None:
         super().__init__()
         self.name = name
         graph = model.graph
-        unsupported = sorted({_op_name(n) for n in graph.node if (n.domain, n.op_type) not in OPS})
-        if unsupported:
-            raise InputError(
-                f"{name}: the graph twin cannot interpret {', '.join(unsupported)}; "
-                "add them to runtime/torch_ops.py, or verify with --twin RUN_DIR (the source twin)"
-            )
-        inputs = [i.name for i in graph.input]
-        if IMAGE not in inputs or [o.name for o in graph.output] != [LOGITS]:
-            raise InputError(f"{name}: expected inputs {IMAGE!r}[, {RAD_SEED!r}] and output {LOGITS!r}, got {inputs}")
-        self.takes_seed = RAD_SEED in inputs
+        _refuse_missing_ops(graph, name)
+        self.interface = interface or find_interface(model)
+        self.takes_seed = self.interface.seed is not None
         self.seeds = RadSeeds()
-        self.nodes = [(n.domain, n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node]
-        self.node_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(graph.node)]
+        known = {i.name for i in graph.initializer} | {i.name for i in graph.input}
+        ordered = topological(list(graph.node), known)
+        self.nodes = [(_domain(n), n.op_type, list(n.input), list(n.output), _attributes(n)) for n in ordered]
+        for _, op_type, _, outputs, attrs in self.nodes:
+            if op_type == "Split" and "num_outputs" not in attrs:  # before opset 18: as many parts as outputs
+                attrs["num_outputs"] = len(outputs)
+        self.node_names = [n.name or f"{n.op_type}_{i}" for i, n in enumerate(ordered)]
         self.op_counts = Counter(_op_name(n) for n in graph.node)
         self.constant_names: list[str] = []
         for i, initializer in enumerate(graph.initializer):
@@ -89,8 +92,8 @@ class GraphTwin(nn.Module):
         self._rad_ps = [float(attrs["p"]) for domain, op, *_, attrs in self.nodes if (domain, op) == ("harden", "Rad")]
 
     @classmethod
-    def from_file(cls, path: Path) -> GraphTwin:
-        return cls(load_onnx(path), name=Path(path).name)
+    def from_file(cls, path: Path, interface: ModelInterface | None = None) -> GraphTwin:
+        return cls(load_onnx(path), name=Path(path).name, interface=interface)
 
     def constants(self) -> dict[str, torch.Tensor]:
         """The graph's initializers by name (weights, quantisation scales, shapes)."""
@@ -102,9 +105,14 @@ class GraphTwin(nn.Module):
         return self.takes_seed and any(p > 0 for p in self._rad_ps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.intermediates(images)[LOGITS]
+        """[0, 1] images → logits at the image size (the interface's pre- and postprocessing)."""
+        if self.interface.batch is not None and images.shape[0] != self.interface.batch:
+            if self.interface.batch != 1:
+                raise InputError(f"{self.name}: the graph's batch is fixed at {self.interface.batch}; use that size")
+            return torch.cat([self(image) for image in images.split(1)])
+        logits = self.intermediates(images)[self.interface.output]
         assert logits is not None
-        return logits.float()
+        return self.interface.postprocess(logits, (images.shape[-2], images.shape[-1])).float()
 
     def run_observed(self, images: torch.Tensor, observer: Observer) -> None:
         """One forward pass without gradients with `observer` watching every node (the audits)."""
@@ -119,17 +127,60 @@ class GraphTwin(nn.Module):
         """Every value of the graph by name (inputs, constants, each node's outputs) for `images`."""
         values: dict[str, torch.Tensor | None] = {"": None}
         values.update(self.constants())
-        values[IMAGE] = images
-        if self.takes_seed:
-            values[RAD_SEED] = self.seeds.start_forward().to(images.device)
+        values[self.interface.input] = self.interface.preprocess(images)
+        if self.interface.seed is not None:
+            values[self.interface.seed] = self.seeds.start_forward().to(images.device)
         for domain, op_type, inputs, outputs, attrs in self.nodes:
             try:
                 result = OPS[(domain, op_type)]([values[name] for name in inputs], attrs)
-            except (NotImplementedError, RuntimeError, IndexError) as err:
-                raise InputError(f"graph twin: node {op_type} ({', '.join(outputs)}) failed: {err}") from err
+            except (NotImplementedError, RuntimeError, IndexError, TypeError, ValueError) as err:
+                raise InputError(
+                    f"graph twin: node {op_type} ({', '.join(outputs)}) failed: {err}. Verify with a source twin "
+                    "(--twin RUN_DIR) instead; Square and noise still run on the engine"
+                ) from err
             results = [result] if isinstance(result, torch.Tensor) else list(result)
             for observer in self.observers:
                 observer(op_type, [values[name] for name in inputs], results, attrs)
             for name, value in zip(outputs, results, strict=False):
                 values[name] = value
         return values
+
+
+def _refuse_missing_ops(graph: onnx.GraphProto, name: str) -> None:
+    """Exit 2 listing every op the twin cannot interpret, with its count and node names."""
+    missing: dict[str, list[str]] = {}
+    for i, node in enumerate(graph.node):
+        if (_domain(node), node.op_type) not in OPS:
+            missing.setdefault(_op_name(node), []).append(node.name or f"#{i}")
+    if not missing:
+        return
+    listed = "; ".join(
+        f"{op} ×{len(nodes)} ({', '.join(nodes[:3])}{', …' if len(nodes) > 3 else ''})" for op, nodes in missing.items()
+    )
+    raise InputError(
+        f"{name}: the graph twin cannot interpret {len(missing)} op type(s): {listed}. What still works: a source "
+        "twin (--twin RUN_DIR) to craft the white-box attacks, and Square and noise on the engine itself. "
+        "Support for an op goes in runtime/torch_ops*.py"
+    )
+
+
+def topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` in an order where every input is computed before use (ONNX requires it, but some
+    tools, e.g. float16 converters, write nodes out of order and ONNX Runtime accepts them).
+    Stable: a graph already in order is returned as it is."""
+    known = set(available) | {""}
+    ordered: list[onnx.NodeProto] = []
+    pending = list(nodes)
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in known for name in node.input):
+                ordered.append(node)
+                known.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            missing = sorted({n for node in waiting for n in node.input if n not in known})
+            raise InputError(f"the graph is not a DAG or uses undefined values: {', '.join(missing[:5])}")
+        pending = waiting
+    return ordered

@@ -24,7 +24,6 @@ import torch
 from harden.attacks.evaluate import DRAW_SEED
 from harden.data import SegmentationDataset, collate_pad
 from harden.export.manifest import load_onnx
-from harden.export.onnx_export import IMAGE, RAD_SEED
 from harden.export.ort_session import ort_session
 from harden.ram import fixed_rad_seed
 from harden.runtime.gates import GateResult
@@ -72,9 +71,7 @@ def first_divergence(
         marked = Path(scratch) / path.name
         onnx.save_model(model, str(marked))
         session = ort_session(marked, device=device)
-        feed: dict[str, np.ndarray] = {IMAGE: images.detach().float().cpu().numpy()}
-        if RAD_SEED in {i.name for i in session.get_inputs()}:
-            feed[RAD_SEED] = np.array(seed, dtype=np.int64)
+        feed = twin.interface.feed(images, seed)
         names = [o.name for o in session.get_outputs()]
         engine = dict(zip(names, session.run(names, feed), strict=True))
     with torch.no_grad(), fixed_rad_seed(twin, seed):

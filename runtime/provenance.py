@@ -51,6 +51,8 @@ def int8_provenance(deployment: Deployment) -> Check:
     """Calibrate model.fp32.onnx again with the recorded recipe; every Q/DQ parameter must match."""
     if deployment.precision != "int8":
         return Check("int8-provenance", "n/a", "the deployed file is not int8")
+    if not deployment.signed:
+        return Check("int8-provenance", "n/a", "unsigned: no manifest records the calibration recipe to re-derive")
     entries = [e for e in deployment.manifest.get("onnx", []) if e.get("path") == deployment.onnx.name]
     entry: dict[str, Any] = entries[0] if entries else {}
     recipe = entry.get("calibration")
@@ -105,8 +107,9 @@ def int8_provenance(deployment: Deployment) -> Check:
     )
 
 
-def float32_attention(deployed: GraphTwin, images: torch.Tensor) -> Check:
-    """MAS, RAD and softmax must receive float32 tensors in the deployed graph."""
+def float32_attention(deployed: GraphTwin, images: torch.Tensor, signed: bool = True) -> Check:
+    """MAS, RAD and softmax must receive float32 tensors in the deployed graph (harden's export
+    keeps them there; for an unsigned file nothing says what was intended: n/a, saying what runs)."""
     lowered: list[str] = []
 
     def observe(op_type: str, inputs: list[torch.Tensor | None], outputs: list[torch.Tensor], attrs: Any) -> None:
@@ -114,6 +117,11 @@ def float32_attention(deployed: GraphTwin, images: torch.Tensor) -> Check:
             lowered.append(f"{op_type} on {inputs[0].dtype}")
 
     deployed.run_observed(images, observe)
+    if not signed:
+        found = f"{len(lowered)} run below float32 ({', '.join(sorted(set(lowered)))})" if lowered else "all float32"
+        return Check(
+            "float32-attention", "n/a", f"unsigned: no export records their precision; softmax/MAS/RAD: {found}"
+        )
     if lowered:
         return Check(
             "float32-attention",

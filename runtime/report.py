@@ -74,8 +74,12 @@ def summarise(
             "precision": result.deployment.precision,
             "model": manifest.get("model"),
             "ram": manifest.get("ram"),
-            "files": {e["path"]: e["sha256"] for e in [*manifest.get("onnx", []), *manifest.get("engines", [])]},
+            "files": result.deployment.file_hashes(),
             "checkpoint": manifest.get("checkpoint"),
+            "signed": result.deployment.signed,
+            "interface": result.deployment.interface.to_dict(),
+            "interface_text": result.deployment.interface.describe(),
+            "reference": result.deployment.reference_file.name if result.deployment.reference_file else None,
         },
         "twins": result.twins,
         "class_names": class_names,
@@ -269,6 +273,10 @@ def _deployment_table(summary: dict[str, Any]) -> str:
             ("precision", d["precision"]), ("model", d["model"]), ("RAM", d["ram"]),
             ("twins", ", ".join(summary["twins"])), ("images", summary["images"]),
             ("RAD draws / EOT", f"{summary['draws']} / {summary['eot']}")]  # fmt: skip
+    if not d.get("signed", True):
+        rows.insert(0, ("signature", "unsigned: no manifest (a bare ONNX file; provenance not recorded)"))
+        rows.append(("interface", d["interface_text"]))
+        rows.append(("reference", d["reference"] or "none (survival judged against the deployed graph's own twin)"))
     rows += [(f"sha256 {name}", digest) for name, digest in d["files"].items()]
     return _table(["", ""], rows)
 

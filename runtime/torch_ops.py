@@ -396,9 +396,10 @@ def _transpose(x: list[Value], a: Attributes) -> torch.Tensor:
 @op("Squeeze")
 def _squeeze(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0])
-    if len(x) < 2 or x[1] is None:
+    given = _ints(x[1]) if len(x) > 1 and x[1] is not None else a.get("axes")  # an attribute before opset 13
+    if not given:
         return data.squeeze()
-    axes = sorted({ax % data.dim() for ax in _ints(x[1])}, reverse=True)
+    axes = sorted({ax % data.dim() for ax in given}, reverse=True)
     for ax in axes:
         data = data.squeeze(ax)
     return data
@@ -407,8 +408,9 @@ def _squeeze(x: list[Value], a: Attributes) -> torch.Tensor:
 @op("Unsqueeze")
 def _unsqueeze(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0])
-    rank = data.dim() + len(_ints(x[1]))
-    for ax in sorted(ax % rank for ax in _ints(x[1])):
+    given = _ints(x[1]) if len(x) > 1 and x[1] is not None else list(a["axes"])  # an attribute before opset 13
+    rank = data.dim() + len(given)
+    for ax in sorted(ax % rank for ax in given):
         data = data.unsqueeze(ax)
     return data
 
@@ -425,6 +427,8 @@ def _split(x: list[Value], a: Attributes) -> Sequence[torch.Tensor]:
     data, axis = _t(x[0]), a.get("axis", 0)
     if len(x) > 1 and x[1] is not None:
         return data.split(_ints(x[1]), dim=axis)
+    if "split" in a:  # an attribute before opset 13
+        return data.split(list(a["split"]), dim=axis)
     parts = a["num_outputs"]
     return data.split(math.ceil(data.shape[axis] / parts), dim=axis)
 
@@ -455,7 +459,8 @@ def _gather(x: list[Value], a: Attributes) -> torch.Tensor:
     axis = a.get("axis", 0) % data.dim()
     indices = torch.where(indices < 0, indices + data.shape[axis], indices)
     picked = data.index_select(axis, indices.flatten())
-    return picked.reshape(*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :])
+    # a 0-d index (Shape → Gather in every dynamic export) drops the axis: the shape is a tuple, maybe empty
+    return picked.reshape((*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :]))
 
 
 @op("GatherND")

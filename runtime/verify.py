@@ -39,7 +39,6 @@ from harden.devices import place
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.export.arithmetic import audit_file
-from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED
 from harden.ram import fixed_rad_seed, has_rad
 from harden.runtime import audits, provenance
 from harden.runtime.divergence import Divergence
@@ -152,7 +151,7 @@ def verify(
     plan = _Plan.make(deployment, engine, twins, options, device)
     my_batches = distributed.shard(math.ceil(len(dataset) / options.batch_size))
     identity = fingerprint(
-        files={e["path"]: e["sha256"] for key in ("onnx", "engines") for e in deployment.manifest.get(key, [])},
+        files=deployment.file_hashes(),
         checkpoint=deployment.manifest.get("checkpoint", {}).get("sha256"),
         artefact=deployment.artefact.name, twins=list(twins), options=asdict(options), eot=plan.eot,
         draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, _first_image_sha(dataset)],
@@ -204,9 +203,12 @@ class _Plan:
         cls, deployment: Deployment, engine: Engine, twins: dict[str, nn.Module], options: VerifyOptions,
         device: torch.device,
     ) -> _Plan:  # fmt: skip
-        reference = reference_model(twins, deployment).to(device)
         graph = twins.get(GRAPH)
-        deployed_twin = graph if isinstance(graph, GraphTwin) else GraphTwin.from_file(deployment.onnx).to(device)
+        if not isinstance(graph, GraphTwin):
+            graph = GraphTwin.from_file(deployment.onnx, deployment.interface).to(device)
+        deployed_twin = graph
+        reference = reference_model(twins, deployment) or deployed_twin  # none: the deployed graph is its own
+        reference = reference.to(device)
         randomised = engine.takes_seed or any(is_randomised(t) for t in twins.values())
         eot = options.eot if options.eot is not None else (8 if randomised else 1)
         draws = options.draws if options.draws is not None else (3 if randomised else 1)
@@ -420,41 +422,61 @@ def _audits(
     images: torch.Tensor,
 ) -> list[Check]:
     source = twins.get("source")
-    what = "the source model" if source is not None else "the export manifest"
-    expected = audits.expected_harden_nodes(source, deployment.manifest)
-    source_drops = has_rad(source) if source is not None else bool(expected["rad"])
     if source is not None:
         weight_check = audits.weights(deployed_twin, audits.checkpoint_weights(source), "the checkpoint")
     elif isinstance(reference, GraphTwin) and reference is not deployed_twin:  # the fp32 export
-        weight_check = audits.weights(deployed_twin, reference.constants(), "the fp32 export")
+        weight_check = audits.weights(deployed_twin, reference.constants(), "the fp32 reference")
     else:
         weight_check = Check(
             "weights", "n/a", "no source twin to compare the deployed weights with (pass --twin RUN_DIR)"
         )
+    if source is None and not deployment.signed:
+        unsigned = "unsigned: no manifest records "
+        expectations = [
+            Check("graph-ops", "n/a", unsigned + "which MAS/RAD nodes the graph must contain, and there is no source"),
+            Check("rad-seed", "n/a", unsigned + "whether the model drops attention with RAD, and there is no source"),
+        ]
+    else:
+        what = "the source model" if source is not None else "the export manifest"
+        expected = audits.expected_harden_nodes(source, deployment.manifest)
+        source_drops = has_rad(source) if source is not None else bool(expected["rad"])
+        expectations = [
+            audits.graph_ops(deployed_twin, expected, what),
+            audits.seed_dependence(engine, images, source_drops),
+        ]
     return [
-        audits.graph_ops(deployed_twin, expected, what),
-        audits.seed_dependence(engine, images, source_drops),
+        *expectations,
         weight_check,
         audits.int8_calibration(deployed_twin, images),
         provenance.int8_provenance(deployment),
-        provenance.float32_attention(deployed_twin, images),
+        provenance.float32_attention(deployed_twin, images, deployment.signed),
     ]
 
 
 def not_judged(deployment: Deployment, twins: dict[str, nn.Module]) -> list[str]:
     """What the verdict cannot see with these twins (DESIGN.md §6): a graph twin rebuilt from a
-    broken file is the broken model, so without the source checkpoint export faults are invisible."""
+    broken file is the broken model, so without the source checkpoint export faults are invisible;
+    an unsigned file has no recorded provenance at all."""
+    blind = []
+    if not deployment.signed:
+        blind.append(
+            "unsigned: no manifest — nothing records which checkpoint, export or calibration produced "
+            f"{deployment.artefact.name}, so the audits that need that record are n/a"
+        )
     if "source" in twins:
-        return []
-    blind = [
+        if not deployment.signed:
+            blind.append("the source twin is not tied to the file by a recorded checkpoint hash")
+        return blind
+    blind.append(
         "whether the export is faithful to the trained model: there is no source twin (--twin RUN_DIR), so the "
         "deployed weights are not compared with the checkpoint and a change made before or at export would be "
         "its own reference"
-    ]
-    if deployment.precision == "fp32":
+    )
+    if deployment.precision == "fp32" or deployment.reference_file is None:
         blind.append(
-            "survival against a reference: the graph twin is the deployed fp32 graph itself, so survival compares "
+            "survival against a reference: the graph twin is the deployed graph itself, so survival compares "
             "the engine with its own graph"
+            + ("" if deployment.precision == "fp32" else " (pass --reference FILE.onnx, the file before quantisation)")
         )
     return blind
 
@@ -472,10 +494,19 @@ def engine_arithmetic(engine: Engine, precision: str, dataset: SegmentationDatas
     if not isinstance(engine, OnnxRuntimeEngine) or engine.as_written:
         return {"status": "n/a", "detail": f"{engine.name}: compared with its precision twin by the parity gates"}
     images, labels = collate_pad([dataset[i] for i in range(min(ARITHMETIC_IMAGES, len(dataset)))])
-    feed = {IMAGE: images.numpy()}
-    if engine.takes_seed:
-        feed[RAD_SEED] = np.array(DRAW_SEED, dtype=np.int64)
-    verdict = audit_file(engine.path, precision, [feed], labels.numpy(), dataset.num_classes, LOGITS, engine.device)
+    interface = engine.interface
+    assert interface is not None, "the engine is open"
+    if interface.batch == 1:
+        feeds = [interface.feed(image, DRAW_SEED) for image in images.split(1)]
+    else:
+        feeds = [interface.feed(images, DRAW_SEED)]
+    size = (labels.shape[-2], labels.shape[-1])
+
+    def to_label_size(logits: np.ndarray) -> np.ndarray:
+        return interface.postprocess(torch.from_numpy(logits), size).numpy()
+
+    verdict = audit_file(engine.path, precision, feeds, labels.numpy(), dataset.num_classes, interface.output,
+                         engine.device, to_label_size)  # fmt: skip
     return {"status": "pass" if verdict.passed else "fail", **verdict.to_dict()}
 
 

@@ -31,6 +31,18 @@ if TYPE_CHECKING:
     "(with its fp16/int8 precision); a run directory is the trained checkpoint (must be the exported one). "
     "Repeat for several.",
 )
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A bare file's float32 ONNX original (before quantisation, fp16 conversion or optimisation): "
+              "the reference for survival, divergence and the weights. [default: an fp32 file is its own]")  # fmt: skip
+@click.option("--input", "input_name", default=None, metavar="NAME",
+              help="A bare file's image input. [default: 'image', else its only 4-D input]")  # fmt: skip
+@click.option("--output", "output_name", default=None, metavar="NAME",
+              help="A bare file's logits output. [default: 'logits', else its only output]")  # fmt: skip
+@click.option("--pixel-range", type=click.Choice(["1", "255"]), default="1", show_default=True,
+              help="What a bare file's input reads for a white pixel: [0, 1] or [0, 255] pixels.")  # fmt: skip
+@click.option("--mean", "mean_spec", default=None, metavar="R,G,B",
+              help="Per-channel mean subtracted before a bare file's graph (its pixel range), with --std.")  # fmt: skip
+@click.option("--std", "std_spec", default=None, metavar="R,G,B", help="Per-channel std, with --mean.")
 @click.option("--artefact", default=None, help="File of the export to verify. [default: the engine, else the "
               "exported precision's ONNX]")  # fmt: skip
 @data_option(default=None)
@@ -63,6 +75,12 @@ if TYPE_CHECKING:
 def verify_command(
     deployed: Path,
     twin_specs: tuple[str, ...],
+    reference: Path | None,
+    input_name: str | None,
+    output_name: str | None,
+    pixel_range: str,
+    mean_spec: str | None,
+    std_spec: str | None,
     artefact: str | None,
     data: str | None,
     split: str,
@@ -84,10 +102,16 @@ def verify_command(
     resume: bool,
     progress: bool,
 ) -> None:
-    """Does the robustness survive deployment? Verify DEPLOYED (a `harden export` directory, or a
-    file in one) against its twins, and exit 0 (all gates pass), 1 (a gate failed) or 2 (bad input).
+    """Does the robustness survive deployment? Verify DEPLOYED (a `harden export` directory, a file
+    in one, or any segmentation model's ONNX file) against its twins, and exit 0 (all gates pass),
+    1 (a gate failed) or 2 (bad input).
 
-    Every file is hash-checked against the export manifest first. Then, on the verification
+    In an export directory every file is hash-checked against the export manifest first. A bare
+    ONNX file (from any exporter, optimiser or quantiser) is verified unsigned: say how it is fed
+    (--input/--output when ambiguous, --pixel-range, --mean/--std when normalisation happens
+    outside the graph), give --data, and --reference its float32 original when it is quantised;
+    logits at a lower resolution are upsampled to the labels. The audits that need a manifest
+    are n/a and the report says the deployment is unsigned. Then, on the verification
     images: parity of engine and twins on clean images; white-box attacks crafted on each twin
     (EOT over RAD seeds) and predicted by the engine over several RAD draws; Square and random
     noise run on the engine by queries; a divergence search for inputs where the engine and the
@@ -115,6 +139,8 @@ def verify_command(
       harden verify exports/seg --twin graph --twin runs/seg
       harden verify exports/seg/model.int8.onnx --attacks pgd,apgd-ce --eps 2/255,4/255 --gate survival=0.9
       torchrun --nproc-per-node 4 -m harden verify exports/seg --twin runs/seg --images 500
+      harden verify segformer.int8.onnx --reference segformer.onnx --mean 0.485,0.456,0.406 \
+          --std 0.229,0.224,0.225 --data cityscapes:/data/cityscapes
     """
     from harden.attacks import parse_eps
     from harden.cli import Failed
@@ -124,7 +150,8 @@ def verify_command(
     from harden.errors import InputError
     from harden.runtime.engines import open_engine
     from harden.runtime.gates import Gates, read_gate_file
-    from harden.runtime.twins import GRAPH, load_twins, open_deployment
+    from harden.runtime.interface import fixed_image_size
+    from harden.runtime.twins import GRAPH, InterfaceOptions, load_twins, open_deployment
     from harden.runtime.verify import VerifyOptions, verify
     from harden.training import read_config
 
@@ -142,7 +169,9 @@ def verify_command(
         except ValueError as err:
             raise InputError(f"--gate {pair!r}: write NAME=NUMBER, e.g. survival=0.9") from err
 
-    deployment = open_deployment(deployed, artefact)
+    stated = InterfaceOptions(input_name, output_name, float(pixel_range), _channels(mean_spec, "--mean"),
+                              _channels(std_spec, "--std"))  # fmt: skip
+    deployment = open_deployment(deployed, artefact, interface=stated, reference=reference)
     gates = Gates.for_precision(deployment.precision).with_values(overrides)
     twins = load_twins(list(twin_specs), deployment)
     run_dir = next((Path(s) for s in twin_specs if s != GRAPH), None) or Path(deployment.manifest.get("run_dir", ""))
@@ -150,13 +179,18 @@ def verify_command(
         _, train_config = read_config(run_dir)
         data = data or train_config.data
         image_size = image_size or train_config.image_size
-    elif data is None:
+    elif data is None and deployment.signed:
         raise InputError(f"the exported run {run_dir} is not here to say which data it used: pass --data")
+    elif data is None:
+        raise InputError(f"{deployment.artefact.name} is a bare file: pass --data (the images and labels to verify on)")
+    if image_size is None and not deployment.signed:
+        from harden.export.manifest import load_onnx
+
+        image_size = fixed_image_size(load_onnx(deployment.onnx), deployment.interface)
     dataset = open_dataset(data, split, size=image_size, num_images=images, seed=seed)
-    if dataset.num_classes != deployment.manifest.get("num_classes"):
-        raise InputError(
-            f"{data} has {dataset.num_classes} classes; the model predicts {deployment.manifest.get('num_classes')}"
-        )
+    classes = deployment.num_classes
+    if classes is not None and dataset.num_classes != classes:
+        raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")
 
     out = report_dir or deployment.root / "verify"
     target = resolve_device(device, local_rank=local_rank_from_environment())
@@ -174,7 +208,9 @@ def verify_command(
             click.echo(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
                        f"on {len(dataset)} {split} images{shards} ...")  # fmt: skip
         show = progress and sys.stderr.isatty() and distributed.is_main
-        with open_engine(deployment.artefact, str(target)) as engine:
+        with open_engine(deployment.artefact, str(target), deployment.interface) as engine:
+            if classes is None:  # the output's channels are not static: ask the model
+                _check_classes(engine, dataset, data)
             result = verify(deployment, engine, twins, dataset, options, progress=show, state_file=state_file,
                             resume=resume, distributed=distributed, device=target)  # fmt: skip
         failed = (
@@ -212,10 +248,35 @@ def _report(
     results = localise_failed_parity(result, results, graph_twin, dataset, device)
     palette = palette_for(dataset.name, dataset.num_classes)
     written = write_reports(result, results, {**dataclasses.asdict(options), "gates": gates.to_dict()},
-                            deployment.manifest.get("class_names") or [], out, palette)  # fmt: skip
+                            deployment.manifest.get("class_names") or list(dataset.class_names), out,
+                            palette)  # fmt: skip
     for gate in results:
         click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
     for line in result.not_judged:
         click.echo(f"  [not judged] {line}")
     click.echo("wrote " + ", ".join(str(p) for p in written))
     return [g.name for g in results if not g.passed]
+
+
+def _channels(spec: str | None, option: str) -> tuple[float, float, float] | None:
+    """'R,G,B' → three floats (None stays None)."""
+    if spec is None:
+        return None
+    from harden.errors import InputError
+
+    try:
+        values = tuple(float(v) for v in spec.split(","))
+    except ValueError as err:
+        raise InputError(f"{option} {spec!r}: write three numbers, e.g. 0.485,0.456,0.406") from err
+    if len(values) != 3:
+        raise InputError(f"{option} {spec!r}: write three numbers (R,G,B), got {len(values)}")
+    return values[0], values[1], values[2]
+
+
+def _check_classes(engine: Any, dataset: SegmentationDataset, data: str) -> None:
+    from harden.errors import InputError
+
+    image, _ = dataset[0]
+    predicted = engine.logits(image.unsqueeze(0), 0).shape[1]
+    if predicted != dataset.num_classes:
+        raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {predicted}")

@@ -1,0 +1,243 @@
+"""More standard ONNX operators for the graph twin: what real segmentation exports contain
+besides harden's own (UNets, HF SegFormer, MMSeg models; TorchScript and dynamo exporters).
+
+Activations (LeakyRelu … Mish, Gelu of opset 20), normalisations (InstanceNormalization,
+GroupNormalization), ConvTranspose, the deprecated Upsample, DepthToSpace/SpaceToDepth, and
+the indexing and reduction ops that dynamic exports use. They register into the same `OPS`
+table as `harden.runtime.torch_ops`; each is tested against ONNX Runtime, values and input
+gradient (tests/test_torch_ops_coverage.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from harden.runtime.torch_ops import OPS, Attributes, Op, Value, _check_auto_pad, _ints, _reduce, _t, op
+
+# -- activations --------------------------------------------------------------------------------
+
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX's defaults
+
+
+@op("LeakyRelu")
+def _leaky_relu(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.leaky_relu(_t(x[0]), a.get("alpha", 0.01))
+
+
+@op("PRelu")
+def _prelu(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, slope = _t(x[0]), _t(x[1])
+    return torch.where(data >= 0, data, data * slope)  # slope broadcasts to data, as ONNX says
+
+
+@op("HardSigmoid")
+def _hard_sigmoid(x: list[Value], a: Attributes) -> torch.Tensor:
+    return (a.get("alpha", 0.2) * _t(x[0]) + a.get("beta", 0.5)).clamp(0, 1)
+
+
+@op("HardSwish")
+def _hard_swish(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.hardswish(_t(x[0]))
+
+
+@op("Gelu")
+def _gelu(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.gelu(_t(x[0]), approximate=a.get("approximate", "none"))
+
+
+@op("Elu")
+def _elu(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.elu(_t(x[0]), a.get("alpha", 1.0))
+
+
+@op("Celu")
+def _celu(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.celu(_t(x[0]), a.get("alpha", 1.0))
+
+
+@op("Selu")
+def _selu(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    alpha, gamma = a.get("alpha", SELU_ALPHA), a.get("gamma", SELU_GAMMA)
+    return gamma * torch.where(data > 0, data, alpha * (torch.exp(data) - 1))
+
+
+@op("Softplus")
+def _softplus(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.softplus(_t(x[0]))
+
+
+@op("Mish")
+def _mish(x: list[Value], a: Attributes) -> torch.Tensor:
+    return F.mish(_t(x[0]))
+
+
+@op("ThresholdedRelu")
+def _thresholded_relu(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    return torch.where(data > a.get("alpha", 1.0), data, torch.zeros_like(data))
+
+
+@op("LogSoftmax")
+def _log_softmax(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.log_softmax(_t(x[0]), dim=a.get("axis", -1))
+
+
+@op("Dropout")
+def _dropout(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
+    data = _t(x[0])  # inference: the identity (a training_mode input of true is not supported)
+    if len(x) > 2 and x[2] is not None and bool(x[2]):
+        raise NotImplementedError("Dropout in training mode")
+    return data, torch.ones_like(data, dtype=torch.bool)
+
+
+def _elementwise(fn: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+    return lambda x, a: fn(_t(x[0]))
+
+
+ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Sign": torch.sign,
+    "Round": torch.round,  # half to even, as ONNX
+    "IsNaN": torch.isnan,
+    "IsInf": torch.isinf,
+}
+OPS.update({("", name): _elementwise(fn) for name, fn in ELEMENTWISE.items()})
+OPS[("", "Xor")] = lambda x, a: torch.logical_xor(_t(x[0]), _t(x[1]))
+
+# -- normalisation ------------------------------------------------------------------------------
+
+
+@op("InstanceNormalization")
+def _instance_norm(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    return F.instance_norm(data, weight=_t(x[1]), bias=_t(x[2]), eps=a.get("epsilon", 1e-5))
+
+
+@op("GroupNormalization")
+def _group_norm(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, scale, bias = _t(x[0]), _t(x[1]), _t(x[2])
+    groups, channels = int(a["num_groups"]), data.shape[1]
+    if scale.numel() != channels:  # opset 18 stored one scale per group; opset 21 one per channel
+        scale, bias = scale.repeat_interleave(channels // groups), bias.repeat_interleave(channels // groups)
+    compute = torch.float32 if a.get("stash_type", 1) == 1 else data.dtype
+    out = F.group_norm(data.to(compute), groups, scale.to(compute), bias.to(compute), a.get("epsilon", 1e-5))
+    return out.to(data.dtype)
+
+
+# -- layers -------------------------------------------------------------------------------------
+
+
+@op("ConvTranspose")
+def _conv_transpose(x: list[Value], a: Attributes) -> torch.Tensor:
+    _check_auto_pad(a, "ConvTranspose")
+    data, weight = _t(x[0]), _t(x[1])
+    bias = x[2] if len(x) > 2 else None
+    dims = data.dim() - 2
+    strides, dilations = a.get("strides", [1] * dims), a.get("dilations", [1] * dims)
+    pads = a.get("pads", [0] * (2 * dims))
+    extra = a.get("output_padding", [0] * dims)
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
+    # ONNX pads may differ at the two ends; torch's are symmetric: transpose unpadded, then crop
+    full = conv(data, weight, bias, stride=strides, padding=0, output_padding=extra, groups=a.get("group", 1),
+                dilation=dilations)  # fmt: skip
+    index = [slice(None), slice(None)]
+    for d in range(dims):
+        index.append(slice(pads[d], full.shape[2 + d] - pads[dims + d]))
+    out = full[tuple(index)]
+    if "output_shape" in a and list(out.shape[2:]) != list(a["output_shape"])[-dims:]:
+        raise NotImplementedError(f"ConvTranspose with output_shape {a['output_shape']} (computed {out.shape[2:]})")
+    return out
+
+
+@op("Upsample")
+def _upsample(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    scales = [float(s) for s in (_t(x[1]).tolist() if len(x) > 1 and x[1] is not None else a["scales"])]
+    if a.get("mode", "nearest") != "nearest":
+        raise NotImplementedError("Upsample with mode linear (asymmetric coordinates)")
+    if scales[:2] != [1.0, 1.0]:
+        raise NotImplementedError("Upsample of the batch or channel axis")
+    return F.interpolate(data, scale_factor=scales[2:], mode="nearest", recompute_scale_factor=False)
+
+
+@op("DepthToSpace")
+def _depth_to_space(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, size = _t(x[0]), int(a["blocksize"])
+    if a.get("mode", "DCR") == "CRD":
+        return F.pixel_shuffle(data, size)
+    b, c, h, w = data.shape
+    out = data.reshape(b, size, size, c // size**2, h, w).permute(0, 3, 4, 1, 5, 2)
+    return out.reshape(b, c // size**2, h * size, w * size)
+
+
+@op("SpaceToDepth")
+def _space_to_depth(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, size = _t(x[0]), int(a["blocksize"])
+    b, c, h, w = data.shape
+    out = data.reshape(b, c, h // size, size, w // size, size).permute(0, 3, 5, 1, 2, 4)
+    return out.reshape(b, c * size * size, h // size, w // size)
+
+
+@op("Einsum")
+def _einsum(x: list[Value], a: Attributes) -> torch.Tensor:
+    return torch.einsum(a["equation"], *[_t(v) for v in x])
+
+
+# -- indexing -----------------------------------------------------------------------------------
+
+
+def _arg(fn: str) -> object:
+    def run(x: list[Value], a: Attributes) -> torch.Tensor:
+        data = _t(x[0])
+        axis, keep = a.get("axis", 0) % data.dim(), bool(a.get("keepdims", 1))
+        if a.get("select_last_index", 0):
+            flipped = getattr(data.flip(axis), fn)(dim=axis, keepdim=keep)
+            return data.shape[axis] - 1 - flipped
+        return getattr(data, fn)(dim=axis, keepdim=keep)
+
+    return run
+
+
+OPS[("", "ArgMax")], OPS[("", "ArgMin")] = _arg("argmax"), _arg("argmin")  # type: ignore[assignment]
+
+
+@op("TopK")
+def _top_k(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
+    data, k = _t(x[0]), _ints(x[1])[0]
+    values, indices = data.topk(k, dim=a.get("axis", -1), largest=bool(a.get("largest", 1)), sorted=True)
+    return values, indices
+
+
+@op("ScatterND")
+def _scatter_nd(x: list[Value], a: Attributes) -> torch.Tensor:
+    if a.get("reduction", "none") != "none":
+        raise NotImplementedError(f"ScatterND with reduction={a['reduction']}")
+    data, indices, updates = _t(x[0]), _t(x[1]).long(), _t(x[2])
+    return data.index_put(tuple(indices.unbind(-1)), updates)
+
+
+@op("Trilu")
+def _trilu(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    k = _ints(x[1])[0] if len(x) > 1 and x[1] is not None else 0
+    return data.triu(k) if a.get("upper", 1) else data.tril(k)
+
+
+# -- reductions ---------------------------------------------------------------------------------
+
+OPS[("", "ReduceProd")] = _reduce(lambda t, d, k: _prod(t, d, k))
+OPS[("", "ReduceLogSumExp")] = _reduce(lambda t, d, k: t.logsumexp(dim=d, keepdim=k))
+OPS[("", "ReduceLogSum")] = _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k).log())
+OPS[("", "ReduceL1")] = _reduce(lambda t, d, k: t.abs().sum(dim=d, keepdim=k))
+OPS[("", "ReduceSumSquare")] = _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k))
+
+
+def _prod(data: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:
+    for dim in sorted(dims, reverse=True):
+        data = data.prod(dim=dim, keepdim=keep)
+    return data
