@@ -92,8 +92,9 @@ def export(model: nn.Module, path: Path, *, opset: int = 17, dynamo: bool = Fals
                           dynamo=True, external_data=False)  # fmt: skip
     else:
         axes = {0: "batch", 2: "height", 3: "width"}
+        dynamic = {input_name: axes, output_name: axes}
         torch.onnx.export(model, (example,), str(path), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: axes, output_name: axes}, opset_version=opset, dynamo=False)  # fmt: skip
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)  # fmt: skip
     onnx.checker.check_model(str(path))
     return path
 

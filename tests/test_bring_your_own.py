@@ -8,11 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+import foreign_models as fm
 import pytest
 import torch
 from click.testing import CliRunner
 
-import foreign_models as fm
 from harden.cli import cli
 
 QUICK = ["--data", "synthetic", "--image-size", "32x64", "--images", "2", "--batch-size", "2", "--attacks", "pgd",
