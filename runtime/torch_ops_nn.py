@@ -105,6 +105,10 @@ ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Round": torch.round,  # half to even, as ONNX
     "IsNaN": torch.isnan,
     "IsInf": torch.isinf,
+    "Tan": torch.tan,
+    "Asin": torch.asin,
+    "Acos": torch.acos,
+    "Atan": torch.atan,
 }
 OPS.update({("", name): _elementwise(fn) for name, fn in ELEMENTWISE.items()})
 OPS[("", "Xor")] = lambda x, a: torch.logical_xor(_t(x[0]), _t(x[1]))
@@ -219,6 +223,32 @@ def _scatter_nd(x: list[Value], a: Attributes) -> torch.Tensor:
         raise NotImplementedError(f"ScatterND with reduction={a['reduction']}")
     data, indices, updates = _t(x[0]), _t(x[1]).long(), _t(x[2])
     return data.index_put(tuple(indices.unbind(-1)), updates)
+
+
+@op("GatherElements")
+def _gather_elements(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, indices = _t(x[0]), _t(x[1]).long()
+    axis = a.get("axis", 0) % data.dim()
+    return data.gather(axis, torch.where(indices < 0, indices + data.shape[axis], indices))
+
+
+@op("CumSum")
+def _cumsum(x: list[Value], a: Attributes) -> torch.Tensor:
+    data, axis = _t(x[0]), _ints(x[1])[0]
+    if a.get("reverse", 0):
+        data = data.flip(axis)
+    out = data.cumsum(axis)
+    if a.get("exclusive", 0):
+        out = out - data
+    return out.flip(axis) if a.get("reverse", 0) else out
+
+
+@op("Mean")
+def _mean(x: list[Value], a: Attributes) -> torch.Tensor:
+    total = _t(x[0])
+    for value in x[1:]:
+        total = total + _t(value)
+    return total / len(x)
 
 
 @op("Trilu")

@@ -73,6 +73,20 @@ FLOAT_CASES: list[tuple[str, list[onnx.NodeProto], dict[str, np.ndarray], int]] 
     ("ThresholdedRelu", [_node("ThresholdedRelu", ["x"], alpha=0.3)], {}, 17),
     ("LogSoftmax", [_node("LogSoftmax", ["x"], axis=1)], {}, 17),
     ("Sin", [_node("Sin", ["x"])], {}, 17),
+    ("Atan", [_node("Atan", ["x"])], {}, 17),
+    (
+        "CumSum-reverse-exclusive",
+        [_node("CumSum", ["x", "ax"], reverse=1, exclusive=1)],
+        {"ax": np.array(3, np.int64)},
+        17,
+    ),
+    (
+        "GatherElements",
+        [_node("GatherElements", ["x", "idx"], axis=2)],
+        {"idx": RNG.integers(-6, 6, (2, 4, 3, 8)).astype(np.int64)},
+        17,
+    ),
+    ("Mean", [_node("Mean", ["x", "x", "m"])], {"m": RNG.standard_normal(X_SHAPE).astype(np.float32)}, 17),
     (
         "InstanceNormalization",
         [_node("InstanceNormalization", ["x", "g", "b"], epsilon=1e-5)],
