@@ -2,4 +2,4 @@
 
 from typing import Final
 
-DATA_SPEC_HELP: Final = "synthetic | cityscapes:PATH | voc:PATH | ade20k:PATH"
+DATA_SPEC_HELP: Final = "synthetic | cityscapes:PATH | voc:PATH | ade20k:PATH | folder:IMAGES,MASKS[,CLASSES]"

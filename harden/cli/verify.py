@@ -187,7 +187,7 @@ def verify_command(
         from harden.export.manifest import load_onnx
 
         image_size = fixed_image_size(load_onnx(deployment.onnx), deployment.interface)
-    dataset = open_dataset(data, split, size=image_size, num_images=images, seed=seed)
+    dataset = open_dataset(data, split, size=image_size, num_images=images, seed=seed, classes=deployment.num_classes)
     classes = deployment.num_classes
     if classes is not None and dataset.num_classes != classes:
         raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")

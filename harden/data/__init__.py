@@ -1,7 +1,8 @@
-"""Datasets: the built-in synthetic street scenes and loaders for Cityscapes, VOC and ADE20K.
+"""Datasets: the built-in synthetic street scenes, loaders for Cityscapes, VOC and ADE20K, and
+an image folder paired with a mask folder.
 
-`open_dataset("synthetic" | "cityscapes:PATH" | "voc:PATH" | "ade20k:PATH", split)` is the one
-entry point the CLI uses; `Augmented` adds the training transforms with reproducible randomness.
+`open_dataset(spec, split)` (spec: `harden.data_spec.DATA_SPEC_HELP`) is the one entry point
+the CLI uses; `Augmented` adds the training transforms with reproducible randomness.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from harden.data.ade20k import ade20k
 from harden.data.base import FileSegmentationDataset, SegmentationDataset, collate_pad
 from harden.data.cityscapes import cityscapes
 from harden.data.classes import IGNORE_INDEX
+from harden.data.folder import folder
 from harden.data.synthetic import SyntheticStreets
 from harden.data.transforms import TrainAugment
 from harden.data.voc import voc
@@ -42,6 +44,7 @@ def open_dataset(
     size: tuple[int, int] | None = None,
     num_images: int | None = None,
     seed: int = 0,
+    classes: int | None = None,
 ) -> SegmentationDataset:
     """Open a dataset split from a spec string.
 
@@ -51,12 +54,18 @@ def open_dataset(
         size: synthetic only: image (height, width). None means 128×256.
         num_images: synthetic: number of scenes; file datasets: keep only the first N (for quick runs).
         seed: synthetic only: the dataset seed.
+        classes: folder only: the number of classes when the spec does not say (the model's).
     """
     kind, _, path = spec.partition(":")
     if kind == "synthetic":
         if path:
             raise InputError(f"--data synthetic takes no path (got {spec!r}); set --image-size instead")
         return SyntheticStreets(split, size or (128, 256), num_images, seed)
+    if kind == "folder":
+        found = folder(path, classes)
+        if num_images is not None:
+            found.pairs = found.pairs[:num_images]
+        return found
     if kind not in _FILE_LOADERS:
         raise InputError(f"unknown dataset {kind!r} in --data {spec!r}; use {DATA_SPEC_HELP}")
     if not path:
