@@ -128,7 +128,7 @@ def test_verify_reports_the_audit_and_fails_on_it_alone(fp32_export, tmp_path, m
     assert summary["engine_arithmetic"]["comparison"]["argmax_agreement"] >= 0.999
     assert "Engine arithmetic" in (report / "report.html").read_text()
 
-    def deviating(path, precision, feeds, labels, num_classes, output, device="cpu"):
+    def deviating(path, precision, feeds, labels, num_classes, output, device="cpu", to_label_size=None):
         weights = int8_weights(onnx.load(str(path)))
         weights = type(weights)(weights.tensors + 3, 3, 127, "conv.weight_quantized")
         return judge(_comparison(0.945), "int8", weights, cpu_int8({"avx2"}), f"ONNX Runtime CPU ({path.name})")

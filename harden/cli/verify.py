@@ -106,17 +106,18 @@ def verify_command(
     in one, or any segmentation model's ONNX file) against its twins, and exit 0 (all gates pass),
     1 (a gate failed) or 2 (bad input).
 
-    In an export directory every file is hash-checked against the export manifest first. A bare
-    ONNX file (from any exporter, optimiser or quantiser) is verified unsigned: say how it is fed
-    (--input/--output when ambiguous, --pixel-range, --mean/--std when normalisation happens
-    outside the graph), give --data, and --reference its float32 original when it is quantised;
-    logits at a lower resolution are upsampled to the labels. The audits that need a manifest
-    are n/a and the report says the deployment is unsigned. Then, on the verification
+    In an export directory every file is hash-checked against the export manifest first. Then, on the verification
     images: parity of engine and twins on clean images; white-box attacks crafted on each twin
     (EOT over RAD seeds) and predicted by the engine over several RAD draws; Square and random
     noise run on the engine by queries; a divergence search for inputs where the engine and the
     fp32 reference disagree; deployment audits (MAS/RAD nodes, RAD seed, weights, int8
     calibration) and the sanity checks of DESIGN.md §6. The verdict is the worst case over all.
+
+    A bare ONNX file (from any exporter, optimiser or quantiser) is verified unsigned: say how it
+    is fed (--input/--output when ambiguous, --pixel-range, --mean/--std when normalisation happens
+    outside the graph), give --data, and --reference its float32 original when it is quantised;
+    logits at a lower resolution are upsampled to the labels. The audits that need a manifest
+    are n/a and the report says the deployment is unsigned.
 
     \b
     Gates (defaults per precision fp32 / fp16 / int8):
