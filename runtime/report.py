@@ -270,7 +270,7 @@ def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
 def _deployment_table(summary: dict[str, Any]) -> str:
     d = summary["deployment"]
     rows = [("directory", d["dir"]), ("artefact", d["artefact"]), ("engine", d["engine"]),
-            ("precision", d["precision"]), ("model", d["model"]), ("RAM", d["ram"]),
+            ("precision", d["precision"]), ("model", d["model"] or "not recorded"), ("RAM", d["ram"] or "not recorded"),
             ("twins", ", ".join(summary["twins"])), ("images", summary["images"]),
             ("RAD draws / EOT", f"{summary['draws']} / {summary['eot']}")]  # fmt: skip
     if not d.get("signed", True):
