@@ -54,10 +54,6 @@ class ModelInterface:
         if self.std is not None and any(s <= 0 for s in self.std):
             raise InputError(f"--std must be positive, got {self.std}")
 
-    @property
-    def is_identity(self) -> bool:
-        return self.pixel_range == 1.0 and self.mean is None
-
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels → what the graph's input expects (differentiable)."""
         out = images * self.pixel_range if self.pixel_range != 1.0 else images
@@ -149,6 +145,11 @@ def find_interface(
     if output not in outputs:
         raise InputError(f"--output {output!r}: the graph has no such output (outputs: {list(outputs)})")
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    if batch is not None and batch != 1:
+        raise InputError(
+            f"input {input!r} has a fixed batch of {batch}; export it with a dynamic batch or a batch of 1 "
+            "(verify then runs image by image)"
+        )
     return ModelInterface(input, output, seed, pixel_range, mean, std, batch)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from harden.errors import InputError
 from harden.export.manifest import MANIFEST_FILE, load_onnx, read_manifest, sha256_file, verify_files
 from harden.runtime.graph_twin import GraphTwin
-from harden.runtime.interface import ModelInterface, find_interface, output_classes
+from harden.runtime.interface import ModelInterface, find_interface, fixed_image_size, output_classes
 from harden.training.checkpoint import MODEL_FILE
 
 GRAPH = "graph"
@@ -51,6 +51,7 @@ class Deployment:
     interface: ModelInterface = field(default_factory=ModelInterface)
     reference_file: Path | None = None
     num_classes: int | None = None
+    image_size: tuple[int, int] | None = None  # a bare file's static input size (H, W), if static
 
     @property
     def signed(self) -> bool:
@@ -152,7 +153,8 @@ def _unsigned(path: Path, options: InterfaceOptions, reference: Path | None) -> 
     precision = detect_precision(model)
     if reference is None and precision == "fp32":
         reference = path  # an fp32 file is its own float32 graph
-    return Deployment(path.parent, {}, path, path, precision, interface, reference, output_classes(model, interface))
+    return Deployment(path.parent, {}, path, path, precision, interface, reference, output_classes(model, interface),
+                      fixed_image_size(model, interface))  # fmt: skip
 
 
 def _names_in(model: onnx.ModelProto, interface: ModelInterface) -> tuple[str | None, str | None]:
@@ -167,9 +169,8 @@ def reference_interface(deployment: Deployment) -> ModelInterface:
     if deployment.reference_file is None or deployment.reference_file == deployment.onnx:
         return deployment.interface
     model = load_onnx(deployment.reference_file)
-    found = find_interface(model, *_names_in(model, deployment.interface), deployment.interface.pixel_range,
-                           deployment.interface.mean, deployment.interface.std)  # fmt: skip
-    return found
+    stated = deployment.interface
+    return find_interface(model, *_names_in(model, stated), stated.pixel_range, stated.mean, stated.std)
 
 
 QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",

@@ -48,6 +48,16 @@ def _twin_values(twin: GraphTwin, x: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def _engine_and_twin(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], seed: int, tmp_path: Any
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """ONNX Runtime's output, the twin's input (requiring grad) and the twin's output on random x."""
+    model = _model(nodes, constants, 17)
+    x = np.random.default_rng(seed).standard_normal(X_SHAPE).astype(np.float32)
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    return _run_ort(model, x, tmp_path), inputs, _twin_values(_twin(model), inputs)
+
+
 def _node(op: str, inputs: list[str], domain: str = "", **attrs: Any) -> onnx.NodeProto:
     return helper.make_node(op, inputs, ["y"], domain=domain, **attrs)
 
@@ -259,11 +269,7 @@ QUANTISED_CASES: list[tuple[str, list[onnx.NodeProto], dict[str, np.ndarray]]] =
 
 @pytest.mark.parametrize(("nodes", "constants"), [c[1:] for c in QUANTISED_CASES], ids=[c[0] for c in QUANTISED_CASES])
 def test_quantised_op_computes_onnx_runtimes_grid_with_straight_through_gradients(nodes, constants, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    model = _model(nodes, constants, 17)
-    x = np.random.default_rng(2).standard_normal(X_SHAPE).astype(np.float32)
-    expected = _run_ort(model, x, tmp_path)
-    inputs = torch.from_numpy(x).requires_grad_(True)
-    got = _twin_values(_twin(model), inputs)
+    expected, inputs, got = _engine_and_twin(nodes, constants, 2, tmp_path)
     delta = np.abs(got.detach().numpy() - expected)
     assert delta.max() <= YS * 1.001, f"more than one output step off: {delta.max()}"
     # QLinearAveragePool: ONNX Runtime's kernel rounds ties of the window mean its own way (not yet
@@ -293,11 +299,7 @@ DYNAMIC_CASES: list[tuple[str, list[onnx.NodeProto], dict[str, np.ndarray]]] = [
 
 @pytest.mark.parametrize(("nodes", "constants"), [c[1:] for c in DYNAMIC_CASES], ids=[c[0] for c in DYNAMIC_CASES])
 def test_dynamic_quantisation_matches_onnx_runtime(nodes, constants, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    model = _model(nodes, constants, 17)
-    x = np.random.default_rng(3).standard_normal(X_SHAPE).astype(np.float32)
-    expected = _run_ort(model, x, tmp_path)
-    inputs = torch.from_numpy(x).requires_grad_(True)
-    got = _twin_values(_twin(model), inputs)
+    expected, inputs, got = _engine_and_twin(nodes, constants, 3, tmp_path)
     np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
     got.sum().backward()
     assert inputs.grad is not None and torch.isfinite(inputs.grad).all() and inputs.grad.abs().sum() > 0

@@ -151,7 +151,6 @@ def verify_command(
     from harden.errors import InputError
     from harden.runtime.engines import open_engine
     from harden.runtime.gates import Gates, read_gate_file
-    from harden.runtime.interface import fixed_image_size
     from harden.runtime.twins import GRAPH, InterfaceOptions, load_twins, open_deployment
     from harden.runtime.verify import VerifyOptions, verify
     from harden.training import read_config
@@ -184,10 +183,7 @@ def verify_command(
         raise InputError(f"the exported run {run_dir} is not here to say which data it used: pass --data")
     elif data is None:
         raise InputError(f"{deployment.artefact.name} is a bare file: pass --data (the images and labels to verify on)")
-    if image_size is None and not deployment.signed:
-        from harden.export.manifest import load_onnx
-
-        image_size = fixed_image_size(load_onnx(deployment.onnx), deployment.interface)
+    image_size = image_size or deployment.image_size
     dataset = open_dataset(data, split, size=image_size, num_images=images, seed=seed, classes=deployment.num_classes)
     classes = deployment.num_classes
     if classes is not None and dataset.num_classes != classes:
