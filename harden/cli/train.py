@@ -32,7 +32,10 @@ from harden.cli._options import (
     "model_name",
     default="segformer_tiny",
     show_default=True,
-    help="Registry model name (`harden models` lists them).",
+    help="Registry model name (`harden models` lists them), or your own: hf:PATH (a local transformers "
+    "folder with config.json and model.safetensors; fine-tuned from its weights) or "
+    "module:package.module:factory (factory(num_classes=K) returns an nn.Module that maps ImageNet-normalised "
+    "images to logits; importing it runs your code).",
 )
 @data_option()
 @click.option(

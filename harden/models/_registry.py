@@ -60,7 +60,12 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationModel:
-    """Build a registered model. kwargs override the factory's defaults (e.g. `drop_path`)."""
+    """Build a registered model. kwargs override the factory's defaults (e.g. `drop_path`).
+    `hf:PATH` and `module:package.module:factory` build a user's model (`harden.models.external`)."""
+    from harden.models.external import create_external, is_external
+
+    if is_external(name):
+        return create_external(name, num_classes, **kwargs)
     try:
         return model_entry(name).factory(num_classes=num_classes, **kwargs)
     except TypeError as err:

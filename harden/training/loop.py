@@ -41,6 +41,7 @@ from harden.data import IGNORE_INDEX, Augmented, SegmentationDataset, TrainAugme
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.metrics import ConfusionMatrix
+from harden.models.external import HF_PREFIX, hf_settings, load_hf_weights
 from harden.training.checkpoint import (
     CURVES_FILE,
     METRICS_FILE,
@@ -109,6 +110,9 @@ def prepare_run(
         )
     # Check the new run before touching the old one: bad input must lose nothing.
     probe = open_dataset(config.data, "train", size=config.image_size, num_images=1)
+    hf_folder = model_name[len(HF_PREFIX) :] if model_name.startswith(HF_PREFIX) else None
+    if hf_folder is not None:  # the folder's configuration, stored in the run: the run rebuilds without it
+        model_kwargs = {**model_kwargs, **hf_settings(hf_folder, probe.num_classes, list(probe.class_names))}
     model_config = ModelConfig(
         model_name,
         probe.num_classes,
@@ -120,6 +124,8 @@ def prepare_run(
         crf=crf,
     )
     model = build_model(model_config)
+    if hf_folder is not None and config.init_from is None:
+        load_hf_weights(model, hf_folder)  # fine-tune the user's pretrained weights
     if config.init_from is not None:
         init_weights(model, config.init_from)
     if config.init_backbone is not None:
