@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 from torch import nn
 
 from harden.errors import InputError
@@ -207,14 +208,39 @@ def source_twin(run_dir: Path, deployment: Deployment) -> nn.Module:
     return model.eval()
 
 
+class UserSourceTwin(nn.Module):
+    """A user's PyTorch model as the source twin of a bare ONNX file: fed and read through the
+    same interface as the engine (preprocessing before, upsampling after), so both see [0, 1]
+    pixels and return logits at the image size."""
+
+    def __init__(self, model: nn.Module, interface: ModelInterface) -> None:
+        super().__init__()
+        self.model, self.interface = model, interface
+        self.eval()  # the wrapper's mode is the model's: whoever restores a mode restores eval
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(self.interface.preprocess(images))
+        logits = getattr(out, "logits", out)  # transformers returns an output object
+        return self.interface.postprocess(logits, (images.shape[-2], images.shape[-1])).float()
+
+
 def load_twins(specs: list[str], deployment: Deployment) -> dict[str, nn.Module]:
-    """ "graph" and run directories → named twins (names: "graph", "source")."""
+    """ "graph", run directories, and for a bare file hf:PATH or module:package.module:factory →
+    named twins (names: "graph", "source")."""
+    from harden.models.external import is_external, load_user_model
+
     if not specs:
         raise InputError("no twin: pass --twin graph and/or --twin RUN_DIR")
     twins: dict[str, nn.Module] = {}
     for spec in specs:
         if spec == GRAPH:
             twins[GRAPH] = GraphTwin.from_file(deployment.onnx, deployment.interface).eval()
+        elif is_external(spec):
+            if deployment.signed:
+                raise InputError(f"--twin {spec}: a harden export's source is the run it was exported from (RUN_DIR)")
+            if deployment.num_classes is None:
+                raise InputError(f"--twin {spec}: {deployment.artefact.name}'s output does not state its classes")
+            twins["source"] = UserSourceTwin(load_user_model(spec, deployment.num_classes), deployment.interface).eval()
         else:
             twins["source"] = source_twin(Path(spec), deployment)
     return twins

@@ -47,6 +47,8 @@ def foreign(unet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]: 
                                           input_name="pixel_values", output_name="logits")  # fmt: skip
     files["segformer-fp16"] = fm.ort_float16(files["segformer-ts17"], out / "segformer_fp16.onnx")
     files["segformer-ort-optimised"] = fm.ort_optimised(files["segformer-ts17"], out / "segformer_ortopt.onnx")
+    segformer.model.save_pretrained(out / "segformer-hf", safe_serialization=True)  # the user's own folder
+    files["segformer-hf-folder"] = out / "segformer-hf"
     return files
 
 
@@ -145,3 +147,15 @@ def test_bad_input_for_a_bare_file_exits_2_with_what_to_do(foreign, fp32_export,
     engine.write_bytes(b"not an engine")
     bare_engine = runner.invoke(cli, ["verify", str(engine), *QUICK])
     assert bare_engine.exit_code == 2 and "ONNX" in bare_engine.output
+
+
+def test_a_users_hf_model_is_the_source_twin_of_its_bare_file(foreign, fp32_export, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = f"hf:{foreign['segformer-hf-folder']}"
+    code, output, summary = _verify(foreign["segformer-ts17"], tmp_path / "r", "--twin", "graph", "--twin", source)
+    assert code == 0, output
+    assert summary["twins"] == ["graph", "source"]
+    parity = summary["parity"]["clean"]["source"][0]
+    assert parity["agreement"] > 0.999 and parity["max_abs_diff"] < 1e-3  # the PyTorch model computes the file
+    assert "not tied to the file" in " ".join(summary["not_judged"])
+    signed = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", source, "--images", "1"])
+    assert signed.exit_code == 2 and "RUN_DIR" in signed.output

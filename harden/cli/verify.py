@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     multiple=True,
     default=("graph",),
     show_default=True,
-    metavar="graph|RUN_DIR",
+    metavar="graph|RUN_DIR|hf:PATH|module:M:F",
     help="Gradient-enabled twin(s) to craft attacks on: 'graph' rebuilds the deployed ONNX graph in PyTorch "
     "(with its fp16/int8 precision); a run directory is the trained checkpoint (must be the exported one). "
-    "Repeat for several.",
+    "For a bare ONNX file, your trained PyTorch model: hf:PATH (a local transformers folder) or "
+    "module:package.module:factory (factory(num_classes=K) returns it; importing runs your code); it is fed "
+    "exactly as the file is. Repeat for several.",
 )
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A bare file's float32 ONNX original (before quantisation, fp16 conversion or optimisation): "
@@ -149,6 +151,7 @@ def verify_command(
     from harden.devices import local_rank_from_environment, resolve_device
     from harden.distributed import Distributed
     from harden.errors import InputError
+    from harden.models.external import is_external
     from harden.runtime.engines import open_engine
     from harden.runtime.gates import Gates, read_gate_file
     from harden.runtime.twins import GRAPH, InterfaceOptions, load_twins, open_deployment
@@ -174,7 +177,9 @@ def verify_command(
     deployment = open_deployment(deployed, artefact, interface=stated, reference=reference)
     gates = Gates.for_precision(deployment.precision).with_values(overrides)
     twins = load_twins(list(twin_specs), deployment)
-    run_dir = next((Path(s) for s in twin_specs if s != GRAPH), None) or Path(deployment.manifest.get("run_dir", ""))
+    run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or Path(
+        deployment.manifest.get("run_dir", "")
+    )
     if (run_dir / "config.json").is_file():
         _, train_config = read_config(run_dir)
         data = data or train_config.data

@@ -144,3 +144,22 @@ def create_external(name: str, num_classes: int, **kwargs: Any) -> SegmentationM
             f"--model {name}: {factory_name}(num_classes=...) returned {type(module).__name__}, not an nn.Module"
         )
     return ModuleSegmentation(num_classes, module)
+
+
+def load_user_model(spec: str, num_classes: int) -> nn.Module:
+    """A user's trained model as it is, for a source twin of a bare ONNX file: `hf:PATH` (read by
+    transformers from safetensors) or `module:package.module:factory` (`factory(num_classes=K)`
+    must return the trained model). Its input is whatever the ONNX file's input is."""
+    if spec.startswith(HF_PREFIX):
+        from transformers import AutoModelForSemanticSegmentation
+
+        folder = Path(spec[len(HF_PREFIX) :]).expanduser()
+        if not (folder / HF_WEIGHTS).is_file():
+            raise InputError(f"--twin {spec}: no {HF_WEIGHTS} in {folder} (safetensors only, never pickled files)")
+        try:
+            return AutoModelForSemanticSegmentation.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise InputError(f"--twin {spec}: transformers cannot load it ({err})") from err
+    wrapped = create_external(spec, num_classes)
+    assert isinstance(wrapped, ModuleSegmentation)
+    return wrapped.module
