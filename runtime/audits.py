@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from harden.attacks.checks import Check
+from harden.export.manifest import Manifest
 from harden.ram import robust_cores
 from harden.runtime.engines import Engine
 from harden.runtime.graph_twin import GraphTwin
@@ -31,15 +32,15 @@ from harden.runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
 CLIP_LIMIT = 0.02  # min-max calibration on a few images saturated < 1 % on held-out ones (measured)
 
 
-def expected_harden_nodes(source: nn.Module | None, manifest: dict[str, Any]) -> dict[str, Any]:
+def expected_harden_nodes(source: nn.Module | None, manifest: Manifest | None) -> dict[str, Any]:
     """What the deployed graph must contain: MAS and RAD layer counts, thresholds and p."""
     if source is not None:
         cores = [core for _, core in robust_cores(source)]
         mas = [c.config.threshold for c in cores if c.config.mas]
         rad = [c.config.drop_p for c in cores if c.drops]
         return {"mas": len(mas), "rad": len(rad), "thresholds": sorted(set(mas)), "ps": sorted(set(rad))}
-    counts = manifest.get("harden_nodes") or {}
-    ram = manifest.get("ram") or {}
+    counts = manifest.harden_nodes if manifest is not None else {}
+    ram = (manifest.ram if manifest is not None else None) or {}
     return {
         "mas": counts.get("Mas", 0) + counts.get("MaskedMas", 0),
         "rad": counts.get("Rad", 0),

@@ -53,10 +53,9 @@ def int8_provenance(deployment: Deployment) -> Check:
         return Check("int8-provenance", "n/a", "the deployed file is not int8")
     if not deployment.signed:
         return Check("int8-provenance", "n/a", "unsigned: no manifest records the calibration recipe to re-derive")
-    entries = [e for e in deployment.manifest.get("onnx", []) if e.get("path") == deployment.onnx.name]
-    entry: dict[str, Any] = entries[0] if entries else {}
-    recipe = entry.get("calibration")
-    if not isinstance(recipe, dict):
+    record = deployment.manifest.record(deployment.onnx.name) if deployment.manifest else None
+    recipe = record.calibration if record is not None else None
+    if recipe is None:
         return Check(
             "int8-provenance",
             "fail",

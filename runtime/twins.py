@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from harden.errors import InputError
-from harden.export.manifest import MANIFEST_FILE, load_onnx, read_manifest, sha256_file, verify_files
+from harden.export.manifest import MANIFEST_FILE, Manifest, load_onnx, sha256_file, verify_files
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.interface import ModelInterface, find_interface, fixed_image_size, output_classes
 from harden.training.checkpoint import MODEL_FILE
@@ -35,7 +34,7 @@ class Deployment:
     with only what the user states (interface, reference file); audits that need a manifest are n/a.
 
     root: the export directory, or the bare file's directory (the default report goes there).
-    manifest: the export manifest ({} when unsigned).
+    manifest: the export manifest (None when unsigned).
     artefact: what runs in production: an engine, or an ONNX file.
     onnx: the ONNX file the artefact is (or was built from).
     interface: how the file is fed and read (`harden.runtime.interface`).
@@ -45,7 +44,7 @@ class Deployment:
     """
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest | None
     artefact: Path
     onnx: Path
     precision: str
@@ -56,7 +55,7 @@ class Deployment:
 
     @property
     def signed(self) -> bool:
-        return bool(self.manifest)
+        return self.manifest is not None
 
     @property
     def reference_onnx(self) -> Path:
@@ -66,8 +65,8 @@ class Deployment:
 
     def file_hashes(self) -> dict[str, str]:
         """sha256 per file name: the manifest's when signed, computed now when not."""
-        if self.signed:
-            return {e["path"]: e["sha256"] for key in ("onnx", "engines") for e in self.manifest.get(key, [])}
+        if self.manifest is not None:
+            return self.manifest.hashes()
         files = [self.artefact, *([self.reference_file] if self.reference_file else [])]
         return {f.name: sha256_file(f) for f in files}
 
@@ -101,12 +100,12 @@ def open_deployment(
             f"{path} is a harden export: its manifest says how it is fed and what it is compared with; "
             "--input/--output/--pixel-range/--mean/--std/--reference are for files without one"
         )
-    manifest = read_manifest(path)
+    manifest = Manifest.read(path)
     verify_files(path, manifest)
-    onnx_files = {e["path"]: e["precision"] for e in manifest.get("onnx", [])}
-    engines = {e["path"]: e["precision"] for e in manifest.get("engines", [])}
+    onnx_files = {f.path: f.precision for f in manifest.onnx}
+    engines = {f.path: f.precision for f in manifest.engines}
     if artefact is None:
-        precision = manifest.get("precision", "fp32")
+        precision = manifest.precision
         artefact = next(iter(engines), None) or f"model.{precision}.onnx"
     if artefact not in onnx_files and artefact not in engines:
         listed = ", ".join([*onnx_files, *engines]) or "nothing"
@@ -119,7 +118,7 @@ def open_deployment(
         raise InputError(f"{path}: model.fp32.onnx, the reference graph, is missing from the manifest")
     model = load_onnx(path / source_onnx)
     return Deployment(path, manifest, path / artefact, path / source_onnx, precision, find_interface(model),
-                      path / "model.fp32.onnx", manifest.get("num_classes"))  # fmt: skip
+                      path / "model.fp32.onnx", manifest.num_classes)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def _unsigned(path: Path, options: InterfaceOptions, reference: Path | None) -> 
     precision = detect_precision(model)
     if reference is None and precision == "fp32":
         reference = path  # an fp32 file is its own float32 graph
-    return Deployment(path.parent, {}, path, path, precision, interface, reference, output_classes(model, interface),
+    return Deployment(path.parent, None, path, path, precision, interface, reference, output_classes(model, interface),
                       fixed_image_size(model, interface))  # fmt: skip
 
 
@@ -198,8 +197,8 @@ def source_twin(run_dir: Path, deployment: Deployment) -> nn.Module:
     checkpoint = Path(run_dir) / MODEL_FILE
     if not checkpoint.is_file():
         raise InputError(f"{run_dir} is not a training run (no {MODEL_FILE}); pass the run that was exported")
-    recorded = deployment.manifest.get("checkpoint", {}).get("sha256")
-    if deployment.signed and sha256_file(checkpoint) != recorded:
+    manifest = deployment.manifest
+    if manifest is not None and sha256_file(checkpoint) != manifest.checkpoint_sha256:
         raise InputError(
             f"{checkpoint} is not the checkpoint {deployment.root} was exported from (sha256 differs from the "
             "manifest): a twin must be the deployed model's source. Pass the exported run, or export this one."

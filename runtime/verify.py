@@ -152,7 +152,7 @@ def verify(
     my_batches = distributed.shard(math.ceil(len(dataset) / options.batch_size))
     identity = fingerprint(
         files=deployment.file_hashes(),
-        checkpoint=deployment.manifest.get("checkpoint", {}).get("sha256"),
+        checkpoint=deployment.manifest.checkpoint_sha256 if deployment.manifest else None,
         artefact=deployment.artefact.name, twins=list(twins), options=asdict(options), eot=plan.eot,
         draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, _first_image_sha(dataset)],
         shard=[distributed.rank, distributed.world_size],

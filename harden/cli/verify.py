@@ -177,10 +177,9 @@ def verify_command(
     deployment = open_deployment(deployed, artefact, interface=stated, reference=reference)
     gates = Gates.for_precision(deployment.precision).with_values(overrides)
     twins = load_twins(list(twin_specs), deployment)
-    run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or Path(
-        deployment.manifest.get("run_dir", "")
-    )
-    if (run_dir / "config.json").is_file():
+    recorded_run = Path(deployment.manifest.run_dir) if deployment.manifest else None
+    run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or recorded_run
+    if run_dir is not None and (run_dir / "config.json").is_file():
         _, train_config = read_config(run_dir)
         data = data or train_config.data
         image_size = image_size or train_config.image_size
@@ -250,8 +249,8 @@ def _report(
     results = localise_failed_parity(result, results, graph_twin, dataset, device)
     palette = palette_for(dataset.name, dataset.num_classes)
     written = write_reports(result, results, {**dataclasses.asdict(options), "gates": gates.to_dict()},
-                            deployment.manifest.get("class_names") or list(dataset.class_names), out,
-                            palette)  # fmt: skip
+                            deployment.manifest.class_names if deployment.manifest else list(dataset.class_names),
+                            out, palette)  # fmt: skip
     for gate in results:
         click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
     for line in result.not_judged:
