@@ -30,12 +30,17 @@ from typing import Any
 from harden.attacks.checks import Check
 from harden.attacks.threat import format_eps
 from harden.errors import InputError
+from harden.export.tolerances import ADVERSARIAL_AGREEMENT, TOLERANCES
 from harden.runtime.verify import VerifyResult
 
+# the export's parity tolerances are the clean gates (one table: harden.export.tolerances)
 PRECISION_DEFAULTS: dict[str, dict[str, float]] = {
-    "fp32": {"clean_agreement": 0.999, "clean_miou_delta": 0.001, "adversarial_agreement": 0.99},
-    "fp16": {"clean_agreement": 0.99, "clean_miou_delta": 0.01, "adversarial_agreement": 0.97},
-    "int8": {"clean_agreement": 0.90, "clean_miou_delta": 0.05, "adversarial_agreement": 0.85},
+    precision: {
+        "clean_agreement": tolerance.min_agreement,
+        "clean_miou_delta": tolerance.max_miou_change,
+        "adversarial_agreement": ADVERSARIAL_AGREEMENT[precision],
+    }
+    for precision, tolerance in TOLERANCES.items()
 }
 
 
