@@ -9,6 +9,9 @@ Exit codes: 0 success; 1 a gate, check or run failed; 2 bad input or usage.
 
 from __future__ import annotations
 
+import errno
+import signal
+import threading
 from typing import Any
 
 import click
@@ -28,12 +31,82 @@ class Failed(click.ClickException):
     exit_code = EXIT_FAILED
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+EXIT_TERMINATED = 143  # SIGTERM
+# the machine's refusals of a write or read, which mean "fix the path, the disk or its permissions"
+_OS_INPUT_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT, errno.EISDIR,
+                    errno.ENOTDIR, errno.EFBIG}  # fmt: skip
+
+
 class _HardenGroup(click.Group):
+    """Turns every way a command can end into its exit code and one line, never a traceback:
+    bad input → 2; a full disk, a read-only file system or a denied path → 2 naming the path
+    (atomic writes leave every earlier file intact); Ctrl-C → 130, SIGTERM → 143."""
+
     def invoke(self, ctx: click.Context) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
         try:
             return super().invoke(ctx)
         except InputError as err:
             raise BadInput(str(err)) from err
+        except OSError as err:
+            if err.errno not in _OS_INPUT_ERRORS:
+                raise
+            raise BadInput(f"{err.filename or 'a file'}: {err.strerror or err}; {_os_hint(err.errno)}") from err
+        except Exception as err:  # torch.onnx re-raises a Ctrl-C inside its own error
+            code = _interruption(err)
+            if code is None:
+                raise
+            raise _Interrupted(code) from err
+        except KeyboardInterrupt as err:
+            raise _Interrupted(EXIT_INTERRUPTED) from err
+        except _Terminated as err:
+            raise _Interrupted(EXIT_TERMINATED) from err
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every `finally` and atomic write cleans up."""
+
+
+class _Interrupted(click.exceptions.Exit):
+    def __init__(self, code: int) -> None:
+        click.echo(f"interrupted ({'Ctrl-C' if code == EXIT_INTERRUPTED else 'SIGTERM'}): stopped; files written "
+                   "before stay intact, and a resumable run continues with --resume", err=True)  # fmt: skip
+        super().__init__(code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interruption(err: BaseException | None) -> int | None:
+    """The exit code of a Ctrl-C or SIGTERM somewhere in `err`'s chain of causes, else None."""
+    for _ in range(20):
+        if err is None:
+            return None
+        if isinstance(err, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(err, _Terminated):
+            return EXIT_TERMINATED
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _os_hint(code: int | None) -> str:
+    if code == errno.ENOSPC or code == errno.EDQUOT or code == errno.EFBIG:
+        return "the disk is full: free space or write elsewhere (earlier files are intact)"
+    if code == errno.EROFS:
+        return "the file system is read-only: write elsewhere (--out/--report/--json)"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied: write elsewhere or fix the permissions"
+    return "check the path"
 
 
 @click.group(cls=_HardenGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

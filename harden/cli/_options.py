@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.data_spec import DATA_SPEC_HELP
+from harden.data_spec import DATA_SPEC_HELP, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from harden.errors import InputError
 
 if TYPE_CHECKING:
@@ -26,8 +26,11 @@ class SizeType(click.ParamType):
             height, width = (int(v) for v in str(value).lower().split("x"))
         except ValueError:
             self.fail(f"{value!r} is not a size; write HEIGHTxWIDTH, e.g. 128x256", param, ctx)
-        if height < 1 or width < 1:
-            self.fail(f"sizes must be positive, got {value!r}", param, ctx)
+        if min(height, width) < MIN_IMAGE_SIDE:
+            self.fail(f"{value!r}: each side must be at least {MIN_IMAGE_SIDE} pixels", param, ctx)
+        if height * width > MAX_IMAGE_PIXELS:
+            self.fail(f"{value!r} is {height * width / 1e6:.0f} MP; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} MP",
+                      param, ctx)  # fmt: skip
         return height, width
 
 

@@ -13,6 +13,7 @@ from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
 from harden.cli._options import SIZE, data_option, device_option, progress_option, resolve_device
 from harden.cli._patch import DEFAULT_ATTACKS as PATCH_DEFAULT_ATTACKS
 from harden.cli._patch import run_patch_attacks
+from harden.data_spec import MAX_QUERIES
 
 
 def _attack_help() -> str:
@@ -56,7 +57,7 @@ class AttackCommand(click.Command):
 )
 @click.option(
     "--iters",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_QUERIES),
     default=None,
     help="Iterations (queries for square) of every attack. [default: each attack's own]",
 )

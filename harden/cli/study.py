@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from harden.cli._options import SIZE, crf_options, crf_settings, data_option, device_option, progress_option
+from harden.data_spec import MAX_ITERS
 
 
 @click.group("study")
@@ -28,7 +29,7 @@ def _common(command: Any) -> Any:
         click.option("--split", default="val", show_default=True),
         click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]"),
         click.option("--images", type=click.IntRange(min=1), default=None, help="Only the first N images."),
-        click.option("--iters", type=click.IntRange(min=1), default=None,
+        click.option("--iters", type=click.IntRange(min=1, max=MAX_ITERS), default=None,
                      help="Iterations of the iterative attacks. [default: min(ε+4, ⌈1.25ε⌉) as Kurakin et al.]"),
         click.option("--eot", type=click.IntRange(min=1), default=None,
                      help="EOT draws per gradient for a randomised (RAD) model. [default: 8 if randomised, else 1]"),

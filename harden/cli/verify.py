@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from harden.cli._options import SIZE, data_option, progress_option
+from harden.data_spec import MAX_ITERS, MAX_QUERIES
 
 if TYPE_CHECKING:
     from harden.data import SegmentationDataset
@@ -54,8 +55,11 @@ if TYPE_CHECKING:
 @click.option("--attacks", "attack_spec", default="fgsm,pgd", show_default=True, metavar="NAME[,NAME...]",
               help="White-box attacks crafted on every twin; Square and noise always run on the engine.")  # fmt: skip
 @click.option("--eps", "eps_spec", default="4/255,8/255", show_default=True, metavar="EPS[,EPS...]")
-@click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations of the white-box attacks.")
-@click.option("--queries", type=click.IntRange(min=1), default=100, show_default=True, help="Square's queries.")
+@click.option(
+    "--iters", type=click.IntRange(min=1, max=MAX_ITERS), default=None, help="Iterations of the white-box attacks."
+)
+@click.option("--queries", type=click.IntRange(min=1, max=MAX_QUERIES), default=100, show_default=True,
+              help="Square's queries.")  # fmt: skip
 @click.option("--divergence-steps", type=click.IntRange(min=0), default=10, show_default=True,
               help="Steps of the twin–engine divergence search (0 skips it).")  # fmt: skip
 @click.option("--eot", type=click.IntRange(min=1), default=None, help="[default: 8 with RAD, else 1]")

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from harden.data.classes import IGNORE_INDEX
+from harden.data_spec import MAX_IMAGE_PIXELS
 from harden.errors import InputError
 
 
@@ -85,9 +86,21 @@ class FileSegmentationDataset(SegmentationDataset):
 def read_image(path: Path) -> np.ndarray:
     """An RGB image file as (H, W, 3) uint8; any decoding failure names the file."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: the size is known before decoding
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InputError(
+                    f"{path}: {img.width}×{img.height} pixels exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit "
+                    "(a decompression bomb, or an image to downscale first)"
+                )
+            if img.mode.startswith("I") or img.mode == "F":
+                raise InputError(
+                    f"{path}: a {img.mode} (16-bit or float) image; convert it to 8-bit RGB first — reading it as "
+                    "8-bit would clip it"
+                )
             return np.array(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"{path}: cannot read image ({err}); replace or remove the file") from err
 
 
