@@ -60,7 +60,7 @@ def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     try:
         data = json.loads(path.read_text())
         return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: not a valid harden run configuration ({err})") from err
 
 
@@ -249,6 +249,15 @@ def _load_state(
     model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, may_miss: set[str] | None = None
 ) -> None:
     hint = "was the file written for another model or configuration?"
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        own = expected.get(name)
+        if own is None:
+            continue
+        if own.is_floating_point() and not tensor.is_floating_point():
+            raise InputError(f"{path}: tensor {name} is {tensor.dtype} where the model holds {own.dtype}; {hint}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: tensor {name} holds NaN or infinite values; restore the file or retrain")
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # shape mismatches

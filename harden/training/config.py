@@ -14,7 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from harden.data_spec import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from harden.errors import InputError
+
+MAX_CLASSES = 100_000  # a bound that keeps a tampered config from allocating the machine away
 
 # The adversarial-training methods `harden train --adv` knows (`harden.training.methods`).
 ADV_METHODS = ("sat", "pgd", "segpgd", "rppgd", "ddcat", "pir")
@@ -42,6 +45,29 @@ class ModelConfig:
     scales: list[float] | None = None
     fusion: str = "max"
     crf: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # read back from files a user may have edited: every field is checked before any allocation
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"model config: name must be a model name, got {self.name!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise InputError(f"model config: num_classes must be an integer, got {self.num_classes!r}")
+        if not 2 <= self.num_classes <= MAX_CLASSES:
+            raise InputError(f"model config: num_classes must be between 2 and {MAX_CLASSES}, got {self.num_classes}")
+        names = self.class_names
+        if not isinstance(names, list | tuple) or len(names) != self.num_classes:
+            raise InputError(f"model config: class_names must list {self.num_classes} names")
+        for key in ("kwargs", "ram", "crf"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"model config: {key} must be an object, got {type(value).__name__}")
+        if self.scales is not None and (
+            not isinstance(self.scales, list | tuple)
+            or not all(isinstance(s, int | float) and s > 0 for s in self.scales)
+        ):
+            raise InputError(f"model config: scales must be positive numbers, got {self.scales!r}")
+        if self.fusion not in ("max", "mean"):
+            raise InputError(f"model config: fusion must be 'max' or 'mean', got {self.fusion!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -106,6 +132,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if min(self.image_size) < MIN_IMAGE_SIDE or self.image_size[0] * self.image_size[1] > MAX_IMAGE_PIXELS:
+            raise InputError(
+                f"image size {self.image_size}: each side ≥ {MIN_IMAGE_SIDE} and at most "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP"
+            )
         if self.crop is not None:
             self.crop = (int(self.crop[0]), int(self.crop[1]))
         self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
@@ -129,6 +160,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
+            (isinstance(self.data, str), f"data must be a dataset spec string, got {self.data!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
             (self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}"),
@@ -187,6 +219,8 @@ def check_world_size(batch_size: int, processes: int) -> None:
 
 
 def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
@@ -196,4 +230,9 @@ def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
     for key, value in data.items():  # JSON has no tuples
         if isinstance(value, list) and key not in ("class_names",):
             data = {**data, key: tuple(value)}
-    return cls(**data)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError, IndexError) as err:  # a missing field, or a value of the wrong kind
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{cls.__name__}: {err}") from err
