@@ -33,6 +33,7 @@ from harden.export.onnx_export import IMAGE, LOGITS, RAD_SEED, check_onnx, expor
 from harden.export.parity import ParityReport, check_parity
 from harden.export.precision import INT8_WEIGHTS, PRECISIONS, to_fp16, to_int8
 from harden.export.trt_options import TrtBuildOptions, TrtShapes, parse_bytes, parse_shapes, shapes_from
+from harden.outputs import staging_prefix, sweep_stale_staging
 from harden.ram import has_rad
 from harden.training import load_model, read_config
 from harden.training.checkpoint import MODEL_FILE
@@ -155,7 +156,8 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             parity_data = _fit(*parity_data, image_size)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+    sweep_stale_staging(out.parent, out.name)  # left by exports that were killed
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(out.name), suffix=".staging", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes 0700; an export directory is meant to be shared
     try:
         say(f"exporting {model_config.name} ({_ram_text(model_config.ram)}) to ONNX ...")

@@ -56,7 +56,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
 
     monkeypatch.setattr(harden.runtime.verify, "_verify_batch", interrupted_after_one)
     aborted = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *ARGS)
-    assert aborted.exit_code == 1 and "Aborted" in aborted.output  # click's answer to Ctrl-C
+    assert aborted.exit_code == 130 and "interrupted (Ctrl-C)" in aborted.output  # the shell's code for Ctrl-C
     assert (report / "verify.state").is_file() and not (report / "verify.json").exists()
 
     resumed_batches = []

@@ -74,6 +74,7 @@ def attention_map_command(
     from harden.data import open_dataset
     from harden.data.base import read_image
     from harden.errors import InputError
+    from harden.outputs import figure_file
     from harden.ram import RAMConfig
     from harden.ram.attention_maps import query_attention, ram_comparison
     from harden.training import load_model, read_config
@@ -103,7 +104,7 @@ def attention_map_command(
             f"no global-attention layer to draw{f' matching {layer!r}' if layer else ''} "
             f"(windowed layers are not drawn: {len(skipped)} skipped)"
         )
-    out = out or run_dir / "attention.png"
+    out = figure_file(out or run_dir / "attention.png")
     _plot(image.permute(1, 2, 0).cpu().numpy(), query, base_maps, ram_maps, out)
     for name in skipped:
         click.echo(f"not drawn (windowed or not on the image grid): {name}")

@@ -42,6 +42,7 @@ def erf_command(
     from harden._io import atomic_path, write_json
     from harden.data import open_dataset
     from harden.erf import effective_receptive_field
+    from harden.outputs import figure_file
     from harden.training import load_model, read_config
 
     model_config, train_config = read_config(run_dir)
@@ -50,7 +51,8 @@ def erf_command(
                            num_images=images, seed=train_config.seed)  # fmt: skip
     field = effective_receptive_field(model, dataset, images)
     r50, r90 = field.radius(0.5), field.radius(0.9)
-    out = out or run_dir / "erf.png"
+    out = figure_file(out or run_dir / "erf.png")
+    figure_file(out.with_suffix(".json"))
     fig, ax = plt.subplots(figsize=(6.5, 5.2 * field.gradient.shape[0] / field.gradient.shape[1] + 1.0))
     shown = np.log10(field.gradient / max(float(field.gradient.max()), 1e-30) + 1e-6)
     picture = ax.imshow(shown, cmap="magma", vmin=-4, vmax=0)

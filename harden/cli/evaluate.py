@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from harden.models import SegmentationModel
 
 
+EVAL_SCHEMA = "harden-eval-report-v1"
+
+
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @data_option(default=None)
@@ -67,9 +70,12 @@ def eval_command(
     from harden._io import write_json
     from harden.data import open_dataset
     from harden.errors import InputError
+    from harden.outputs import report_file
     from harden.ram import RAMConfig, fixed_rad_seed
     from harden.training import evaluate, load_model, read_config
 
+    if json_path is not None:  # checked before any work: never overwrite what harden did not write here
+        report_file(json_path, EVAL_SCHEMA, "eval.json")
     model_config, train_config = read_config(run_dir)
     device = resolve_device(device)
     model, _ = load_model(run_dir, device)
@@ -100,7 +106,7 @@ def eval_command(
     if has_rad:
         click.echo(f"RAD is active at evaluation: this is the draw of --rad-seed {rad_seed}")
     out = json_path or run_dir / "eval.json"
-    write_json(out, summary)
+    write_json(out, {"schema": EVAL_SCHEMA, **summary})
     click.echo(f"wrote {out}")
     if examples:
         with fixed_rad_seed(model, rad_seed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,6 +157,7 @@ def verify_command(
     from harden.distributed import Distributed
     from harden.errors import InputError
     from harden.models.external import is_external
+    from harden.outputs import exclusive
     from harden.runtime.engines import open_engine
     from harden.runtime.gates import Gates, read_gate_file
     from harden.runtime.twins import GRAPH, InterfaceOptions, load_twins, open_deployment
@@ -198,6 +200,8 @@ def verify_command(
         raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")
 
     out = report_dir or deployment.root / "verify"
+    if os.environ.get("RANK", "0") == "0":  # one verify per report directory (under torchrun: rank 0 holds it)
+        click.get_current_context().with_resource(exclusive(out, "verification"))
     target = resolve_device(device, local_rank=local_rank_from_environment())
     if target.type == "cuda":
         import torch

@@ -1,11 +1,12 @@
 """Training and clean evaluation: run configuration, checkpoints, the training loop."""
 
-from harden.training.checkpoint import build_model, load_model, read_config
+from harden.training.checkpoint import RUN_MARKERS, build_model, load_model, read_config
 from harden.training.config import ModelConfig, TrainConfig
 from harden.training.evaluate import evaluate
 from harden.training.loop import TrainingDivergedError, TrainResult, prepare_run, train
 
 __all__ = [
+    "RUN_MARKERS",
     "ModelConfig",
     "TrainConfig",
     "TrainResult",

@@ -39,6 +39,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+RUN_MARKERS = {CONFIG_FILE, MODEL_FILE, STATE_FILE, METRICS_FILE}  # a directory holding one of these is a run
 
 
 @dataclass

@@ -42,10 +42,12 @@ from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.metrics import ConfusionMatrix
 from harden.models.external import HF_PREFIX, hf_settings, load_hf_weights
+from harden.outputs import check_run_directory
 from harden.training.checkpoint import (
     CURVES_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    RUN_MARKERS,
     STATE_FILE,
     Progress,
     build_model,
@@ -95,6 +97,7 @@ def prepare_run(
     A resumed run keeps its saved configuration; only its number of epochs may change
     (`resume_epochs`; None keeps the saved number).
     """
+    check_run_directory(run_dir, RUN_MARKERS)
     has_run = (run_dir / STATE_FILE).exists() or (run_dir / MODEL_FILE).exists()
     if resume:
         if not (run_dir / STATE_FILE).exists():
