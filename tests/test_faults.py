@@ -90,7 +90,7 @@ def _png_declaring(path: Path, width: int, height: int) -> None:
 def test_decompression_bombs_and_16_bit_images_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bomb = tmp_path / "bomb.png"
     _png_declaring(bomb, 60000, 60000)
-    with pytest.raises(InputError, match=r"bomb\.png: 60000×60000 pixels exceeds the 50 MP limit"):
+    with pytest.raises(InputError, match=r"bomb\.png: .*exceeds the 50 MP limit"):
         read_image(bomb)
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(deep)

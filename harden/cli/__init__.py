@@ -35,7 +35,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM
 # the machine's refusals of a write or read, which mean "fix the path, the disk or its permissions"
 _OS_INPUT_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT, errno.EISDIR,
-                    errno.ENOTDIR, errno.EFBIG}  # fmt: skip
+                    errno.EEXIST, errno.ENOTDIR, errno.EFBIG}  # fmt: skip
 
 
 class _HardenGroup(click.Group):

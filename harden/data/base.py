@@ -98,7 +98,9 @@ def read_image(path: Path) -> np.ndarray:
                     "8-bit would clip it"
                 )
             return np.array(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # PIL's own guard, far beyond ours, fires while opening
+        raise InputError(f"{path}: exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit ({err})") from err
+    except (OSError, UnidentifiedImageError, ValueError) as err:
         if isinstance(err, InputError):
             raise
         raise InputError(f"{path}: cannot read image ({err}); replace or remove the file") from err
