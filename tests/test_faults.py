@@ -185,3 +185,35 @@ def test_signals_stop_training_with_their_exit_code_and_leave_a_resumable_run(tm
         cli, ["train", "--out", str(run), "--resume", "--epochs", str(done + 1), "--no-progress"]
     )
     assert resumed.exit_code == 0, resumed.output  # the last complete checkpoint resumes
+
+
+@pytest.mark.parametrize(
+    "fault", ["progress-a-string", "negative-epoch", "no-optimizer-groups", "bad-rng", "garbage-metrics"]
+)
+def test_a_tampered_resume_state_is_refused_and_nothing_is_rewritten(run, fault) -> None:  # type: ignore[no-untyped-def]
+    state = run / "state.safetensors"
+    tensors = load_file(str(state))
+    with open(state, "rb") as f:
+        metadata = dict(json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"])
+    if fault == "progress-a-string":
+        metadata["progress"] = '"three"'
+    elif fault == "negative-epoch":
+        metadata["progress"] = json.dumps({"epoch": -4, "step": 0})
+    elif fault == "no-optimizer-groups":
+        metadata["optimizer_groups"] = "[]"
+    elif fault == "bad-rng":
+        tensors["rng.torch"] = torch.zeros(3, dtype=torch.uint8)
+    if fault == "garbage-metrics":
+        (run / "metrics.jsonl").write_bytes(b"\xff\xfe[1, 2]\n\x00\x00 not json\n")
+    else:
+        save_file(tensors, str(state), metadata=metadata)
+    before = _snapshot(run)
+    done = 8  # conftest's trained_run: 8 epochs
+    result = CliRunner().invoke(
+        cli, ["train", "--out", str(run), "--resume", "--epochs", str(done + 1), "--no-progress"]
+    )
+    if fault == "garbage-metrics":  # not trusted, not fatal: the run resumes and logs its new epoch
+        assert result.exit_code == 0, result.output
+        return
+    _refused(result, "state.safetensors", "--overwrite")
+    assert _snapshot(run) == before

@@ -231,19 +231,35 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
         groups = json.loads(metadata["optimizer_groups"])
         scalars = json.loads(metadata["optimizer_scalars"])
         extra = json.loads(metadata["extra"])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError) as err:
+        _check_progress(progress)
+        if not isinstance(extra, dict) or not isinstance(scalars, dict):
+            raise TypeError("extra and optimizer_scalars must be objects")
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, ValueError) as err:
         raise InputError(f"{path}: cannot resume from this checkpoint ({err}); start again with --overwrite") from err
     _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in scalars.items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.torch"])
+    # the optimizer and RNG state as saved; anything else (a tampered file) is refused, never half-applied
+    try:
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, values in scalars.items():
+            state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as err:
+        raise InputError(
+            f"{path}: its optimizer or RNG state does not fit this run ({err}); start again with --overwrite"
+        ) from err
     return progress, extra
+
+
+def _check_progress(progress: Progress) -> None:
+    for name in ("epoch", "step"):
+        value = getattr(progress, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"progress.{name} must be a non-negative integer, got {value!r}")
 
 
 def _load_state(

@@ -405,11 +405,13 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash; the epoch is re-run and re-logged
+            if isinstance(row, dict) and isinstance(row.get("epoch", 0), int):
+                rows.append(row)  # anything else is not a line harden wrote: skipped, not trusted
     return rows
 
 
