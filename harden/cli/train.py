@@ -231,8 +231,8 @@ def train_command(
     from harden.attacks.threat import format_eps, parse_eps
     from harden.cli import Failed
     from harden.errors import InputError
-    from harden.outputs import check_run_directory, exclusive
-    from harden.training import RUN_MARKERS, TrainConfig, TrainingDivergedError, prepare_run, train
+    from harden.outputs import exclusive
+    from harden.training import TrainConfig, TrainingDivergedError, prepare_run, train
     from harden.training.config import check_amp, check_world_size
 
     if resume and overwrite:
@@ -272,9 +272,6 @@ def train_command(
     )  # checked even without --crf, so a bad setting is never silently ignored
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
     epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
-    if nproc == 1 and os.environ.get("RANK", "0") == "0":  # one writer per run (torchrun: rank 0 holds it)
-        check_run_directory(run_dir, RUN_MARKERS)  # before the lock file goes in: never into "/" or a stranger's dir
-        click.get_current_context().with_resource(exclusive(run_dir, "training run"))
     model_config, config = prepare_run(
         run_dir,
         model_name,
@@ -291,6 +288,9 @@ def train_command(
     if nproc > 1:  # checked above, once, so bad input exits 2 here rather than inside N processes
         _launch_torchrun(nproc)
         return
+    if os.environ.get("RANK", "0") == "0":  # one writer per run (under torchrun, rank 0 holds it)
+        # after prepare_run: bad input is refused before the directory (and its lock file) exists
+        click.get_current_context().with_resource(exclusive(run_dir, "training run"))
     ram_note = ""
     if model_config.ram is not None:
         from harden.ram import RAMConfig

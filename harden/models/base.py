@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harden.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -26,6 +28,9 @@ class SegmentationModel(nn.Module):
     # The submodules (and parameters) that form the backbone, the part a classifier shares:
     # what PIR-AT initialises from a robust classifier (`--init-backbone`).
     backbone_modules: tuple[str, ...] = ()
+    # The smallest image side the network's strided stem and pooling can take (refused below it
+    # with exit 2 before the forward pass, instead of a convolution error deep inside).
+    min_input_side: int = 16
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -44,6 +49,11 @@ class SegmentationModel(nn.Module):
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W) in [0, 1], got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < self.min_input_side:
+            raise InputError(
+                f"images of {x.shape[-2]}×{x.shape[-1]} pixels are smaller than {type(self).__name__}'s minimum side "
+                f"of {self.min_input_side}; use larger images (--image-size)"
+            )
         logits, features = self.decode((x - self.mean) / self.std)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits, features

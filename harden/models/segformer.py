@@ -97,6 +97,8 @@ class SegFormer(SegmentationModel):
     drop_path: stochastic depth rate.
     """
 
+    min_input_side = 32  # the reductions of the last stage need ≥ 1 token per side
+
     backbone_modules = ("stages",)
 
     def __init__(
