@@ -217,3 +217,12 @@ def test_a_tampered_resume_state_is_refused_and_nothing_is_rewritten(run, fault)
         return
     _refused(result, "state.safetensors", "--overwrite")
     assert _snapshot(run) == before
+
+
+def test_images_below_a_models_minimum_are_refused_before_the_forward_pass() -> None:
+    from harden.models import create_model
+
+    model = create_model("segformer_tiny", 19).eval()
+    with pytest.raises(InputError, match="16×16 pixels are smaller than SegFormer's minimum side of 32"):
+        model(torch.rand(1, 3, 16, 16))
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 19, 32, 32)
