@@ -200,9 +200,9 @@ def verify_command(
         raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")
 
     out = report_dir or deployment.root / "verify"
+    target = resolve_device(device, local_rank=local_rank_from_environment())
     if os.environ.get("RANK", "0") == "0":  # one verify per report directory (under torchrun: rank 0 holds it)
         click.get_current_context().with_resource(exclusive(out, "verification"))
-    target = resolve_device(device, local_rank=local_rank_from_environment())
     if target.type == "cuda":
         import torch
 

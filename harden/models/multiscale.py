@@ -82,8 +82,8 @@ class MultiScale(SegmentationModel):
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         try:
             return self.base.forward_with_features(x)
-        except RuntimeError as err:
-            if "size" not in str(err) and "Kernel" not in str(err):
+        except (RuntimeError, InputError) as err:  # InputError: below the network's minimum side
+            if "size" not in str(err) and "Kernel" not in str(err) and "minimum side" not in str(err):
                 raise
             raise InputError(
                 f"at scale {scale:g} the image is {x.shape[-2]}×{x.shape[-1]}, too small for this model ({err}); "
