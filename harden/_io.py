@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,10 +50,22 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented, standard JSON, atomically. A NaN or infinite float (an IoU ratio
+    when clean mIoU is 0, a score of no image) is written as null: Python's NaN token is not JSON,
+    and browsers and most JSON tools refuse it."""
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        json.dump(_finite_or_null(obj), f, indent=2, sort_keys=False, allow_nan=False)
         f.write("\n")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:

@@ -1,4 +1,6 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,36 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+_checked_reports: dict[Path, int] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reports_match_their_schemas(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Every harden report any test writes (verify.json, attack.json, eval.json, …) is validated
+    against the JSON Schema it names (harden/schemas): a field renamed or retyped fails the test
+    that wrote it, in teardown."""
+    yield
+    import harden.schemas
+
+    invalid = []
+    for path in tmp_path_factory.getbasetemp().rglob("*.json"):
+        mtime = path.stat().st_mtime_ns
+        if _checked_reports.get(path) == mtime:
+            continue
+        _checked_reports[path] = mtime
+        try:
+            report = json.loads(path.read_text())
+        except (ValueError, OSError):  # a test's deliberately corrupt file
+            continue
+        if not (isinstance(report, dict) and str(report.get("schema", "")) in harden.schemas.REPORT_SCHEMAS):
+            continue
+        try:
+            harden.schemas.validate(report)
+        except Exception as err:  # jsonschema.ValidationError: name the file and the failing field
+            invalid.append(f"{path}: {getattr(err, 'json_path', '')} {getattr(err, 'message', err)}")
+    assert not invalid, "reports that do not match their schema:\n" + "\n".join(invalid)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,10 @@ def test_wheel_installs_only_the_harden_package(tmp_path):
         assert f"harden/{subpackage}/__init__.py" in names
         assert f"harden/{subpackage}/engines.py" in names or f"harden/{subpackage}/onnx_export.py" in names
     assert "harden/py.typed" in names
+    from harden.schemas import REPORT_SCHEMAS, SHARED
+
+    for schema_file in [*REPORT_SCHEMAS.values(), SHARED]:  # published with the package, not only in the repo
+        assert f"harden/schemas/{schema_file}" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "harden = harden.cli:main" in entry_points
 

@@ -16,6 +16,8 @@ from harden.ram import fixed_rad_seed
 
 WORST = "worst case"
 
+SCHEMA = "harden-attack-report-v1"
+
 
 def summarise(evaluation: Evaluation, checks: list[Check], meta: dict[str, Any]) -> dict[str, Any]:
     """Rows per (attack, ε) with pAcc, mIoU and IoU ratio (Arnab et al. §3), the worst case per ε
@@ -51,6 +53,7 @@ def summarise(evaluation: Evaluation, checks: list[Check], meta: dict[str, Any])
         assert overall is not None
         rows.append(row(WORST, eps, "all", overall.pixel_accuracy, overall.miou))
     return {
+        "schema": SCHEMA,
         **meta,
         "images": evaluation.images,
         "draws": evaluation.draws,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # imported in the functions: `harden --help` stays fast
     import torch
 
 DEFAULT_ATTACKS = "dag,ipatch,maxattn-dag"
+PATCH_SCHEMA = "harden-patch-attack-report-v1"
 
 
 def run_patch_attacks(
@@ -72,6 +73,7 @@ def run_patch_attacks(
         click.echo(f"  [{check.status}] {check.name}: {check.detail}")
     out = report_dir or run_dir / "patch-attack"
     summary = {
+        "schema": PATCH_SCHEMA,
         "run_dir": str(run_dir), "model": model_config.name, "ram": model_config.ram, "patch": patch,
         "location": location, "target": target, "stripes": stripes if target == "strip" else None,
         "iters": steps, "gamma": gamma, "alpha": alpha, "eot": eot, "draws": draws, "seed": seed,
