@@ -212,6 +212,16 @@ class Manifest:
             raw=raw,
         )
 
+    def recorded_agreement(self, precision: str) -> float | None:
+        """The argmax agreement of the `precision` file with its PyTorch model that `harden export`
+        measured (parity), or None when the export recorded none (--no-parity, an older export)."""
+        parity = self.raw.get("parity")
+        entry = parity.get(precision) if isinstance(parity, dict) else None
+        value = entry.get("argmax_agreement") if isinstance(entry, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            return None
+        return float(value)
+
     @property
     def files(self) -> list[FileRecord]:
         return [*self.onnx, *self.engines]

@@ -240,7 +240,10 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             ],
             "options": {k: _json_value(v) for k, v in asdict(options).items()},
             "versions": versions(),
-            "parity": {k: {"passed": v.passed, "reasons": v.reasons} for k, v in parity.items()} or None,
+            # the figures verify derives its clean-agreement gate for the source twin from
+            "parity": {k: {"passed": v.passed, "reasons": v.reasons, "images": v.images,
+                           "argmax_agreement": v.argmax_agreement, "miou_change": v.miou_change,
+                           "max_abs_diff": v.max_abs_diff} for k, v in parity.items()} or None,  # fmt: skip
             # measured on the exporting machine's CPU: a property of that engine, not of the files
             "engine_arithmetic": {k: v.to_dict() for k, v in arithmetic.items()} or None,
         }

@@ -9,6 +9,10 @@ of them can be set from a TOML or JSON file (`[gates]` table or top-level keys) 
     survival = 0.95                # engine robust mIoU ≥ survival × twin robust mIoU, every ε
     min_robust_miou = 0.0          # engine worst-case mIoU at every ε (0: no floor)
 
+A signed export also raises the source twin's clean-agreement gate to the agreement the export
+itself recorded, minus one point (`Gates.derived_from_export`), unless clean_agreement is set:
+an int8 file a point worse than when it was exported fails although it is above the 0.90 floor.
+
 Fail closed: no images, a failed audit, and a failed sanity check (including one whose premise
 was present but that could not measure anything) fail the verdict; a check whose premise the
 user left out (no single-step attack for iterative>single) is "n/a" with its reason. The
@@ -32,6 +36,11 @@ from harden.attacks.threat import format_eps
 from harden.errors import InputError
 from harden.export.tolerances import ADVERSARIAL_AGREEMENT, TOLERANCES
 from harden.runtime.verify import VerifyResult
+from harden.runtime.verify_state import Parity
+
+# how far below its own export's recorded parity a deployed file may fall (sampling: verify's
+# images are not the export's 8); Gates.derived_from_export
+EXPORT_PARITY_MARGIN = 0.01
 
 # the export's parity tolerances are the clean gates (one table: harden.export.tolerances)
 PRECISION_DEFAULTS: dict[str, dict[str, float]] = {
@@ -51,6 +60,11 @@ class Gates:
     adversarial_agreement: float
     survival: float = 0.95
     min_robust_miou: float = 0.0
+    # Derived, not set by the user: the export's own recorded agreement with its PyTorch model
+    # minus EXPORT_PARITY_MARGIN, for the source twin (the same comparison the export made).
+    # A file that became a point worse than when it was exported fails, even above the
+    # precision's floor (`derived_from_export`).
+    export_agreement: float | None = None
 
     @classmethod
     def for_precision(cls, precision: str, **overrides: float | None) -> Gates:
@@ -58,7 +72,7 @@ class Gates:
         return gates.with_values({k: v for k, v in overrides.items() if v is not None})
 
     def with_values(self, values: dict[str, Any]) -> Gates:
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self)} - {"export_agreement"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown gate {', '.join(unknown)}; gates are {', '.join(sorted(known))}")
@@ -67,7 +81,21 @@ class Gates:
                 raise InputError(f"gate {name} must be a number in [0, 1], got {value!r}")
         return replace(self, **{k: float(v) for k, v in values.items()})
 
-    def to_dict(self) -> dict[str, float]:
+    def derived_from_export(self, recorded_agreement: float | None) -> Gates:
+        """These gates with the source twin's clean agreement raised to the export's recorded
+        parity minus the margin (never lowered below the precision's floor); unchanged without a
+        recorded figure."""
+        if recorded_agreement is None:
+            return self
+        return replace(self, export_agreement=recorded_agreement)
+
+    def source_agreement(self) -> float:
+        """The clean-agreement threshold for the source twin."""
+        if self.export_agreement is None:
+            return self.clean_agreement
+        return max(self.clean_agreement, self.export_agreement - EXPORT_PARITY_MARGIN)
+
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
@@ -129,6 +157,31 @@ def _sanity_gate(checks: list[Check]) -> GateResult:
     return GateResult("sanity-checks", True, detail)
 
 
+def clean_parity_gates(twin: str, parities: list[Parity], gates: Gates) -> list[GateResult]:
+    """Agreement and mIoU change of the engine against `twin` on clean images, worst RAD draw.
+    The source twin's agreement gate is the export's recorded parity minus the margin when that
+    is stricter than the precision's floor."""
+    agreement = min(p.agreement for p in parities)
+    delta = max(p.miou_delta() for p in parities)
+    threshold, why = gates.clean_agreement, ""
+    if twin == "source" and gates.source_agreement() > gates.clean_agreement:
+        threshold = gates.source_agreement()
+        why = f": the export's recorded {gates.export_agreement:.2%} − {EXPORT_PARITY_MARGIN:.0%}"
+    return [
+        GateResult(
+            f"clean-agreement[{twin}]",
+            agreement >= threshold,
+            f"engine vs {twin} twin on clean images: argmax agreement {agreement:.4%} "
+            f"(gate ≥ {threshold:.2%}{why}), max |Δlogit| {max(p.max_abs for p in parities):.3g}",
+        ),
+        GateResult(
+            f"clean-miou-delta[{twin}]",
+            delta <= gates.clean_miou_delta,
+            f"|mIoU(engine) − mIoU({twin})| {delta:.4f} (gate ≤ {gates.clean_miou_delta})",
+        ),
+    ]
+
+
 def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) -> list[GateResult]:
     """Every gate, in the order a reader checks them; the verdict passes only if all pass."""
     out = [
@@ -156,23 +209,7 @@ def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) 
     )
     out.append(_sanity_gate(result.checks))
     for twin, parities in result.clean_parity.items():
-        agreement = min(p.agreement for p in parities)
-        delta = max(p.miou_delta() for p in parities)
-        out.append(
-            GateResult(
-                f"clean-agreement[{twin}]",
-                agreement >= gates.clean_agreement,
-                f"engine vs {twin} twin on clean images: argmax agreement {agreement:.4%} "
-                f"(gate ≥ {gates.clean_agreement:.2%}), max |Δlogit| {max(p.max_abs for p in parities):.3g}",
-            )
-        )
-        out.append(
-            GateResult(
-                f"clean-miou-delta[{twin}]",
-                delta <= gates.clean_miou_delta,
-                f"|mIoU(engine) − mIoU({twin})| {delta:.4f} (gate ≤ {gates.clean_miou_delta})",
-            )
-        )
+        out += clean_parity_gates(twin, parities, gates)
     for twin, parity in result.adversarial_parity.items():
         out.append(
             GateResult(

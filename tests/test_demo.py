@@ -23,6 +23,13 @@ def test_demo_runs_the_whole_pipeline_and_verifies_both_precisions(tmp_path):
         assert report["deployment"]["precision"] == precision and report["deployment"]["ram"]["rad"]
         assert report["verdict"] == "pass"
         assert (out / f"verify-{precision}" / "report.html").stat().st_size > 10_000
+    # int8: the source twin's agreement gate is the export's own recorded parity minus a point
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    recorded = manifest["parity"]["int8"]["argmax_agreement"]
+    int8 = json.loads((out / "verify-int8" / "verify.json").read_text())
+    (gate,) = [g for g in int8["gates"] if g["name"] == "clean-agreement[source]"]
+    assert recorded > 0.91 and f"the export's recorded {recorded:.2%}" in gate["detail"]
+    assert int8["options"]["gates"]["export_agreement"] == recorded
 
     again = _run("demo", "--quick", "--out", out, "--no-progress")
     assert again.exit_code == 2 and "--overwrite" in again.output

@@ -133,6 +133,8 @@ def verify_command(
       adversarial_agreement  0.99  / 0.97 / 0.85   on adversarial and divergence images
       survival               0.95                  engine robust mIoU ≥ 0.95 × twin's
       min_robust_miou        0 (off)               engine worst-case mIoU floor
+    A signed export raises clean_agreement[source] to the agreement the export recorded minus 1
+    point (unless --gate clean_agreement=… is given): a file worse than its own export fails.
     Fail closed: a failed audit, a failed sanity check, or no images fails. A sanity check whose
     premise the attack list leaves out (iterative>single needs fgsm) is n/a and says why.
 
@@ -182,6 +184,8 @@ def verify_command(
                               _channels(std_spec, "--std"))  # fmt: skip
     deployment = open_deployment(deployed, artefact, interface=stated, reference=reference)
     gates = Gates.for_precision(deployment.precision).with_values(overrides)
+    if "clean_agreement" not in overrides and deployment.manifest is not None:
+        gates = gates.derived_from_export(deployment.manifest.recorded_agreement(deployment.precision))
     twins = load_twins(list(twin_specs), deployment)
     recorded_run = Path(deployment.manifest.run_dir) if deployment.manifest else None
     run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or recorded_run
