@@ -241,9 +241,7 @@ def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[
             "options": {k: _json_value(v) for k, v in asdict(options).items()},
             "versions": versions(),
             # the figures verify derives its clean-agreement gate for the source twin from
-            "parity": {k: {"passed": v.passed, "reasons": v.reasons, "images": v.images,
-                           "argmax_agreement": v.argmax_agreement, "miou_change": v.miou_change,
-                           "max_abs_diff": v.max_abs_diff} for k, v in parity.items()} or None,  # fmt: skip
+            "parity": {k: _recorded_parity(v) for k, v in parity.items()} or None,
             # measured on the exporting machine's CPU: a property of that engine, not of the files
             "engine_arithmetic": {k: v.to_dict() for k, v in arithmetic.items()} or None,
         }
@@ -351,3 +349,10 @@ def _move_into_place(staging: Path, out: Path) -> None:
     out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recorded_parity(report: ParityReport) -> dict[str, Any]:
+    """What the manifest keeps of a parity check: the figures verify derives a gate from."""
+    return {"passed": report.passed, "reasons": report.reasons, "images": report.images,
+            "argmax_agreement": report.argmax_agreement, "miou_change": report.miou_change,
+            "max_abs_diff": report.max_abs_diff}  # fmt: skip

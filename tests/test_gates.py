@@ -31,7 +31,7 @@ def test_an_int8_file_a_point_worse_than_its_export_fails_by_name() -> None:
     worse = clean_parity_gates("source", [_parity(0.97)], gates)
     gate = _gate(worse, "clean-agreement[source]")
     assert not gate.passed and "recorded 99.50%" in gate.detail
-    assert 0.97 >= Gates.for_precision("int8").clean_agreement  # the fixed 90 % floor would have passed it
+    assert Gates.for_precision("int8").clean_agreement <= 0.97  # the fixed 90 % floor would have passed it
     faithful = clean_parity_gates("source", [_parity(0.992)], gates)
     assert _gate(faithful, "clean-agreement[source]").passed
 
@@ -43,7 +43,8 @@ def test_the_recorded_parity_never_loosens_a_gate_nor_applies_to_the_graph_twin(
     assert low.source_agreement() == 0.9
     strict = Gates.for_precision("int8").derived_from_export(0.995)
     assert strict.source_agreement() == pytest.approx(0.995 - EXPORT_PARITY_MARGIN)
-    graph = clean_parity_gates("graph", [_parity(0.97)], strict)  # a graph twin is the file itself, not the export's model
+    # a graph twin is the file itself, not the model the export measured
+    graph = clean_parity_gates("graph", [_parity(0.97)], strict)
     assert _gate(graph, "clean-agreement[graph]").passed
     assert Gates.for_precision("int8").derived_from_export(None).source_agreement() == 0.9
 
