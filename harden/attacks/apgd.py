@@ -1,10 +1,13 @@
 """APGD (Croce & Hein 2020) for segmentation, and its progressive-radius form used by SEA.
 
 APGD is PGD with momentum 0.75 and a step size that starts at 2ε and is halved, per image, at
-checkpoints where the attack stalls: fewer than ρ = 75 % of the steps since the last checkpoint
-raised the loss, or neither the step size nor the best loss changed since then. A halving
-restarts the image from its best-loss point. The loss picks the direction; the image that is
-returned is the one with the LOWEST PIXEL ACCURACY seen (the quantity being evaluated).
+checkpoints where the attack stalls: at most ρ = 75 % of the steps since the last checkpoint
+beat the previous iterate's loss, or the best loss did not improve since the last checkpoint
+and the step was not halved there (Croce & Hein 2020 §3.2). A halving restarts the image from
+its best-loss point. The loss picks the direction; the step-size rule and the restart point
+follow cross-entropy for the masked and weighted losses (`APGD.tracks_cross_entropy`); the image
+that is returned is the one with the LOWEST PIXEL ACCURACY seen (the quantity being evaluated).
+A run of N iterations makes N updates: N + 1 evaluations, N gradients.
 
 Targeted (`targeted=True`, the labels are then the attacker's target map): the loss against the
 targets is DESCENDED, and the image returned is the one with the most pixels at their target.
@@ -21,12 +24,13 @@ import torch
 from torch import nn
 
 from harden.attacks.base import Attack, checked_logits, unreached_per_image
-from harden.attacks.losses import LOSSES, image_loss
+from harden.attacks.losses import LOSSES, cross_entropy, image_loss
 from harden.attacks.threat import ThreatModel
 from harden.errors import InputError
 
 CONSTANT_RADIUS = ((1.0, 1.0),)
 REDUCED_RADIUS = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))  # (radius / ε, share of the iterations)
+TRACKED_BY_CROSS_ENTROPY = frozenset({"mask-ce", "bal-ce", "jsd"})  # see APGD.tracks_cross_entropy
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -91,16 +95,21 @@ class APGD(Attack):
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         start: torch.Tensor | None = None
-        done = 0
-        stages = self.stage_steps()
-        total = sum(steps for _, steps in stages)  # = self.steps, unless there are fewer steps than stages
-        for radius, steps in stages:
+        for radius, steps in self.stage_steps():
             threat = self.threat.with_eps(radius)
             x0 = threat.random_start(images) if start is None else threat.project(start, images)
-            start = self._stage(model, images, labels, threat, x0, steps, done, total)
-            done += steps
+            start = self._stage(model, images, labels, threat, x0, steps)
         assert start is not None
         return start
+
+    def tracks_cross_entropy(self) -> bool:
+        """Whether the step-size rule and the restart point follow cross-entropy instead of the
+        loss the gradient comes from. A masked or pixel-weighted loss FALLS as pixels flip (the
+        attack succeeding looks like the loss stalling), so judged by its own value the best
+        point stays early and the step is halved at nearly every checkpoint. Cross-entropy keeps
+        rising while the attack works. As in the SEA reference: Mask-CE, Bal-CE and JS track CE;
+        Mask-Sph keeps its own loss."""
+        return not self.targeted and self.loss_name in TRACKED_BY_CROSS_ENTROPY
 
     def _stage(
         self,
@@ -110,58 +119,67 @@ class APGD(Attack):
         threat: ThreatModel,
         x: torch.Tensor,
         steps: int,
-        offset: int,
-        total: int,
     ) -> torch.Tensor:
-        """One APGD run of `steps` loss evaluations from x (iterations offset… of `total`, for the
-        loss schedule); returns the point where the attacker had won most pixels."""
+        """One APGD run: `steps` updates from x (steps + 1 evaluations, the last without a gradient);
+        returns the point where the attacker had won most pixels. Loss schedules (Bal-CE's λ)
+        run over this run, as in the reference's red-ε, where each radius is a run of its own."""
         sign = -1.0 if self.targeted else 1.0  # targeted: ascend the loss's negative
 
-        def evaluate(x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            progress = (offset + step) / total
-
+        def objective_at(step: int) -> Any:
             def objective(x_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 logits = checked_logits(model, x_var)
-                return sign * image_loss(self.loss(logits, labels, progress), labels), logits
+                return sign * image_loss(self.loss(logits, labels, step / steps), labels), logits
 
-            return self.loss_and_grad(objective, x, labels)
+            return objective
+
+        def tracked(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            return image_loss(cross_entropy(logits, labels), labels) if self.tracks_cross_entropy() else loss
 
         def per_image(mask: torch.Tensor) -> torch.Tensor:
             return mask.view(-1, 1, 1, 1)
 
-        loss, logits, grad = evaluate(x, 0)
+        loss, logits, grad = self.loss_and_grad(objective_at(0), x, labels)
+        track = tracked(loss, logits)
         best_left, x_best_left = unreached_per_image(logits, labels, self.targeted), x.clone()
-        best_loss, x_best_loss, grad_best = loss.clone(), x.clone(), grad.clone()
-        eta = torch.full_like(loss, 2 * threat.eps)
+        best_track, x_best_track, grad_best = track.clone(), x.clone(), grad.clone()
+        eta = torch.full_like(track, 2 * threat.eps)
         x_prev = x
-        increases = torch.zeros_like(loss)
-        last_checkpoint, eta_then, best_loss_then = 0, eta.clone(), best_loss.clone()
+        increases = torch.zeros_like(track)  # steps since the last checkpoint that beat the previous iterate
+        last_checkpoint, best_then = 0, best_track.clone()
+        halved_then = torch.ones_like(track, dtype=torch.bool)  # no "no progress" halving at the first checkpoint
         marks = set(checkpoints(steps))
-        for k in range(1, steps):
+        for k in range(1, steps + 1):
             alpha = 1.0 if k == 1 else self.momentum
             z = threat.project(x + per_image(eta) * grad.sign(), images)
             x_new = threat.project(x + alpha * (z - x) + (1 - alpha) * (x - x_prev), images)
             x_prev, x = x, x_new
-            loss, logits, grad = evaluate(x, k)
+            if k < steps:
+                loss, logits, grad = self.loss_and_grad(objective_at(k), x, labels)
+            else:  # the last point needs scoring, not a gradient
+                logits = self.predict(model, x)
+                loss = sign * image_loss(self.loss(logits, labels, 1.0), labels)
+            previous, track = track, tracked(loss, logits)
+            increases += (track > previous).float()
 
             left = unreached_per_image(logits, labels, self.targeted)
-            lower = left < best_left
+            lower = left <= best_left  # ties move to the later point, as the reference does
             best_left = torch.where(lower, left, best_left)
             x_best_left = torch.where(per_image(lower), x, x_best_left)
 
-            higher = loss > best_loss
-            increases += higher.float()
-            best_loss = torch.where(higher, loss, best_loss)
-            x_best_loss = torch.where(per_image(higher), x, x_best_loss)
+            higher = track > best_track
+            best_track = torch.where(higher, track, best_track)
+            x_best_track = torch.where(per_image(higher), x, x_best_track)
             grad_best = torch.where(per_image(higher), grad, grad_best)
 
             if k in marks:
-                stalled = increases < self.rho * (k - last_checkpoint)
-                unchanged = (eta == eta_then) & (best_loss == best_loss_then)
-                reduce = stalled | unchanged
-                eta = torch.where(reduce, eta / 2, eta)
-                x = torch.where(per_image(reduce), x_best_loss, x)
-                grad = torch.where(per_image(reduce), grad_best, grad)
+                # halve where at most ρ of the steps since the last checkpoint raised the loss, or
+                # where the best loss did not move although the step was not just halved
+                stalled = increases <= self.rho * (k - last_checkpoint)
+                no_progress = ~halved_then & (best_track <= best_then)
+                halve = stalled | no_progress
+                eta = torch.where(halve, eta / 2, eta)
+                x = torch.where(per_image(halve), x_best_track, x)
+                grad = torch.where(per_image(halve), grad_best, grad)
                 increases.zero_()
-                last_checkpoint, eta_then, best_loss_then = k, eta.clone(), best_loss.clone()
+                last_checkpoint, best_then, halved_then = k, best_track.clone(), halve
         return x_best_left

@@ -1,0 +1,122 @@
+"""SEA's strength member by member, against a baseline revision of harden, at equal budgets.
+
+    python bench/sea_strength.py --work /tmp/sea-bench --iters 50 --baseline 61f3d13
+
+Trains (once, into --work) a pspnet_tiny (a CNN) and a segformer_tiny (a transformer), 12 epochs
+on 128 synthetic 64×128 scenes, then runs SEA at 4/255 and 8/255 on 16 validation images with
+--iters iterations per member. For each model and ε it prints every member's pAcc / mIoU and
+the worst case over the members (per image for pAcc, the worst assignment for mIoU: harden's
+evaluation, the same for both sides), and the seconds SEA took. Lower is a stronger attack.
+
+--baseline REV measures the same with harden at git revision REV (checked out into a temporary
+worktree and imported from there in a subprocess), in the same run, so the two columns share
+the machine's state. The figures go to docs/attacks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _runs import harden  # noqa: E402
+
+MODELS = ("pspnet_tiny", "segformer_tiny")
+EPS = (4 / 255, 8 / 255)
+
+
+def train(work: Path, model: str) -> Path:
+    out = work / model
+    if not (out / "model.safetensors").is_file():
+        size = ["--image-size", "64x128", "--train-images", "128", "--val-images", "16"]
+        harden("train", "--model", model, "--epochs", "12", *size, "--no-progress", "--out", str(out))
+    return out
+
+
+def measure(run_dir: Path, iters: int, images: int) -> dict[str, object]:
+    """SEA on `run_dir` at every ε: {eps: {"members": {name: [pAcc, mIoU]}, "worst": [...], "seconds": s}}."""
+    import torch
+
+    from harden.attacks.evaluate import evaluate_robustness
+    from harden.data import open_dataset
+    from harden.training import load_model, read_config
+
+    torch.manual_seed(0)
+    _, train_config = read_config(run_dir)
+    model, _ = load_model(run_dir, "cpu")
+    dataset = open_dataset(train_config.data, "val", size=train_config.image_size, num_images=images,
+                           seed=train_config.seed)  # fmt: skip
+    results: dict[str, object] = {}
+    for eps in EPS:
+        start = time.perf_counter()
+        evaluation = evaluate_robustness(model, dataset, ["sea"], [eps], steps=iters, seed=0, progress=False)
+        seconds = time.perf_counter() - start
+        (run,) = [r for r in evaluation.runs if r.attack == "sea"]
+        members = {name.split("/")[-1]: [w.pixel_accuracy, w.miou] for name, w in run.members().items()}
+        worst = run.worst()
+        results[f"{eps * 255:.0f}/255"] = {"members": members, "worst": [worst.pixel_accuracy, worst.miou],
+                                           "seconds": seconds}  # fmt: skip
+    return results
+
+
+def measure_all(work: Path, iters: int, images: int) -> dict[str, object]:
+    return {model: measure(work / model, iters, images) for model in MODELS}
+
+
+def baseline(rev: str, work: Path, iters: int, images: int) -> dict[str, object]:
+    """`measure_all` with harden imported from a worktree of `rev`."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev], check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            out = Path(tmp) / "baseline.json"
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harden; "
+                    f"assert harden.__file__.startswith({str(tree)!r}), harden.__file__; "
+                    f"from sea_strength import measure_all; "
+                    f"json.dump(measure_all(__import__('pathlib').Path({str(work)!r}), {iters}, {images}), "
+                    f"open({str(out)!r}, 'w'))")  # fmt: skip
+            subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tree)
+            return json.loads(out.read_text())
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sea-bench"))
+    parser.add_argument("--iters", type=int, default=50, help="iterations per SEA member (the paper: 300)")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--baseline", default=None, help="a git revision to compare with (e.g. HEAD~3)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for model in MODELS:
+        train(args.work, model)
+    old = baseline(args.baseline, args.work, args.iters, args.images) if args.baseline else None
+    new = measure_all(args.work, args.iters, args.images)
+    print(f"SEA, {args.iters} iterations per member, {args.images} images; pAcc / mIoU (lower: stronger)")
+    header = f"{'model':<16}{'ε':<7}{'member':<10}" + (f"{'baseline':>18}" if old else "") + f"{'this tree':>18}"
+    print(header)
+    for model in MODELS:
+        for eps, now in new[model].items():  # type: ignore[union-attr]
+            rows = [*now["members"].items(), ("worst", now["worst"]), ("seconds", [now["seconds"], None])]
+            for name, (acc, miou) in rows:
+                cells = []
+                for side in ([old[model][eps]] if old else []) + [now]:  # type: ignore[index]
+                    value = side["worst"] if name == "worst" else side["members"].get(name) if name != "seconds" \
+                        else [side["seconds"], None]  # fmt: skip
+                    cells.append(f"{value[0]:.1f} s" if name == "seconds" else f"{value[0]:.3f} / {value[1]:.3f}")
+                print(f"{model:<16}{eps:<7}{name:<10}" + "".join(f"{c:>18}" for c in cells))
+    print(json.dumps({"baseline": old, "this_tree": new}))
+
+
+if __name__ == "__main__":
+    main()
