@@ -4,9 +4,10 @@
 
 Trains (once, into --work) a pspnet_tiny (a CNN) and a segformer_tiny (a transformer), 12 epochs
 on 128 synthetic 64×128 scenes, then runs SEA at 4/255 and 8/255 on 16 validation images with
---iters iterations per member. For each model and ε it prints every member's pAcc / mIoU and
-the worst case over the members (per image for pAcc, the worst assignment for mIoU: harden's
-evaluation, the same for both sides), and the seconds SEA took. Lower is a stronger attack.
+--iters iterations per member, averaged over --seeds attack seeds. For each model and ε it
+prints every member's pAcc / mIoU and the worst case over the members (per image for pAcc, the
+worst assignment for mIoU: harden's evaluation, the same for both sides), and the seconds SEA
+took. Lower is a stronger attack.
 
 --baseline REV measures the same with harden at git revision REV (checked out into a temporary
 worktree and imported from there in a subprocess), in the same run, so the two columns share
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _runs import harden  # noqa: E402
+from _runs import harden
 
 MODELS = ("pspnet_tiny", "segformer_tiny")
 EPS = (4 / 255, 8 / 255)
@@ -39,8 +41,9 @@ def train(work: Path, model: str) -> Path:
     return out
 
 
-def measure(run_dir: Path, iters: int, images: int) -> dict[str, object]:
-    """SEA on `run_dir` at every ε: {eps: {"members": {name: [pAcc, mIoU]}, "worst": [...], "seconds": s}}."""
+def measure(run_dir: Path, iters: int, images: int, seeds: int = 1) -> dict[str, object]:
+    """SEA on `run_dir` at every ε: {eps: {"members": {name: [pAcc, mIoU]}, "worst": [...], "seconds": s}},
+    each figure the mean over `seeds` attack seeds (random starts), seconds the median."""
     import torch
 
     from harden.attacks.evaluate import evaluate_robustness
@@ -54,22 +57,27 @@ def measure(run_dir: Path, iters: int, images: int) -> dict[str, object]:
                            seed=train_config.seed)  # fmt: skip
     results: dict[str, object] = {}
     for eps in EPS:
-        start = time.perf_counter()
-        evaluation = evaluate_robustness(model, dataset, ["sea"], [eps], steps=iters, seed=0, progress=False)
-        seconds = time.perf_counter() - start
-        (run,) = [r for r in evaluation.runs if r.attack == "sea"]
-        members = {name.split("/")[-1]: [w.pixel_accuracy, w.miou] for name, w in run.members().items()}
-        worst = run.worst()
-        results[f"{eps * 255:.0f}/255"] = {"members": members, "worst": [worst.pixel_accuracy, worst.miou],
-                                           "seconds": seconds}  # fmt: skip
+        figures: dict[str, list[list[float]]] = {}
+        times = []
+        for seed in range(seeds):
+            start = time.perf_counter()
+            evaluation = evaluate_robustness(model, dataset, ["sea"], [eps], steps=iters, seed=seed, progress=False)
+            times.append(time.perf_counter() - start)
+            (run,) = [r for r in evaluation.runs if r.attack == "sea"]
+            for name, w in [*run.members().items(), ("worst", run.worst())]:
+                figures.setdefault(name.split("/")[-1], []).append([w.pixel_accuracy, w.miou])
+        mean = {name: [statistics.fmean(v[0] for v in values), statistics.fmean(v[1] for v in values)]
+                for name, values in figures.items()}  # fmt: skip
+        worst = mean.pop("worst")
+        results[f"{eps * 255:.0f}/255"] = {"members": mean, "worst": worst, "seconds": statistics.median(times)}
     return results
 
 
-def measure_all(work: Path, iters: int, images: int) -> dict[str, object]:
-    return {model: measure(work / model, iters, images) for model in MODELS}
+def measure_all(work: Path, iters: int, images: int, seeds: int) -> dict[str, object]:
+    return {model: measure(work / model, iters, images, seeds) for model in MODELS}
 
 
-def baseline(rev: str, work: Path, iters: int, images: int) -> dict[str, object]:
+def baseline(rev: str, work: Path, iters: int, images: int, seeds: int) -> dict[str, object]:
     """`measure_all` with harden imported from a worktree of `rev`."""
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +90,7 @@ def baseline(rev: str, work: Path, iters: int, images: int) -> dict[str, object]
             code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harden; "
                     f"assert harden.__file__.startswith({str(tree)!r}), harden.__file__; "
                     f"from sea_strength import measure_all; "
-                    f"json.dump(measure_all(__import__('pathlib').Path({str(work)!r}), {iters}, {images}), "
+                    f"json.dump(measure_all(__import__('pathlib').Path({str(work)!r}), {iters}, {images}, {seeds}), "
                     f"open({str(out)!r}, 'w'))")  # fmt: skip
             subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tree)
             return json.loads(out.read_text())
@@ -90,31 +98,38 @@ def baseline(rev: str, work: Path, iters: int, images: int) -> dict[str, object]
             subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
 
 
+def _cell(result: dict, member: str) -> str:
+    if member == "seconds":
+        return f"{result['seconds']:.1f} s"
+    acc, miou = result["worst"] if member == "worst" else result["members"][member]
+    return f"{acc:.3f} / {miou:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sea-bench"))
     parser.add_argument("--iters", type=int, default=50, help="iterations per SEA member (the paper: 300)")
     parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=1, help="attack seeds to average each figure over")
     parser.add_argument("--baseline", default=None, help="a git revision to compare with (e.g. HEAD~3)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for model in MODELS:
         train(args.work, model)
-    old = baseline(args.baseline, args.work, args.iters, args.images) if args.baseline else None
-    new = measure_all(args.work, args.iters, args.images)
-    print(f"SEA, {args.iters} iterations per member, {args.images} images; pAcc / mIoU (lower: stronger)")
-    header = f"{'model':<16}{'ε':<7}{'member':<10}" + (f"{'baseline':>18}" if old else "") + f"{'this tree':>18}"
-    print(header)
+    old = baseline(args.baseline, args.work, args.iters, args.images, args.seeds) if args.baseline else None
+    new = measure_all(args.work, args.iters, args.images, args.seeds)
+    print(
+        f"SEA, {args.iters} iterations per member, {args.images} images, mean over {args.seeds} attack seed(s); "
+        "pAcc / mIoU (lower: stronger); seconds: median per run"
+    )
+    sides = ([("baseline " + args.baseline, old)] if old else []) + [("this tree", new)]
+    print(f"{'model':<16}{'ε':<7}{'member':<10}" + "".join(f"{name:>20}" for name, _ in sides))
     for model in MODELS:
-        for eps, now in new[model].items():  # type: ignore[union-attr]
-            rows = [*now["members"].items(), ("worst", now["worst"]), ("seconds", [now["seconds"], None])]
-            for name, (acc, miou) in rows:
-                cells = []
-                for side in ([old[model][eps]] if old else []) + [now]:  # type: ignore[index]
-                    value = side["worst"] if name == "worst" else side["members"].get(name) if name != "seconds" \
-                        else [side["seconds"], None]  # fmt: skip
-                    cells.append(f"{value[0]:.1f} s" if name == "seconds" else f"{value[0]:.3f} / {value[1]:.3f}")
-                print(f"{model:<16}{eps:<7}{name:<10}" + "".join(f"{c:>18}" for c in cells))
+        for eps in new[model]:  # type: ignore[attr-defined]
+            results = [side[model][eps] for _, side in sides]  # type: ignore[index]
+            for member in [*results[-1]["members"], "worst", "seconds"]:
+                cells = [_cell(r, member) for r in results]
+                print(f"{model:<16}{eps:<7}{member:<10}" + "".join(f"{c:>20}" for c in cells))
     print(json.dumps({"baseline": old, "this_tree": new}))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,32 @@ def panel_figure(rows: Sequence[Sequence[np.ndarray]], titles: tuple[str, ...], 
 
 
 def save_examples(
-    images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, path: Path, palette: np.ndarray
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predictions: torch.Tensor,
+    path: Path,
+    palette: np.ndarray,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    """One row per image: the image, its ground truth and the prediction, side by side, as PNG."""
-    from PIL import Image
+    """One row per image: the image, its ground truth and the prediction, titled, with a legend
+    of the classes that appear (when `class_names` is given), as PNG."""
+    import matplotlib
 
-    rows = []
-    for image, label, pred in zip(images, labels, predictions, strict=True):
-        rgb = (image.permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([rgb, gap, colorize(label, palette), gap, colorize(pred, palette)], axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = [
+        (image.permute(1, 2, 0).cpu().numpy().clip(0, 1), colorize(label, palette), colorize(pred, palette))
+        for image, label, pred in zip(images, labels, predictions, strict=True)
+    ]
+    fig = panel_figure(rows, ("image", "ground truth", "prediction"), width=9)
+    if class_names:
+        shown = sorted({int(c) for t in (labels, predictions) for c in t.unique() if 0 <= int(c) < len(class_names)})
+        handles = [Patch(color="#{:02x}{:02x}{:02x}".format(*(int(v) for v in palette[c][:3])), label=class_names[c])
+                   for c in shown]  # fmt: skip
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=7, frameon=False)
+        fig.subplots_adjust(bottom=0.04 + 0.03 * math.ceil(len(handles) / 6))
     with atomic_path(path) as tmp:
-        Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(tmp, format="PNG")
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -14,7 +14,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+import shlex
+import sys
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,8 @@ def summarise(
     return {
         "schema": SCHEMA,
         "verdict": "pass" if passed else "fail",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "harden " + shlex.join(sys.argv[1:]),
         "deployment": {
             "dir": str(result.deployment.root),
             "artefact": result.deployment.artefact.name,
@@ -161,7 +167,8 @@ def write_junit(summary: dict[str, Any], path: Path) -> None:
         time=f"{sum(summary['seconds'].values()):.3f}",
     )
     for gate in gates:
-        case = ET.SubElement(suite, "testcase", classname="harden.verify.gates", name=gate["name"], time="0")
+        case = ET.SubElement(suite, "testcase", classname="harden.verify.gates", name=gate["name"],
+                             time=f"{gate_seconds(summary, gate['name']):.3f}")  # fmt: skip
         if not gate["passed"]:
             failure = ET.SubElement(case, "failure", message=gate["detail"][:500], type="GateFailed")
             failure.text = gate["detail"]
@@ -170,6 +177,24 @@ def write_junit(summary: dict[str, Any], path: Path) -> None:
     ET.indent(suites)
     with atomic_open(path, "wb") as f:
         ET.ElementTree(suites).write(f, encoding="utf-8", xml_declaration=True)
+
+
+def gate_seconds(summary: dict[str, Any], gate: str) -> float:
+    """The time spent producing a gate's evidence, for junit's `time`: the engine-side attack
+    runs at its ε for survival and robust-mIoU gates, the checks' own attacks for the sanity
+    checks, the clean passes (engine and twins, shared by all twins) for the parity gates; 0 for
+    gates that only read what others measured (data, audits)."""
+    seconds = summary["seconds"]
+    if gate.startswith(("survival", "robust-miou")):
+        eps_text = gate.rsplit("@", 1)[-1]
+        eps = next((w["eps"] for w in summary["worst_case"] if w["eps_text"] == eps_text), None)
+        runs = [r["seconds"] for r in summary["rows"] if r["side"] == "engine" and r["eps"] == eps and "seconds" in r]
+        return float(sum(runs)) / (len(summary["twins"]) if gate.startswith("survival") else 1)
+    if gate == "sanity-checks":
+        return float(seconds.get("checks", 0.0))
+    if gate.startswith(("clean-agreement", "clean-miou-delta")):
+        return (seconds.get("engine", 0.0) + seconds.get("twin", 0.0)) / max(1, 2 * len(summary["twins"]))
+    return 0.0
 
 
 # -- HTML ---------------------------------------------------------------------------------------
@@ -181,20 +206,26 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
     matplotlib.use("Agg")
 
     verdict = summary["verdict"]
+    gates = summary["gates"]
+    failed = [g for g in gates if not g["passed"]]
+    ordered = failed + [g for g in gates if g["passed"]]  # a reader looks for what failed first
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>harden verify: {html.escape(summary['deployment']['artefact'])}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:90%}.pass{background:#d8f5d8}"
-        ".fail{background:#f8d0d0}.na{background:#eee}h1 span{padding:2px 12px;border-radius:6px}</style></head><body>",
+        ".fail{background:#f8d0d0}.na{background:#eee}h1 span{padding:2px 12px;border-radius:6px}"
+        ".meta{color:#555;font-size:85%}code{background:#f4f4f4;padding:1px 4px}</style></head><body>",
         f"<h1>harden verify — <span class='{verdict}'>{verdict.upper()}</span></h1>",
-        _deployment_table(summary),
+        f"<p><b>{html.escape(verdict_meaning(summary))}</b></p>",
+        _header(summary),
+        "<h2>Headline: clean → worst case, engine vs reference</h2>",
+        _headline_table(summary),
         *_not_judged(summary["not_judged"]),
-        "<h2>Gates</h2>",
-        _table(
-            ["gate", "result", "detail"],
-            [(g["name"], "pass" if g["passed"] else "fail", g["detail"]) for g in summary["gates"]],
-        ),
+        f"<h2>Gates: {len(failed)} of {len(gates)} failed</h2>"
+        if failed
+        else f"<h2>Gates: all {len(gates)} passed</h2>",
+        _table(["gate", "result", "detail"], [(g["name"], _status(g), g["detail"]) for g in ordered]),
         "<h2>Robustness: engine vs twins</h2>",
         _img(_curves(summary)),
         "<h2>Per-class IoU</h2>",
@@ -208,12 +239,94 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         _table(["audit", "status", "detail"], [(c["name"], c["status"], c["detail"]) for c in summary["audits"]]),
         "<h2>Sanity checks (DESIGN.md §6)</h2>",
         _table(["check", "status", "detail"], [(c["name"], c["status"], c["detail"]) for c in summary["checks"]]),
-        "<h2>Worst adversarial images on the engine</h2>",
-        _img(_overlays(result, palette)),
+        "<h2>Deployment</h2>",
+        _deployment_table(summary),
+        "<h2>Adversarial images on the engine</h2>",
+        _overlay_caption(summary, result),
+        _img(_overlays(summary, result, palette)),
         "</body></html>",
     ]
     with atomic_open(path, "w") as f:
         f.write("\n".join(parts))
+
+
+def _status(gate: dict[str, Any]) -> str:
+    return "pass" if gate["passed"] else "fail"
+
+
+def verdict_meaning(summary: dict[str, Any]) -> str:
+    """What the verdict says, and what it does not: PASS is about the deployment, not the model."""
+    gates = summary["gates"]
+    failed = sum(not g["passed"] for g in gates)
+    if summary["verdict"] == "fail":
+        return (f"FAIL: {failed} of {len(gates)} gates failed (listed first below). The deployment does not "
+                "preserve the robustness of its reference, or could not be verified.")  # fmt: skip
+    text = ("PASS: the deployed engine preserves the robustness of its reference (every gate passed). "
+            "It does not say the model is robust")  # fmt: skip
+    last = summary["worst_case"][-1] if summary["worst_case"] else None
+    if last is not None and last["engine"] is not None:
+        text += (f": its worst-case mIoU falls from {summary['clean']['engine']['miou']:.3f} clean to "
+                 f"{last['engine']['miou']:.3f} at ε = {last['eps_text']}")  # fmt: skip
+    floor = summary["options"].get("gates", {}).get("min_robust_miou", 0.0)
+    if not floor:
+        text += ". No robust-mIoU floor was set (--gate min_robust_miou=VALUE sets one)"
+    return text + "."
+
+
+def _header(summary: dict[str, Any]) -> str:
+    v = summary["versions"]
+    versions = ", ".join(f"{k} {v[k]}" for k in ("harden", "torch", "onnxruntime", "tensorrt") if v.get(k))
+    lines = [
+        f"{html.escape(summary.get('created', ''))} · {html.escape(versions)}",
+        f"<code>{html.escape(summary.get('command', ''))}</code>",
+        f"{html.escape(summary['deployment']['artefact'])} ({summary['deployment']['precision']}, "
+        f"{html.escape(summary['deployment']['engine'])}) · model {html.escape(str(summary['deployment']['model']))} · "
+        f"{html.escape(ram_in_words(summary['deployment']['ram']))}",
+        f"{summary['images']} images · {summary['draws']} RAD draw(s) · EOT {summary['eot']} · "
+        "<a href='verify.json'>verify.json</a> · <a href='junit.xml'>junit.xml</a>",
+    ]
+    return "<p class='meta'>" + "<br>".join(lines) + "</p>"
+
+
+def ram_in_words(ram: dict[str, Any] | None) -> str:
+    """RAM settings as a sentence (the header), not a Python dict."""
+    if not ram:
+        return "no Robust Attention Mechanism recorded"
+    parts = []
+    if ram.get("mas"):
+        parts.append(f"MAS caps every attention weight at {ram.get('threshold')}")
+    if ram.get("rad"):
+        parts.append(f"RAD drops attention weights with p = {ram.get('drop_p')} at inference (attacked with EOT)")
+    if ram.get("temperature") is not None:
+        parts.append(f"attention logits divided by {ram['temperature']}")
+    if ram.get("learnable"):
+        parts.append("a learnable attention scale per layer")
+    return "RAM: " + ("; ".join(parts) if parts else "present but every part off")
+
+
+def _headline_table(summary: dict[str, Any]) -> str:
+    """Clean and worst-case mIoU / pAcc per ε on the engine and each twin, and the survival ratio."""
+    twins = summary["twins"]
+    header = ["ε", "engine mIoU", "engine pAcc"]
+    for twin in twins:
+        header += [f"{twin} mIoU", f"{twin} pAcc", f"survival vs {twin} (engine / twin mIoU)"]
+
+    def cells(engine: dict[str, float] | None, twin_scores: dict[str, dict[str, float] | None]) -> list[str]:
+        row = [_fmt(engine, "miou"), _fmt(engine, "pixel_accuracy")]
+        for twin in twins:
+            other = twin_scores.get(twin)
+            ratio = (engine["miou"] / other["miou"]) if engine and other and other["miou"] else None
+            row += [_fmt(other, "miou"), _fmt(other, "pixel_accuracy"), "—" if ratio is None else f"{ratio:.3f}"]
+        return row
+
+    rows = [("clean", *cells(summary["clean"]["engine"], {t: summary["clean"].get(t) for t in twins}))]
+    rows += [(w["eps_text"], *cells(w["engine"], w["twins"])) for w in summary["worst_case"]]
+    return _table(header, rows)
+
+
+def _fmt(scores: dict[str, Any] | None, key: str) -> str:
+    value = None if scores is None else scores.get(key)
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _not_judged(blind: list[str]) -> list[str]:
@@ -270,7 +383,7 @@ def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
 def _deployment_table(summary: dict[str, Any]) -> str:
     d = summary["deployment"]
     rows = [("directory", d["dir"]), ("artefact", d["artefact"]), ("engine", d["engine"]),
-            ("precision", d["precision"]), ("model", d["model"] or "not recorded"), ("RAM", d["ram"] or "not recorded"),
+            ("precision", d["precision"]), ("model", d["model"] or "not recorded"), ("RAM", ram_in_words(d["ram"])),
             ("twins", ", ".join(summary["twins"])), ("images", summary["images"]),
             ("RAD draws / EOT", f"{summary['draws']} / {summary['eot']}")]  # fmt: skip
     if not d.get("signed", True):
@@ -284,9 +397,12 @@ def _deployment_table(summary: dict[str, Any]) -> str:
 def _parity_table(summary: dict[str, Any]) -> str:
     rows = []
     for twin, parities in summary["parity"]["clean"].items():
-        worst = min(parities, key=lambda p: p["agreement"])
+        # each figure is its own worst over the RAD draws, exactly as the gates judge it
+        agreement = min(p["agreement"] for p in parities)
+        max_abs = max(p["max_abs_diff"] for p in parities)
+        miou_delta = max(p["miou_delta"] for p in parities)
         adversarial = summary["parity"]["adversarial"][twin]
-        rows.append((twin, f"{worst['agreement']:.4%}", f"{worst['max_abs_diff']:.3g}", f"{worst['miou_delta']:.4f}",
+        rows.append((twin, f"{agreement:.4%}", f"{max_abs:.3g}", f"{miou_delta:.4f}",
                      f"{adversarial['agreement']:.4%}", f"{adversarial['max_abs_diff']:.3g}"))  # fmt: skip
     div = summary["divergence"]
     note = (
@@ -295,8 +411,10 @@ def _parity_table(summary: dict[str, Any]) -> str:
         if div["ran"]
         else "<p>Divergence search: not run (the deployed graph is the reference itself).</p>"
     )
+    header = ["twin", "clean agreement", "clean max |Δlogit|", "clean |ΔmIoU|", "adv. agreement", "adv. max |Δlogit|"]
     return (
-        _table(["twin", "clean agreement", "clean max |Δ|", "clean |ΔmIoU|", "adv. agreement", "adv. max |Δ|"], rows)
+        "<p>Each figure is its worst over the RAD draws (the gates use the same numbers).</p>"
+        + _table(header, rows)
         + note
     )
 
@@ -315,19 +433,27 @@ def _img(png: bytes) -> str:
 
 
 def _curves(summary: dict[str, Any]) -> bytes:
+    """Worst-case mIoU and pAcc against ε: the engine and every twin, each line with its own marker
+    and a small horizontal offset, so a twin that coincides with the engine stays visible."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     worst = summary["worst_case"]
-    eps = [0.0] + [w["eps"] * 255 for w in worst]
-    for ax, key, title in zip(axes, ("miou", "pixel_accuracy"), ("worst-case mIoU", "worst-case pAcc"), strict=True):
-        ax.plot(eps, [summary["clean"]["engine"][key]] + [w["engine"][key] for w in worst], "o-", lw=2.5,
-                color="black", label="engine (all attacks)")  # fmt: skip
-        for twin in summary["twins"]:
+    eps = np.array([0.0] + [w["eps"] * 255 for w in worst])
+    shift = 0.04 * max(float(eps.max()), 1.0)
+    styles = [("s", "--"), ("^", ":"), ("D", "-.")]
+    for ax, key, label in zip(axes, ("miou", "pixel_accuracy"), ("worst-case mIoU", "worst-case pixel accuracy"),
+                              strict=True):  # fmt: skip
+        ax.plot(eps, [summary["clean"]["engine"][key]] + [(w["engine"] or {}).get(key, np.nan) for w in worst],
+                "o-", lw=2.5, ms=7, color="black", label="engine (all attacks)", zorder=3)  # fmt: skip
+        for n, twin in enumerate(summary["twins"]):
+            marker, line = styles[n % len(styles)]
             values = [summary["clean"][twin][key]] + [(w["twins"][twin] or {}).get(key, np.nan) for w in worst]
-            ax.plot(eps, values, "s--", label=f"{twin} twin (its own attacks)")
-        ax.set_xlabel("ε (grey levels of 255)")
-        ax.set_title(title)
+            ax.plot(eps + (n + 1) * shift, values, marker=marker, ls=line, ms=6, mfc="none", zorder=4,
+                    label=f"{twin} twin (its own attacks)")  # fmt: skip
+        ax.set_xlabel("ε (grey levels of 255); twins drawn slightly to the right")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs ε")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -336,41 +462,95 @@ def _curves(summary: dict[str, Any]) -> bytes:
 
 
 def _class_bars(summary: dict[str, Any]) -> bytes:
+    """Per-class IoU clean and at the largest ε; a class with no pixel in the labels or the
+    predictions has no IoU and is marked "absent" instead of drawn as 0."""
     import matplotlib.pyplot as plt
 
     last = summary["worst_case"][-1]
     names = summary["class_names"] or [str(i) for i in range(len(last["per_class_iou"]["clean"]))]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.8))
     for offset, key, label in (
         (-0.2, "clean", "engine, clean"),
         (0.2, "engine", f"engine, worst case ε={last['eps_text']}"),
     ):
         values = [np.nan if v is None else v for v in last["per_class_iou"][key]]
         ax.bar(x + offset, values, width=0.4, label=label)
+    absent = [i for i in x if last["per_class_iou"]["clean"][i] is None and last["per_class_iou"]["engine"][i] is None]
+    for i in absent:
+        ax.text(float(i), 0.02, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="#777")
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("IoU")
+    ax.set_title("per-class IoU" + (" (absent: no pixel of the class in these images)" if absent else ""))
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
 
-def _overlays(result: VerifyResult, palette: np.ndarray) -> bytes:
-    """Rows: clean image | engine on clean | worst adversarial (largest ε) | engine on it | labels."""
+def _worst_rows(summary: dict[str, Any], result: VerifyResult) -> list[tuple[int, float | None, str]]:
+    """(image id, pAcc, attack) of each image shown: its lowest pAcc over attacks and draws at
+    the largest ε, and the attack (and its member) that reached it."""
+    eps = max(r.eps for r in result.engine.runs)
+    worst = next(w for w in summary["worst_case"] if w["eps"] == eps)
+    ids = result.engine.examples[f"worst-ids@{eps}"].tolist()
+    return [(int(i), worst["per_image"][int(i)]["pixel_accuracy"], worst["per_image"][int(i)]["attack"]) for i in ids]
+
+
+def _overlay_caption(summary: dict[str, Any], result: VerifyResult) -> str:
+    eps = max(r.eps for r in result.engine.runs)
+    rows = [(f"row {n + 1}", f"image {i}", "—" if acc is None else f"{acc:.3f}", attack)
+            for n, (i, acc, attack) in enumerate(_worst_rows(summary, result))]  # fmt: skip
+    return (
+        f"<p>The {len(rows)} images with the lowest engine pixel accuracy at ε = {format_eps(eps)}, over every attack "
+        "and RAD draw (the engine's prediction is from the draw that reached it):</p>"
+        + _table(["", "image (dataset index)", "lowest pAcc", "attack[crafted on]:member@draw"], rows)
+    )
+
+
+def _overlays(summary: dict[str, Any], result: VerifyResult, palette: np.ndarray) -> bytes:
+    """Rows: clean image | engine on clean | worst adversarial (largest ε) | engine on it | labels,
+    with a class-colour legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     from harden.visualize import colorize, panel_figure
 
     examples, predictions = result.engine.examples, result.example_predictions
     eps = max(r.eps for r in result.engine.runs)
-    images, labels, adversarial = examples["images"], examples["labels"], examples[f"worst@{eps}"]
-    titles = ("clean image", "engine, clean", f"worst adversarial ε={format_eps(eps)}", "engine, adversarial", "labels")
+    images, labels = examples[f"worst-clean@{eps}"], examples[f"worst-labels@{eps}"]
+    adversarial = examples[f"worst-adversarial@{eps}"]
+    titles = ("clean image", "engine, clean", f"adversarial ε={format_eps(eps)}", "engine, adversarial", "labels")
     rows = [
         (images[i].permute(1, 2, 0).numpy(), colorize(predictions["clean"][i], palette),
          adversarial[i].permute(1, 2, 0).numpy(), colorize(predictions["adversarial"][i], palette),
          colorize(labels[i], palette))
         for i in range(len(images))
     ]  # fmt: skip
-    return _png(panel_figure(rows, titles, width=14))
+    png = _png(panel_figure(rows, titles, width=14))
+    names = summary["class_names"] or [str(c) for c in range(len(palette))]
+    shown = sorted({int(c) for t in (labels, predictions["clean"], predictions["adversarial"]) for c in t.unique()
+                    if 0 <= int(c) < len(names)})  # fmt: skip
+    fig = plt.figure(figsize=(14, 0.35 + 0.3 * math.ceil(len(shown) / 6)))
+    handles = [Patch(color="#{:02x}{:02x}{:02x}".format(*(int(v) for v in palette[c][:3])), label=names[c])
+               for c in shown]  # fmt: skip
+    fig.legend(handles=handles, loc="center", ncol=6, fontsize=9, frameon=False, title="classes in these images")
+    return _stack(png, _png(fig))
+
+
+def _stack(*pngs: bytes) -> bytes:
+    """PNGs one above the other, as one PNG (one <img> keeps the page a single file)."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_reports(

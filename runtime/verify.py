@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from harden.attacks import ATTACKS, ThreatModel, create_attack, is_randomised
 from harden.attacks.checks import Check, outputs_are_logits, run_checks
-from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation, keep_first
+from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
@@ -169,8 +169,9 @@ def verify(
     bar = tqdm(total=len(my_batches) * per_batch, initial=state.batches * per_batch, desc="verify", unit="attack",
                disable=not progress)  # fmt: skip
     try:
-        for images, labels in loader:
-            _verify_batch(runner, plan, options, images.to(device), labels.to(device), bar)
+        for k, (images, labels) in enumerate(loader):
+            ids = torch.tensor(todo[k * size : k * size + images.shape[0]])
+            _verify_batch(runner, plan, options, images.to(device), labels.to(device), ids, bar)
             state.batches += 1
             if state_file is not None:
                 with runner.timer("state"):
@@ -219,8 +220,9 @@ class _Plan:
 
 
 def _verify_batch(
-    runner: _Runner, plan: _Plan, options: VerifyOptions, images: torch.Tensor, labels: torch.Tensor, bar: tqdm
-) -> None:
+    runner: _Runner, plan: _Plan, options: VerifyOptions, images: torch.Tensor, labels: torch.Tensor,
+    ids: torch.Tensor, bar: tqdm,
+) -> None:  # fmt: skip
     """Clean parity, white-box attacks on every twin, direct attacks on the engine and the
     divergence search, for one batch at every ε."""
     runner.clean(images, labels)
@@ -261,7 +263,8 @@ def _verify_batch(
             runner.evaluate(batch, run, "divergence", output.images, None)
             runner.disagreement(plan.reference, output.images, labels)
             bar.update()
-        keep_first(runner.state.examples, f"worst@{eps}", batch.worst_images, options.examples)
+        keep_lowest(runner.state.examples, eps, options.examples, acc=batch.worst_accuracy, ids=ids, clean=images,
+                    labels=labels, adversarial=batch.worst_images, prediction=batch.worst_prediction)  # fmt: skip
 
 
 def _finish(
@@ -292,9 +295,9 @@ def _finish(
     agree, pixels = state.divergence
     divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
     largest = max(options.eps_values)
-    predictions = {
-        "clean": runner.on_engine(engine_eval.examples["images"], 0).argmax(1).cpu(),
-        "adversarial": runner.on_engine(engine_eval.examples[f"worst@{largest}"], 0).argmax(1).cpu(),
+    predictions = {  # the worst images at the largest ε: the engine on them clean (draw 0) and attacked (worst draw)
+        "clean": runner.on_engine(engine_eval.examples[f"worst-clean@{largest}"].to(runner.device), 0).argmax(1).cpu(),
+        "adversarial": engine_eval.examples[f"worst-prediction@{largest}"],
     }
     return VerifyResult(
         deployment=deployment,
@@ -331,10 +334,12 @@ class _Batch:
     eps: float
     worst_images: torch.Tensor = field(init=False)
     worst_accuracy: torch.Tensor = field(init=False)
+    worst_prediction: torch.Tensor = field(init=False)  # the engine's argmax on worst_images, in the worst draw
 
     def __post_init__(self) -> None:
         self.worst_images = self.images
         self.worst_accuracy = torch.full((self.images.shape[0],), float("inf"))
+        self.worst_prediction = torch.zeros_like(self.labels)
 
 
 class _Runner:
@@ -365,8 +370,6 @@ class _Runner:
 
     def clean(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         state = self.state
-        keep_first(state.examples, "images", images, self.limit)
-        keep_first(state.examples, "labels", labels, self.limit)
         for d in range(self.draws):
             engine_logits = self.on_engine(images, d)
             state.clean_engine[d] = state.clean_engine[d].extend(self.counts(engine_logits, labels))
@@ -386,6 +389,8 @@ class _Runner:
             lower = accuracy < batch.worst_accuracy
             batch.worst_accuracy = torch.where(lower, accuracy, batch.worst_accuracy)
             batch.worst_images = torch.where(lower.view(-1, 1, 1, 1), adversarial, batch.worst_images)
+            batch.worst_prediction = torch.where(lower.view(-1, 1, 1), engine_logits.argmax(1).cpu(),
+                                                 batch.worst_prediction.cpu())  # fmt: skip
             if twin is None:
                 continue
             twin_logits = self.on_twin(self.twins[twin], adversarial, d)
@@ -409,8 +414,31 @@ class _Runner:
         self.state.divergence = (agree, pixels)
 
     def evaluation(self, runs: list[AttackRun], clean: list[ImageCounts], images: int) -> Evaluation:
-        kept = {k: torch.cat(v)[: self.limit] for k, v in self.state.examples.items()}
+        examples = self.state.examples
+        kept = {k: torch.cat(v)[: self.limit] for k, v in examples.items() if not k.startswith("worst-")}
+        for eps in {float(k.rsplit("@", 1)[1]) for k in examples if k.startswith("worst-acc@")}:
+            kept.update(lowest(examples, eps, self.limit))
         return Evaluation(self.num_classes, images, self.draws, clean, runs, kept)
+
+
+def keep_lowest(kept: dict[str, list[torch.Tensor]], eps: float, limit: int, **tensors: torch.Tensor) -> None:
+    """Add a batch's per-image tensors (`acc`: each image's lowest pAcc over attacks and draws,
+    `ids`, images, ...) to the pool of worst images at ε and keep only the `limit` lowest: the
+    report shows the truly worst images, not the first ones. Pools of several ranks merge by
+    concatenation; `lowest` selects again."""
+    for name, tensor in tensors.items():
+        kept.setdefault(f"worst-{name}@{eps}", []).append(tensor.detach().cpu())
+    for name, tensor in lowest(kept, eps, limit).items():
+        kept[name] = [tensor]
+
+
+def lowest(kept: dict[str, list[torch.Tensor]], eps: float, limit: int) -> dict[str, torch.Tensor]:
+    """The `limit` images of lowest pAcc in the pool at ε (ties: the lower image id first)."""
+    pool = {k: torch.cat(v) for k, v in kept.items() if k.startswith("worst-") and k.endswith(f"@{eps}")}
+    ids = pool[f"worst-ids@{eps}"].double()
+    order = sorted(range(len(ids)), key=lambda i: (float(pool[f"worst-acc@{eps}"][i]), float(ids[i])))[:limit]
+    index = torch.tensor(order, dtype=torch.long)
+    return {k: v[index] for k, v in pool.items()}
 
 
 def _audits(

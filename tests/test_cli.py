@@ -49,8 +49,8 @@ def test_train_then_eval(tmp_path):
     assert set(report["per_class_iou"]) >= {"road", "sky", "car"}
     from PIL import Image
 
-    with Image.open(out / "examples.png") as panels:  # 4 rows of image | truth | prediction
-        assert panels.size == (3 * 128 + 2 * 4, 4 * 64 + 3 * 4)
+    with Image.open(out / "examples.png") as panels:  # 4 titled rows of image | truth | prediction, 2.2 in each
+        assert panels.size == (900, 4 * 220)
 
 
 @pytest.mark.parametrize(

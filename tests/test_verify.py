@@ -162,8 +162,18 @@ def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_pat
     suite = _junit_suite(report / "junit.xml")
     assert suite.get("failures") == "0"
     assert len(suite.findall("testcase")) == len(summary["gates"])
+    times = {case.get("name"): float(case.get("time")) for case in suite.findall("testcase")}
+    assert all(t > 0 for name, t in times.items() if name.startswith(("survival", "clean-agreement")))
     page = (report / "report.html").read_text()
     assert "PASS" in page and page.count("data:image/png;base64,") == 3
+    assert "does not say the model is robust" in page and "No robust-mIoU floor was set" in page
+    assert "Headline: clean → worst case" in page and f"Gates: all {len(summary['gates'])} passed" in page
+    assert summary["command"].startswith("harden ") and summary["created"] in page
+    assert "'mas': True" not in page and "MAS caps every attention weight" in page  # RAM settings in words
+    # the images shown are the worst ones: their pAcc at ε are the lowest of the per-image worst cases
+    per_image = sorted(p["pixel_accuracy"] for p in summary["worst_case"][-1]["per_image"])
+    shown = re.findall(r"<td>image (\d+)</td><td>([0-9.]+)</td>", page)
+    assert shown and [float(a) for _, a in shown] == pytest.approx(per_image[: len(shown)], abs=5e-4)
     _assert_page_renders(page)
 
 
@@ -196,6 +206,14 @@ def test_perturbed_weights_fail(ram_run, fp32_export, tmp_path):
     assert result.exit_code == 1, result.output
     assert "the deployed weights are not the trained ones" in result.output
     assert "FAIL] clean-agreement[source]" in result.output
+    summary = json.loads((tmp_path / "r" / "verify.json").read_text())
+    failed = [g["name"] for g in summary["gates"] if not g["passed"]]
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert f"Gates: {len(failed)} of {len(summary['gates'])} failed" in page
+    assert f"FAIL: {len(failed)} of {len(summary['gates'])} gates failed" in page
+    gate_rows = re.findall(r"<tr class='(pass|fail)'><td>([^<]+)</td><td>(?:pass|fail)</td>", page)
+    listed = [name for _, name in gate_rows if name in {g["name"] for g in summary["gates"]}]
+    assert listed[: len(failed)] == failed  # failing gates first
 
 
 def test_badly_calibrated_int8_fails(ram_run, fp32_export, tmp_path):

@@ -99,12 +99,19 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     clean = summary["clean"]
-    for attack in dict.fromkeys(row_label(r) for r in summary["rows"]):
+    markers = "osv^D<>ph*"
+    for n, attack in enumerate(dict.fromkeys(row_label(r) for r in summary["rows"])):
         rows = sorted((r for r in summary["rows"] if row_label(r) == attack), key=lambda r: r["eps"])
         eps = [0.0] + [r["eps"] * 255 for r in rows]
-        style = {"color": "black", "linewidth": 2.5} if attack == WORST else {}
+        # the worst case is a wide translucent band UNDER the attacks, so the attack that reaches
+        # it (often PGD) stays visible on top of it
+        style: dict[str, Any] = (
+            {"color": "black", "linewidth": 7, "alpha": 0.25, "zorder": 1, "marker": None}
+            if attack == WORST
+            else {"marker": markers[n % len(markers)], "markersize": 5, "markerfacecolor": "none", "zorder": 3}
+        )
         for ax, key in zip(axes, ("miou", "pixel_accuracy"), strict=True):
-            ax.plot(eps, [clean[key]] + [r[key] for r in rows], marker="o", label=attack, **style)
+            ax.plot(eps, [clean[key]] + [r[key] if r[key] is not None else np.nan for r in rows], label=attack, **style)
     for ax, title in zip(axes, ("mIoU", "pixel accuracy"), strict=True):
         ax.set_xlabel("ε (grey levels of 255)")
         ax.set_ylabel(title)

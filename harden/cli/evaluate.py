@@ -123,7 +123,8 @@ def _save_examples(model: SegmentationModel, dataset: SegmentationDataset, count
     images, labels = collate_pad([dataset[i] for i in range(min(count, len(dataset)))])
     with torch.inference_mode():
         predictions = model(images.to(device)).argmax(1).cpu()
-    save_examples(images, labels, predictions, path, palette_for(dataset.name, dataset.num_classes))
+    save_examples(images, labels, predictions, path, palette_for(dataset.name, dataset.num_classes),
+                  dataset.class_names)  # fmt: skip
 
 
 def format_table(summary: dict) -> str:
