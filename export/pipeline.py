@@ -35,8 +35,7 @@ from harden.export.precision import INT8_WEIGHTS, PRECISIONS, to_fp16, to_int8
 from harden.export.trt_options import TrtBuildOptions, TrtShapes, parse_bytes, parse_shapes, shapes_from
 from harden.outputs import staging_prefix, sweep_stale_staging
 from harden.ram import has_rad
-from harden.training import load_model, read_config
-from harden.training.checkpoint import MODEL_FILE
+from harden.run import MODEL_FILE, load_model, read_config
 
 PARITY_FILE: Final = "parity.json"
 

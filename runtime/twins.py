@@ -20,9 +20,9 @@ from torch import nn
 
 from harden.errors import InputError
 from harden.export.manifest import MANIFEST_FILE, Manifest, load_onnx, sha256_file, verify_files
+from harden.run import MODEL_FILE
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.interface import ModelInterface, find_interface, fixed_image_size, output_classes
-from harden.training.checkpoint import MODEL_FILE
 
 GRAPH = "graph"
 
@@ -192,7 +192,7 @@ def detect_precision(model: onnx.ModelProto) -> str:
 
 def source_twin(run_dir: Path, deployment: Deployment) -> nn.Module:
     """The trained model of `run_dir`, refused unless it is the checkpoint that was exported."""
-    from harden.training import load_model
+    from harden.run import load_model
 
     checkpoint = Path(run_dir) / MODEL_FILE
     if not checkpoint.is_file():

@@ -20,8 +20,9 @@ from harden.data import open_dataset
 from harden.errors import InputError
 from harden.models import create_model
 from harden.ram import RAMConfig
+from harden.run import MODEL_FILE, STATE_FILE
 from harden.training import TrainConfig, load_model, prepare_run, train
-from harden.training.checkpoint import MODEL_FILE, STATE_FILE, init_backbone
+from harden.training.checkpoint import init_backbone
 from harden.training.methods import DDCATNet, MixedAdversarial, adversarial_positions, training_attack
 
 K = 19  # classes of the synthetic street scenes

@@ -22,7 +22,7 @@ from harden.attacks.worst_case import ImageCounts, worst_case
 from harden.cli import cli
 from harden.data import open_dataset
 from harden.metrics import ConfusionMatrix
-from harden.training import load_model
+from harden.run import load_model
 
 
 def run(*args: object) -> Result:

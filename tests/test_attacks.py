@@ -19,7 +19,7 @@ from harden.data import collate_pad, open_dataset
 from harden.errors import InputError
 from harden.models import create_model
 from harden.ram import RAMConfig, insert_ram_
-from harden.training import load_model
+from harden.run import load_model
 
 EPS = 8 / 255
 # few iterations keep the suite fast; enough for each attack to bite at ε = 8/255

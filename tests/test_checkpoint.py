@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from harden._io import atomic_open, atomic_path, write_json
+from harden.config import ModelConfig
 from harden.errors import InputError
 from harden.models import create_model
-from harden.training import ModelConfig, load_model
-from harden.training.checkpoint import Progress, load_state, save_model, save_state
+from harden.run import load_model, save_model
+from harden.training.checkpoint import Progress, load_state, save_state
 
 
 def _config():

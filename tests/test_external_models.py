@@ -59,9 +59,9 @@ def test_hf_folder_trains_with_ram_and_pgd_exports_and_verifies(tmp_path) -> Non
 
 
 def test_the_folders_pretrained_weights_are_the_starting_point(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from harden.config import ModelConfig
     from harden.models.external import hf_settings, load_hf_weights
-    from harden.training.checkpoint import build_model
-    from harden.training.config import ModelConfig
+    from harden.run import build_model
 
     folder = _hf_folder(tmp_path / "seg", labels=5)
     names = [f"c{i}" for i in range(19)]

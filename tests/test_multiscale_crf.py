@@ -22,7 +22,7 @@ from harden.models import create_model
 from harden.models.compose import compose, network_of
 from harden.models.crf import CRFConfig, MeanFieldCRF, WithCRF, crf_unaries
 from harden.models.multiscale import MultiScale
-from harden.training import load_model
+from harden.run import load_model
 
 
 @pytest.mark.parametrize("name", ["deeplabv3_tiny", "segformer_tiny", "segmenter_tiny"])

@@ -76,6 +76,18 @@ def test_export_and_runtime_import_only_under_harden():
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_a_trained_model_never_imports_the_training_loop():
+    """export, verify, attack and eval load runs through harden.run; the training loop (with the
+    adversarial methods and DDP) is imported only by `harden train`."""
+    code = (
+        "import sys, harden.runtime.verify, harden.runtime.report, harden.export.pipeline, harden.run, "
+        "harden.cli.attack, harden.cli.verify, harden.cli.export; "
+        "print(sorted(m for m in sys.modules if m.startswith('harden.training')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "[]"
+
+
 def test_help_lists_exactly_the_registered_attacks():
     from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
     from harden.attacks import ATTACKS

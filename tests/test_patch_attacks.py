@@ -12,7 +12,7 @@ from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
 from harden.models import create_model
 from harden.ram import fixed_rad_seed
-from harden.training import load_model
+from harden.run import load_model
 
 
 @pytest.mark.parametrize("location", LOCATIONS)

@@ -44,7 +44,8 @@ def test_train_with_ram_stores_settings_and_load_restores_them(tmp_path: Path) -
 
 
 def test_init_from_starts_from_the_given_weights(tmp_path: Path) -> None:
-    from harden.training.checkpoint import build_model, init_weights
+    from harden.run import build_model
+    from harden.training.checkpoint import init_weights
 
     base = tmp_path / "base"
     assert run("train", "--model", "segmenter_tiny", "--epochs", "1", "--out", base, *SMALL).exit_code == 0

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from harden.errors import InputError
+from harden.run import MODEL_FILE, STATE_FILE
 from harden.training import TrainConfig, prepare_run, train
-from harden.training.checkpoint import MODEL_FILE, STATE_FILE
 
 TINY = dict(image_size=(64, 128), train_images=16, val_images=4, batch_size=4)
 

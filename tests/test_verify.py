@@ -22,8 +22,8 @@ from harden.export.manifest import MANIFEST_FILE, file_entry
 from harden.export.ort_session import ort_session
 from harden.export.precision import to_int8
 from harden.ram import fixed_rad_seed
+from harden.run import load_model
 from harden.runtime.graph_twin import GraphTwin
-from harden.training import load_model
 
 FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
         "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip

@@ -171,7 +171,7 @@ def attack_command(
     from harden.data import collate_pad, open_dataset
     from harden.errors import InputError
     from harden.models.crf import crf_unaries
-    from harden.training import load_model, read_config
+    from harden.run import load_model, read_config
     from harden.visualize import palette_for
 
     attacks = [a.strip() for a in attack_spec.split(",") if a.strip()]

@@ -77,7 +77,7 @@ def attention_map_command(
     from harden.outputs import figure_file
     from harden.ram import RAMConfig
     from harden.ram.attention_maps import query_attention, ram_comparison
-    from harden.training import load_model, read_config
+    from harden.run import load_model, read_config
 
     _, train_config = read_config(run_dir)
     model, _ = load_model(run_dir, resolve_device(device))

@@ -43,7 +43,7 @@ def erf_command(
     from harden.data import open_dataset
     from harden.erf import effective_receptive_field
     from harden.outputs import figure_file
-    from harden.training import load_model, read_config
+    from harden.run import load_model, read_config
 
     model_config, train_config = read_config(run_dir)
     model, _ = load_model(run_dir)

@@ -72,7 +72,8 @@ def eval_command(
     from harden.errors import InputError
     from harden.outputs import report_file
     from harden.ram import RAMConfig, fixed_rad_seed
-    from harden.training import evaluate, load_model, read_config
+    from harden.run import load_model, read_config
+    from harden.training import evaluate
 
     if json_path is not None:  # checked before any work: never overwrite what harden did not write here
         report_file(json_path, EVAL_SCHEMA, "eval.json")

@@ -51,7 +51,7 @@ def _open(run_dir: Path, data: str | None, split: str, image_size: Any, images: 
     from harden.cli._options import resolve_device
     from harden.data import open_dataset
     from harden.errors import InputError
-    from harden.training import load_model, read_config
+    from harden.run import load_model, read_config
 
     model_config, train_config = read_config(run_dir)
     device = resolve_device(device)
@@ -127,8 +127,8 @@ def transfer_scales_command(
     from harden.attacks import is_randomised
     from harden.cli._options import parse_scales
     from harden.models.compose import network_of
+    from harden.run import load_model
     from harden.studies.transfer_scales import format_tables, plot_tables, transfer_scales
-    from harden.training import load_model
 
     scales = parse_scales(scales_spec)
     assert scales is not None

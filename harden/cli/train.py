@@ -230,10 +230,10 @@ def train_command(
     """
     from harden.attacks.threat import format_eps, parse_eps
     from harden.cli import Failed
+    from harden.config import check_amp, check_world_size
     from harden.errors import InputError
     from harden.outputs import exclusive
     from harden.training import TrainConfig, TrainingDivergedError, prepare_run, train
-    from harden.training.config import check_amp, check_world_size
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")

@@ -160,11 +160,11 @@ def verify_command(
     from harden.errors import InputError
     from harden.models.external import is_external
     from harden.outputs import exclusive
+    from harden.run import read_config
     from harden.runtime.engines import open_engine
     from harden.runtime.gates import Gates, read_gate_file
     from harden.runtime.twins import GRAPH, InterfaceOptions, load_twins, open_deployment
     from harden.runtime.verify import VerifyOptions, verify
-    from harden.training import read_config
 
     options = VerifyOptions(
         attacks=tuple(a.strip() for a in attack_spec.split(",") if a.strip()),

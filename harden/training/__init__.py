@@ -1,7 +1,7 @@
 """Training and clean evaluation: run configuration, checkpoints, the training loop."""
 
-from harden.training.checkpoint import RUN_MARKERS, build_model, load_model, read_config
-from harden.training.config import ModelConfig, TrainConfig
+from harden.config import ModelConfig, TrainConfig
+from harden.run import RUN_MARKERS, build_model, load_model, read_config
 from harden.training.evaluate import evaluate
 from harden.training.loop import TrainingDivergedError, TrainResult, prepare_run, train
 

@@ -37,29 +37,25 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from harden._io import atomic_open, remove_stale_temporaries
+from harden.config import ModelConfig, TrainConfig, check_amp, check_world_size
 from harden.data import IGNORE_INDEX, Augmented, SegmentationDataset, TrainAugment, open_dataset
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.metrics import ConfusionMatrix
 from harden.models.external import HF_PREFIX, hf_settings, load_hf_weights
 from harden.outputs import check_run_directory
-from harden.training.checkpoint import (
+from harden.run import (
     CURVES_FILE,
     METRICS_FILE,
     MODEL_FILE,
     RUN_MARKERS,
     STATE_FILE,
-    Progress,
     build_model,
-    init_backbone,
-    init_weights,
-    load_state,
     read_config,
     save_model,
-    save_state,
     write_config,
 )
-from harden.training.config import ModelConfig, TrainConfig, check_amp, check_world_size
+from harden.training.checkpoint import Progress, init_backbone, init_weights, load_state, save_state
 from harden.training.evaluate import evaluate
 from harden.training.methods import adversarial_positions, create_method
 from harden.training.plots import plot_curves

@@ -34,9 +34,9 @@ from harden.attacks.base import Attack
 from harden.attacks.pgd import PGD
 from harden.attacks.rppgd import RPPGD
 from harden.attacks.threat import ThreatModel
+from harden.config import TrainConfig
 from harden.data.classes import IGNORE_INDEX
 from harden.models import SegmentationModel
-from harden.training.config import TrainConfig
 
 
 @dataclass

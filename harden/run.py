@@ -1,0 +1,134 @@
+"""The run directory: the files a trained run consists of, and the model rebuilt from them.
+
+A run directory holds:
+- `config.json`: model and training configuration (human-readable);
+- `model.safetensors`: the latest weights, with the model configuration in the file's metadata,
+  so the file alone rebuilds the model (`load_model`);
+- `state.safetensors`: everything needed to resume, in ONE file so one atomic rename commits it:
+  model weights, optimizer tensors and the torch RNG state as tensors; epoch, step, optimizer
+  hyper-parameters and scalars as JSON metadata. Nothing is ever unpickled;
+- `metrics.jsonl` (one line per epoch), `curves.png`, and `eval.json` after `harden eval`.
+
+Every file is written atomically (`harden._io`), so a run killed at any moment resumes from its
+last complete checkpoint. Loading a trained model (export, verify, attack, eval) needs only this
+module and the models, never the training loop (`harden.training.checkpoint` adds the resume
+state and fine-tuning initialisation on top).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import cast
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from harden._io import atomic_path, write_json
+from harden.config import ModelConfig, TrainConfig
+from harden.errors import InputError
+from harden.models import SegmentationModel, create_model
+from harden.models.compose import compose
+from harden.models.crf import CRFConfig
+from harden.models.multiscale import Fusion
+from harden.ram import RAMConfig, insert_ram_
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+RUN_MARKERS = {CONFIG_FILE, MODEL_FILE, STATE_FILE, METRICS_FILE}  # a directory holding one of these is a run
+
+
+def write_config(run_dir: Path, model: ModelConfig, train: TrainConfig) -> None:
+    write_json(run_dir / CONFIG_FILE, {"model": json.loads(model.to_json()), "train": train.to_dict()})
+
+
+def read_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `harden train --out DIR`"
+        )
+    try:
+        data = json.loads(path.read_text())
+        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: not a valid harden run configuration ({err})") from err
+
+
+def build_model(config: ModelConfig) -> SegmentationModel:
+    """A fresh model as `config` describes it: the registry network, RAM inserted when the config
+    has RAM settings, run at several scales and followed by a CRF when it says so."""
+    network = create_model(config.name, config.num_classes, **config.kwargs)
+    if config.ram is not None:
+        report = insert_ram_(network, RAMConfig.from_dict(config.ram))
+        if not report.converted:
+            raise InputError(
+                f"model {config.name} has no attention layer RAM can convert; choose an attention model "
+                "(`harden models` marks them) or drop the RAM options"
+            )
+    return compose(
+        network,
+        scales=tuple(config.scales) if config.scales is not None else None,
+        fusion=cast(Fusion, config.fusion),
+        crf=CRFConfig.from_dict(config.crf) if config.crf is not None else None,
+    )
+
+
+def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"harden_model_config": config.to_json()})
+
+
+def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelConfig]:
+    """Rebuild a model from `model.safetensors` (or a run directory holding one), in eval mode."""
+    path = weights_path(path_or_run, "train a model first (`harden train --out RUN_DIR`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+        config = ModelConfig.from_dict(json.loads(metadata["harden_model_config"]))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a readable harden weights file ({err}); retrain or restore it") from err
+    model = build_model(config)
+    load_weights_into(model, tensors, path)
+    return model.to(device).eval(), config
+
+
+def weights_path(path_or_run: str | Path, hint: str) -> Path:
+    path = Path(path_or_run)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"no weights at {path}; {hint}")
+    return path
+
+
+def load_weights_into(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, may_miss: set[str] | None = None
+) -> None:
+    hint = "was the file written for another model or configuration?"
+    expected = model.state_dict()
+    for name, tensor in tensors.items():
+        own = expected.get(name)
+        if own is None:
+            continue
+        if own.is_floating_point() and not tensor.is_floating_point():
+            raise InputError(f"{path}: tensor {name} is {tensor.dtype} where the model holds {own.dtype}; {hint}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: tensor {name} holds NaN or infinite values; restore the file or retrain")
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise InputError(f"{path}: weights do not fit the model; {hint}\n{err}") from err
+    missing = [k for k in missing if k not in (may_miss or set())]
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]}); {hint}"
+        )
