@@ -30,7 +30,7 @@ from harden.attacks.threat import format_eps
 from harden.attacks.worst_case import ImageCounts, WorstCase
 from harden.export.manifest import versions
 from harden.runtime.gates import GateResult
-from harden.runtime.verify import VerifyResult
+from harden.runtime.verify import CHECKS_AND_AUDITS, ENGINE_INFERENCE, TWIN_INFERENCE, VerifyResult
 
 SCHEMA = "harden-verify-report-v1"
 
@@ -191,9 +191,10 @@ def gate_seconds(summary: dict[str, Any], gate: str) -> float:
         runs = [r["seconds"] for r in summary["rows"] if r["side"] == "engine" and r["eps"] == eps and "seconds" in r]
         return float(sum(runs)) / (len(summary["twins"]) if gate.startswith("survival") else 1)
     if gate == "sanity-checks":
-        return float(seconds.get("checks", 0.0))
+        return float(seconds.get(CHECKS_AND_AUDITS, 0.0))
     if gate.startswith(("clean-agreement", "clean-miou-delta")):
-        return (seconds.get("engine", 0.0) + seconds.get("twin", 0.0)) / max(1, 2 * len(summary["twins"]))
+        clean_passes = seconds.get(ENGINE_INFERENCE, 0.0) + seconds.get(TWIN_INFERENCE, 0.0)
+        return clean_passes / max(1, 2 * len(summary["twins"]))
     return 0.0
 
 

@@ -50,6 +50,15 @@ from harden.runtime.verify_state import Parity, VerifyState, fingerprint, load_s
 BLACK_BOX = ("square", "noise")  # run on the engine itself, by queries
 
 
+# The phases of verify.json's "seconds". Each is timed exclusively: time spent in a phase nested
+# inside another (the engine scoring an image inside the attack loop) counts for the inner one.
+ENGINE_INFERENCE = "engine_inference"  # the deployed engine's forward passes
+TWIN_INFERENCE = "twin_inference"  # the twins' forward passes when scoring (not inside attacks)
+ATTACK_CRAFTING = "attack_crafting"  # white-box attacks on the twins, black-box and divergence search
+STATE_SAVING = "state_saving"  # the resumable state written after every batch
+CHECKS_AND_AUDITS = "checks_and_audits"  # sanity checks, deployment audits, engine arithmetic
+
+
 @dataclass(frozen=True)
 class VerifyOptions:
     """Args:
@@ -161,7 +170,7 @@ def verify(
         state = load_state(state_file, identity)
     else:
         state = VerifyState(list(twins), dataset.num_classes, plan.draws)
-    runner = _Runner(engine, twins, state, options.examples, device)
+    scorer = _Scorer(engine, twins, state, options.examples, device)
     size = options.batch_size
     todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
     loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
@@ -171,10 +180,10 @@ def verify(
     try:
         for k, (images, labels) in enumerate(loader):
             ids = torch.tensor(todo[k * size : k * size + images.shape[0]])
-            _verify_batch(runner, plan, options, images.to(device), labels.to(device), ids, bar)
+            _verify_batch(scorer, plan, options, images.to(device), labels.to(device), ids, bar)
             state.batches += 1
             if state_file is not None:
-                with runner.timer("state"):
+                with scorer.timer(STATE_SAVING):
                     save_state(state_file, state, identity)
     finally:
         bar.close()
@@ -185,8 +194,8 @@ def verify(
     merged = VerifyState.from_dict(states[0])
     for other in states[1:]:
         merged.merge(VerifyState.from_dict(other))
-    runner = _Runner(engine, twins, merged, options.examples, device)
-    return _finish(merged, runner, plan, deployment, dataset, options)
+    scorer = _Scorer(engine, twins, merged, options.examples, device)
+    return _finish(merged, scorer, plan, deployment, dataset, options)
 
 
 @dataclass(frozen=True)
@@ -220,72 +229,72 @@ class _Plan:
 
 
 def _verify_batch(
-    runner: _Runner, plan: _Plan, options: VerifyOptions, images: torch.Tensor, labels: torch.Tensor,
+    scorer: _Scorer, plan: _Plan, options: VerifyOptions, images: torch.Tensor, labels: torch.Tensor,
     ids: torch.Tensor, bar: tqdm,
 ) -> None:  # fmt: skip
     """Clean parity, white-box attacks on every twin, direct attacks on the engine and the
     divergence search, for one batch at every ε."""
-    runner.clean(images, labels)
-    engine_module = EngineModule(runner.engine)
+    scorer.clean(images, labels)
+    engine_module = EngineModule(scorer.engine)
     for eps in options.eps_values:
         threat = ThreatModel(eps)
         batch = _Batch(images, labels, eps)
-        for twin_name, twin in runner.twins.items():
+        for twin_name, twin in scorer.twins.items():
             for name in options.attacks:
                 bar.set_postfix_str(f"{name} on {twin_name} ε={eps:.4f}")
-                run = runner.engine_run(name, eps, "white-box", twin_name)
+                run = scorer.engine_run(name, eps, "white-box", twin_name)
                 attack = create_attack(name, threat, steps=options.steps, eot=plan.eot, seed=options.seed)
-                with runner.timer("attack"):
+                with scorer.timer(ATTACK_CRAFTING):
                     start = time.perf_counter()
                     outputs = attack.run_members(twin, images, labels)
                     run.seconds += time.perf_counter() - start
                 for member, output in outputs.items():
                     run.gradients.add(output.gradients)
-                    runner.evaluate(batch, run, member, output.images, twin_name)
+                    scorer.evaluate(batch, run, member, output.images, twin_name)
                 bar.update()
         for name in BLACK_BOX:
             bar.set_postfix_str(f"{name} on the engine ε={eps:.4f}")
-            run = runner.engine_run(name, eps, "black-box", "engine")
+            run = scorer.engine_run(name, eps, "black-box", "engine")
             steps = options.queries if name == "square" else None
             eot = plan.eot if name == "square" else 1
             attack = create_attack(name, threat, steps=steps, eot=eot, seed=options.seed)
-            with runner.timer("attack"):
+            with scorer.timer(ATTACK_CRAFTING):
                 output = attack(engine_module, images, labels)
-            runner.evaluate(batch, run, name, output.images, None)
+            scorer.evaluate(batch, run, name, output.images, None)
             bar.update()
         if plan.diverge:
             bar.set_postfix_str(f"divergence ε={eps:.4f}")
-            run = runner.engine_run("divergence", eps, "divergence", "reference+graph")
+            run = scorer.engine_run("divergence", eps, "divergence", "reference+graph")
             search = Divergence(threat, reference=plan.reference, steps=options.divergence_steps, eot=plan.eot,
                                 seed=options.seed)  # fmt: skip
-            with runner.timer("attack"):
+            with scorer.timer(ATTACK_CRAFTING):
                 output = search(plan.deployed_twin, images, labels)
-            runner.evaluate(batch, run, "divergence", output.images, None)
-            runner.disagreement(plan.reference, output.images, labels)
+            scorer.evaluate(batch, run, "divergence", output.images, None)
+            scorer.disagreement(plan.reference, output.images, labels)
             bar.update()
-        keep_lowest(runner.state.examples, eps, options.examples, acc=batch.worst_accuracy, ids=ids, clean=images,
+        keep_lowest(scorer.state.examples, eps, options.examples, acc=batch.worst_accuracy, ids=ids, clean=images,
                     labels=labels, adversarial=batch.worst_images, prediction=batch.worst_prediction)  # fmt: skip
 
 
 def _finish(
     state: VerifyState,
-    runner: _Runner,
+    scorer: _Scorer,
     plan: _Plan,
     deployment: Deployment,
     dataset: SegmentationDataset,
     options: VerifyOptions,
 ) -> VerifyResult:
     """Evaluations, sanity checks and audits over the whole (merged) state."""
-    engine, twins = runner.engine, runner.twins
-    engine_eval = runner.evaluation(list(state.engine_runs.values()), state.clean_engine, len(dataset))
+    engine, twins = scorer.engine, scorer.twins
+    engine_eval = scorer.evaluation(list(state.engine_runs.values()), state.clean_engine, len(dataset))
     twin_evals = {
-        name: runner.evaluation(list(runs.values()), state.clean_twin[name], len(dataset))
+        name: scorer.evaluation(list(runs.values()), state.clean_twin[name], len(dataset))
         for name, runs in state.twin_runs.items()
     }
     check_images, check_labels = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
-    check_images, check_labels = check_images.to(runner.device), check_labels.to(runner.device)
+    check_images, check_labels = check_images.to(scorer.device), check_labels.to(scorer.device)
     engine_module = EngineModule(engine)
-    with runner.timer("checks"):
+    with scorer.timer(CHECKS_AND_AUDITS):
         primary = twins.get(GRAPH) or next(iter(twins.values()))
         checks = run_checks(engine_eval, primary, check_images, check_labels, eot=plan.eot)
         engine_logits = outputs_are_logits(engine_module, check_images)
@@ -296,7 +305,7 @@ def _finish(
     divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
     largest = max(options.eps_values)
     predictions = {  # the worst images at the largest ε: the engine on them clean (draw 0) and attacked (worst draw)
-        "clean": runner.on_engine(engine_eval.examples[f"worst-clean@{largest}"].to(runner.device), 0).argmax(1).cpu(),
+        "clean": scorer.on_engine(engine_eval.examples[f"worst-clean@{largest}"].to(scorer.device), 0).argmax(1).cpu(),
         "adversarial": engine_eval.examples[f"worst-prediction@{largest}"],
     }
     return VerifyResult(
@@ -342,8 +351,9 @@ class _Batch:
         self.worst_prediction = torch.zeros_like(self.labels)
 
 
-class _Runner:
-    """Runs the engine and the twins on a batch and adds what they predict to the state."""
+class _Scorer:
+    """Scores images: predicts them on the engine and on the twins (per RAD draw) and adds the
+    counts, parity and worst images to the state. Attacks are crafted by `_verify_batch`."""
 
     def __init__(
         self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int, device: torch.device
@@ -353,11 +363,11 @@ class _Runner:
         self.timer = _Timer(state.seconds)
 
     def on_engine(self, images: torch.Tensor, draw: int) -> torch.Tensor:
-        with self.timer("engine"):
+        with self.timer(ENGINE_INFERENCE):
             return self.engine.logits(images, DRAW_SEED + draw).to(self.device)
 
     def on_twin(self, twin: nn.Module, images: torch.Tensor, draw: int) -> torch.Tensor:
-        with self.timer("twin"), torch.no_grad(), fixed_rad_seed(twin, DRAW_SEED + draw):
+        with self.timer(TWIN_INFERENCE), torch.no_grad(), fixed_rad_seed(twin, DRAW_SEED + draw):
             return twin(images.to(self.device))
 
     def counts(self, logits: torch.Tensor, labels: torch.Tensor) -> ImageCounts:
@@ -539,7 +549,7 @@ def engine_arithmetic(engine: Engine, precision: str, dataset: SegmentationDatas
 
 
 class _Timer:
-    """Accumulates wall time per phase into `seconds`: `with timer("attack"): ...`."""
+    """Accumulates wall time per phase into `seconds`: `with timer(ATTACK_CRAFTING): ...`."""
 
     def __init__(self, seconds: dict[str, float]) -> None:
         self.seconds = seconds
