@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from harden.attacks import ATTACKS, ThreatModel, create_attack, is_randomised
+from harden.attacks.base import draws_default, eot_default
 from harden.attacks.checks import Check, outputs_are_logits, run_checks
 from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation
-from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
+from harden.attacks.worst_case import ImageCounts, LowestPerImage, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
 from harden.devices import place
@@ -220,8 +221,7 @@ class _Plan:
         reference = reference_model(twins, deployment) or deployed_twin  # none: the deployed graph is its own
         reference = reference.to(device)
         randomised = engine.takes_seed or any(is_randomised(t) for t in twins.values())
-        eot = options.eot if options.eot is not None else (8 if randomised else 1)
-        draws = options.draws if options.draws is not None else (3 if randomised else 1)
+        eot, draws = eot_default(randomised, options.eot), draws_default(randomised, options.draws)
         if randomised and (eot < 2 or draws < 2):
             raise InputError(f"the deployment is randomised (RAD): use --eot ≥ 2 and --draws ≥ 2 (got {eot}, {draws})")
         diverge = options.divergence_steps > 0 and reference is not deployed_twin
@@ -272,8 +272,9 @@ def _verify_batch(
             scorer.evaluate(batch, run, "divergence", output.images, None)
             scorer.disagreement(plan.reference, output.images, labels)
             bar.update()
-        keep_lowest(scorer.state.examples, eps, options.examples, acc=batch.worst_accuracy, ids=ids, clean=images,
-                    labels=labels, adversarial=batch.worst_images, prediction=batch.worst_prediction)  # fmt: skip
+        worst = batch.worst
+        keep_lowest(scorer.state.examples, eps, options.examples, acc=worst.score, ids=ids, clean=images, labels=labels,
+                    adversarial=worst["adversarial"], prediction=worst["prediction"])  # fmt: skip
 
 
 def _finish(
@@ -341,14 +342,15 @@ class _Batch:
     images: torch.Tensor
     labels: torch.Tensor
     eps: float
-    worst_images: torch.Tensor = field(init=False)
-    worst_accuracy: torch.Tensor = field(init=False)
-    worst_prediction: torch.Tensor = field(init=False)  # the engine's argmax on worst_images, in the worst draw
+    # per image, the adversarial image with the engine's lowest pAcc over attacks and draws, and
+    # the engine's prediction on it in that draw
+    worst: LowestPerImage = field(init=False)
 
     def __post_init__(self) -> None:
-        self.worst_images = self.images
-        self.worst_accuracy = torch.full((self.images.shape[0],), float("inf"))
-        self.worst_prediction = torch.zeros_like(self.labels)
+        self.worst = LowestPerImage(
+            {"adversarial": self.images.cpu(), "prediction": torch.zeros_like(self.labels).cpu()},
+            torch.full((self.images.shape[0],), float("inf")),
+        )
 
 
 class _Scorer:
@@ -393,24 +395,17 @@ class _Scorer:
         for d in range(self.draws):
             key = f"{member}@{d}"
             engine_logits = self.on_engine(adversarial, d)
-            counts = self.counts(engine_logits, batch.labels)
-            run.candidates[key] = run.candidates.get(key, ImageCounts.empty(self.num_classes)).extend(counts)
+            engine_prediction = engine_logits.argmax(1)
+            counts = run.add(key, engine_prediction, batch.labels, self.num_classes)
             accuracy = torch.from_numpy(counts.accuracy_per_image()).float()
-            lower = accuracy < batch.worst_accuracy
-            batch.worst_accuracy = torch.where(lower, accuracy, batch.worst_accuracy)
-            batch.worst_images = torch.where(lower.view(-1, 1, 1, 1), adversarial, batch.worst_images)
-            batch.worst_prediction = torch.where(lower.view(-1, 1, 1), engine_logits.argmax(1).cpu(),
-                                                 batch.worst_prediction.cpu())  # fmt: skip
+            batch.worst.offer(accuracy, adversarial=adversarial, prediction=engine_prediction)
             if twin is None:
                 continue
             twin_logits = self.on_twin(self.twins[twin], adversarial, d)
             twin_run = self.state.twin_runs[twin].setdefault(
                 (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
             )
-            twin_counts = self.counts(twin_logits, batch.labels)
-            twin_run.candidates[key] = twin_run.candidates.get(key, ImageCounts.empty(self.num_classes)).extend(
-                twin_counts
-            )
+            twin_run.add(key, twin_logits.argmax(1), batch.labels, self.num_classes)
             self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes)
 
     def disagreement(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:

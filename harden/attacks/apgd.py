@@ -26,6 +26,7 @@ from torch import nn
 from harden.attacks.base import Attack, checked_logits, unreached_per_image
 from harden.attacks.losses import LOSSES, cross_entropy, image_loss
 from harden.attacks.threat import ThreatModel
+from harden.attacks.worst_case import LowestPerImage
 from harden.errors import InputError
 
 CONSTANT_RADIUS = ((1.0, 1.0),)
@@ -140,12 +141,16 @@ class APGD(Attack):
 
         loss, logits, grad = self.loss_and_grad(objective_at(0), x, labels)
         track = tracked(loss, logits)
-        best_left, x_best_left = unreached_per_image(logits, labels, self.targeted), x.clone()
-        best_track, x_best_track, grad_best = track.clone(), x.clone(), grad.clone()
+        # the point where the attacker had won most pixels (what is returned; ties: the later point)
+        most_won = LowestPerImage(
+            {"x": x.clone()}, unreached_per_image(logits, labels, self.targeted), replace_ties=True
+        )
+        # the point of highest tracked loss and its gradient (where a halving restarts): keep the lowest −loss
+        best = LowestPerImage({"x": x.clone(), "grad": grad.clone()}, -track)
         eta = torch.full_like(track, 2 * threat.eps)
         x_prev = x
         increases = torch.zeros_like(track)  # steps since the last checkpoint that beat the previous iterate
-        last_checkpoint, best_then = 0, best_track.clone()
+        last_checkpoint, best_then = 0, track.clone()
         halved_then = torch.ones_like(track, dtype=torch.bool)  # no "no progress" halving at the first checkpoint
         marks = set(checkpoints(steps))
         for k in range(1, steps + 1):
@@ -161,25 +166,18 @@ class APGD(Attack):
             previous, track = track, tracked(loss, logits)
             increases += (track > previous).float()
 
-            left = unreached_per_image(logits, labels, self.targeted)
-            lower = left <= best_left  # ties move to the later point, as the reference does
-            best_left = torch.where(lower, left, best_left)
-            x_best_left = torch.where(per_image(lower), x, x_best_left)
-
-            higher = track > best_track
-            best_track = torch.where(higher, track, best_track)
-            x_best_track = torch.where(per_image(higher), x, x_best_track)
-            grad_best = torch.where(per_image(higher), grad, grad_best)
+            most_won.offer(unreached_per_image(logits, labels, self.targeted), x=x)
+            best.offer(-track, x=x, grad=grad)
 
             if k in marks:
                 # halve where at most ρ of the steps since the last checkpoint raised the loss, or
                 # where the best loss did not move although the step was not just halved
                 stalled = increases <= self.rho * (k - last_checkpoint)
-                no_progress = ~halved_then & (best_track <= best_then)
+                no_progress = ~halved_then & (-best.score <= best_then)
                 halve = stalled | no_progress
                 eta = torch.where(halve, eta / 2, eta)
-                x = torch.where(per_image(halve), x_best_track, x)
-                grad = torch.where(per_image(halve), grad_best, grad)
+                x = torch.where(per_image(halve), best["x"], x)
+                grad = torch.where(per_image(halve), best["grad"], grad)
                 increases.zero_()
-                last_checkpoint, best_then, halved_then = k, best_track.clone(), halve
-        return x_best_left
+                last_checkpoint, best_then, halved_then = k, -best.score, halve
+        return most_won["x"]

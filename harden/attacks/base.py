@@ -57,6 +57,22 @@ def is_randomised(model: nn.Module) -> bool:
     return any(m.drops and m.seeds.fixed is None for m in seeded_modules(model))
 
 
+# A randomised model (RAD) is attacked with gradients averaged over EOT draws and evaluated as the
+# worst over several fixed-seed draws (DESIGN.md §6); a deterministic model needs one of each.
+RANDOMISED_EOT = 8
+RANDOMISED_DRAWS = 3
+
+
+def eot_default(randomised: bool, eot: int | None = None) -> int:
+    """EOT draws per gradient: `eot` when given, else 8 for a randomised model and 1 otherwise."""
+    return eot if eot is not None else (RANDOMISED_EOT if randomised else 1)
+
+
+def draws_default(randomised: bool, draws: int | None = None) -> int:
+    """Evaluation draws: `draws` when given, else 3 for a randomised model and 1 otherwise."""
+    return draws if draws is not None else (RANDOMISED_DRAWS if randomised else 1)
+
+
 def pixel_accuracy_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) fraction of each image's labelled pixels predicted correctly (1 where none is labelled)."""
     valid = labels != IGNORE_INDEX

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from harden.attacks._registry import ATTACKS, create_attack
-from harden.attacks.base import GradientStats, is_randomised
+from harden.attacks.base import GradientStats, draws_default, is_randomised
 from harden.attacks.threat import ThreatModel
-from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
+from harden.attacks.worst_case import ImageCounts, LowestPerImage, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
 from harden.ram import fixed_rad_seed
 
@@ -39,6 +39,12 @@ class AttackRun:
     gradients: GradientStats = field(default_factory=GradientStats)
     seconds: float = 0.0
     crafted_on: str = ""  # the model the attack differentiated or queried, when not the evaluated one
+
+    def add(self, key: str, predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ImageCounts:
+        """Append a batch's per-image counts of the candidate `key` ("member@draw"); returns them."""
+        counts = ImageCounts.from_predictions(predictions, labels, num_classes)
+        self.candidates[key] = self.candidates.get(key, ImageCounts.empty(num_classes)).extend(counts)
+        return counts
 
     def worst(self) -> WorstCase:
         return worst_case(list(self.candidates.values()))
@@ -103,7 +109,7 @@ def evaluate_robustness(
         examples: how many first images to keep (clean and adversarial) for overlays.
     """
     attacks = list(dict.fromkeys([*attacks, "noise"]))
-    draws = draws if draws is not None else (3 if is_randomised(model) else 1)
+    draws = draws_default(is_randomised(model), draws)
     kind_of = {
         name: ("transfer" if source is not None and ATTACKS[name].kind == "white-box" else ATTACKS[name].kind)
         for name in attacks
@@ -137,21 +143,15 @@ def evaluate_robustness(
                 start = time.perf_counter()
                 outputs = attack.run_members(crafting_models[crafted_on], images, labels)
                 run.seconds += time.perf_counter() - start
-                worst, worst_accuracy = images, torch.full((images.shape[0],), float("inf"))
+                worst = LowestPerImage({"images": images})
                 for member, output in outputs.items():
                     run.gradients.add(output.gradients)
                     for d, predictions in enumerate(_draws(model, output.images, draws)):
-                        counts = ImageCounts.from_predictions(predictions, labels, dataset.num_classes)
-                        key = f"{member}@{d}"
-                        run.candidates[key] = run.candidates.get(key, ImageCounts.empty(dataset.num_classes)).extend(
-                            counts
-                        )
+                        counts = run.add(f"{member}@{d}", predictions, labels, dataset.num_classes)
                         if d == 0:  # the overlay shows each image under its worst member (draw 0)
-                            accuracy = torch.from_numpy(counts.accuracy_per_image()).float()
-                            lower = accuracy < worst_accuracy
-                            worst_accuracy = torch.where(lower, accuracy, worst_accuracy)
-                            worst = torch.where(lower.to(images.device).view(-1, 1, 1, 1), output.images, worst)
-                keep_first(kept, f"{name}@{eps}" + (f"[{crafted_on}]" if crafted_on else ""), worst, examples)
+                            worst.offer(torch.from_numpy(counts.accuracy_per_image()).float(), images=output.images)
+                key = f"{name}@{eps}" + (f"[{crafted_on}]" if crafted_on else "")
+                keep_first(kept, key, worst["images"], examples)
                 bar.update()
     finally:
         model.train(was_training)

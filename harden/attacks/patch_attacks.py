@@ -129,21 +129,20 @@ class PatchAttack:
         from harden.attacks.base import unreached_per_image
         from harden.attacks.patch import PatchThreat
         from harden.attacks.square import Square
+        from harden.attacks.worst_case import LowestPerImage
         from harden.ram import fixed_rad_seed
 
         threat, targeted = PatchThreat(1.0, mask=mask), targets is not None
         goal = targets if targets is not None else labels
-        best, best_left = images, torch.full((images.shape[0],), float("inf"), device=images.device)
+        best = LowestPerImage({"images": images})
         apgd = APGD(threat, steps=self.steps, eot=self.draws, seed=self.seed, targeted=targeted, name="apgd-ce")
         square = Square(threat, steps=10 * self.steps, eot=self.draws, seed=self.seed, targeted=targeted)
         for attack in (apgd, square):
             candidate = attack(model, images, goal).images
             with torch.no_grad(), fixed_rad_seed(model, self.seed):
                 left = unreached_per_image(model(candidate), goal, targeted)
-            lower = left < best_left
-            best_left = torch.where(lower, left, best_left)
-            best = torch.where(lower.view(-1, 1, 1, 1), candidate, best)
-        return best
+            best.offer(left, images=candidate)
+        return best["images"]
 
     def _gradient(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
                   mask: torch.Tensor, untargeted: bool) -> torch.Tensor:  # fmt: skip

@@ -17,6 +17,7 @@ from torch import nn
 from harden.attacks.apgd import APGD, REDUCED_RADIUS
 from harden.attacks.base import Attack, AttackOutput, pixel_accuracy_per_image
 from harden.attacks.threat import ThreatModel
+from harden.attacks.worst_case import LowestPerImage
 
 SEA_LOSSES = ("mask-ce", "bal-ce", "jsd", "mask-sph")
 
@@ -47,11 +48,8 @@ class SEA(Attack):
         return {member.name: member(model, images, labels) for member in self.members}
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        worst, worst_acc = images, torch.full((images.shape[0],), float("inf"), device=images.device)
+        worst = LowestPerImage({"images": images})
         for output in self.run_members(model, images, labels).values():
             self._stats.add(output.gradients)
-            acc = pixel_accuracy_per_image(self.predict(model, output.images), labels)
-            lower = acc < worst_acc
-            worst_acc = torch.where(lower, acc, worst_acc)
-            worst = torch.where(lower.view(-1, 1, 1, 1), output.images, worst)
-        return worst
+            worst.offer(pixel_accuracy_per_image(self.predict(model, output.images), labels), images=output.images)
+        return worst["images"]

@@ -127,3 +127,38 @@ def worst_case(candidates: list[ImageCounts], max_passes: int = 5) -> WorstCase:
         if not changed:
             break
     return WorstCase(worst_accuracy, current, by_accuracy, choice)
+
+
+class LowestPerImage:
+    """Per image of a batch, the lowest score offered so far and the tensors that came with it:
+    the one "keep the lower" rule of the attacks (their best point), of SEA and the patch
+    attacks (their worst member), and of `harden attack` and `harden verify` (the worst image per
+    ε). To keep the HIGHEST, offer the negated score.
+
+    Args:
+        initial: name → (B, ...) tensor kept until something scores lower.
+        score: the initial scores (B,); +inf (anything replaces) when omitted.
+        replace_ties: an equal score replaces the kept tensors (the later point wins).
+    """
+
+    def __init__(
+        self, initial: dict[str, torch.Tensor], score: torch.Tensor | None = None, *, replace_ties: bool = False
+    ) -> None:
+        first = next(iter(initial.values()))
+        self.kept = dict(initial)
+        self.score = score if score is not None else torch.full((first.shape[0],), float("inf"), device=first.device)
+        self.replace_ties = replace_ties
+
+    def offer(self, score: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
+        """Keep `tensors` for the images where `score` is lower; returns that (B,) bool mask."""
+        score = score.to(self.score.device)
+        lower = score <= self.score if self.replace_ties else score < self.score
+        self.score = torch.where(lower, score, self.score)
+        for name, tensor in tensors.items():
+            kept = self.kept[name]
+            mask = lower.to(kept.device).view(-1, *[1] * (kept.dim() - 1))
+            self.kept[name] = torch.where(mask, tensor.to(kept.device), kept)
+        return lower
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.kept[name]

@@ -46,6 +46,7 @@ def run_patch_attacks(
 ) -> None:
     from harden._io import write_json
     from harden.attacks import is_randomised
+    from harden.attacks.base import draws_default
     from harden.attacks.patch import PatchMask
     from harden.attacks.patch_attacks import DEFAULT_STEPS, PatchAttack
     from harden.attacks.patch_evaluate import evaluate_patch_attacks
@@ -56,7 +57,7 @@ def run_patch_attacks(
     steps = iters or DEFAULT_STEPS
     attacks = [PatchAttack(n, steps=steps, gamma=gamma, alpha=alpha, eot=eot, seed=seed) for n in names]
     randomised = is_randomised(model)
-    draws = draws if draws is not None else (3 if randomised else 1)
+    draws = draws_default(randomised, draws)
     evaluation = evaluate_patch_attacks(
         model, dataset, attacks, mask, target, stripes=stripes, draws=draws, seed=seed, batch_size=batch_size,
         device=device, examples=examples, progress=progress and sys.stderr.isatty(),

@@ -164,6 +164,7 @@ def attack_command(
     """
     from harden._io import write_json
     from harden.attacks import ATTACKS, ThreatModel, is_randomised, parse_eps
+    from harden.attacks.base import eot_default
     from harden.attacks.checks import run_checks
     from harden.attacks.evaluate import evaluate_robustness
     from harden.attacks.report import WORST, format_table, plot_curves, save_overlays, summarise
@@ -198,7 +199,7 @@ def attack_command(
     model, _ = load_model(run_dir, device)
     source_model = load_model(source, device)[0] if source is not None else None
     randomised = is_randomised(model) or (source_model is not None and is_randomised(source_model))
-    eot = eot if eot is not None else (8 if randomised and not allow_random else 1)
+    eot = eot_default(randomised and not allow_random, eot)
     data = data or train_config.data
     dataset = open_dataset(
         data,

@@ -125,6 +125,7 @@ def transfer_scales_command(
     """
     from harden._io import write_json
     from harden.attacks import is_randomised
+    from harden.attacks.base import draws_default, eot_default
     from harden.cli._options import parse_scales
     from harden.models.compose import network_of
     from harden.run import load_model
@@ -144,8 +145,8 @@ def transfer_scales_command(
                f"on {len(dataset)} {split} images ...")  # fmt: skip
     result = transfer_scales(
         network, dataset, scales=scales, fusion="mean" if fusion == "mean" else "max", others=other_models,
-        attacks=attacks, eps_values=eps_values, steps=iters, eot=eot or (8 if randomised else 1),
-        draws=draws or (3 if randomised else 1), seed=seed, batch_size=batch_size, device=device,
+        attacks=attacks, eps_values=eps_values, steps=iters, eot=eot_default(randomised, eot),
+        draws=draws_default(randomised, draws), seed=seed, batch_size=batch_size, device=device,
         progress=progress and sys.stderr.isatty(),
     )  # fmt: skip
     click.echo(format_tables(result))
@@ -190,6 +191,7 @@ def crf_command(
     """
     from harden._io import write_json
     from harden.attacks import is_randomised
+    from harden.attacks.base import eot_default
     from harden.cli import Failed
     from harden.models.compose import compose
     from harden.models.crf import crf_unaries
@@ -209,7 +211,7 @@ def crf_command(
     click.echo(f"{model_config.name} with and without {which} on {len(dataset)} {split} images ...")
     result = crf_study(
         without_crf, with_crf, dataset, attacks=attacks, eps_values=eps_values, steps=iters,
-        eot=eot or (8 if randomised else 1), draws=draws, seed=seed, batch_size=batch_size, device=device,
+        eot=eot_default(randomised, eot), draws=draws, seed=seed, batch_size=batch_size, device=device,
         progress=progress and sys.stderr.isatty(),
     )  # fmt: skip
     click.echo(format_table(result))
