@@ -48,7 +48,7 @@ def measure(run_dir: Path, iters: int, images: int, seeds: int = 1) -> dict[str,
 
     from harden.attacks.evaluate import evaluate_robustness
     from harden.data import open_dataset
-    from harden.training import load_model, read_config
+    from harden.training import load_model, read_config  # not harden.run: the baseline revision may predate it
 
     torch.manual_seed(0)
     _, train_config = read_config(run_dir)

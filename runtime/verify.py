@@ -347,10 +347,9 @@ class _Batch:
     worst: LowestPerImage = field(init=False)
 
     def __post_init__(self) -> None:
-        self.worst = LowestPerImage(
-            {"adversarial": self.images.cpu(), "prediction": torch.zeros_like(self.labels).cpu()},
-            torch.full((self.images.shape[0],), float("inf")),
-        )
+        # kept on the images' device: every attack, member and draw offers its images, and only
+        # the batch's final worst ones move to the host (keep_lowest)
+        self.worst = LowestPerImage({"adversarial": self.images, "prediction": torch.zeros_like(self.labels)})
 
 
 class _Scorer:
