@@ -20,7 +20,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from harden.attacks.patch_attacks import ATTENTION_AWARE
+from harden.attacks import create_patch_attack
 from harden.cli import cli
 
 SIZE = "64x128"
@@ -76,7 +76,11 @@ def main() -> None:
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     outside: dict[str, dict[str, dict[str, float | None]]] = {}
     for label, run in runs.items():
-        attacks = ATTACKS if run != cnn else ",".join(a for a in ATTACKS.split(",") if a not in ATTENTION_AWARE)
+        attacks = (
+            ATTACKS
+            if run != cnn
+            else ",".join(a for a in ATTACKS.split(",") if not create_patch_attack(a).reads_attention)
+        )
         for target in ("permute", "strip"):
             report = args.out / "reports" / f"{run.name}-{target}"
             if not (report / "patch_attack.json").is_file():

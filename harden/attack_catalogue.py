@@ -1,5 +1,5 @@
 """One-line summaries of the attacks, kept apart from their code so `harden attack --help` lists
-them without importing torch. The registries (`harden.attacks._registry`, `patch_attacks`)
+them without importing torch. The registries (`harden.attacks._registry`)
 take their summaries from here and refuse an attack that has none.
 """
 

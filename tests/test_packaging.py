@@ -90,8 +90,8 @@ def test_loading_a_trained_model_never_imports_the_training_loop():
 
 def test_help_lists_exactly_the_registered_attacks():
     from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
-    from harden.attacks import ATTACKS
-    from harden.attacks.patch_attacks import PATCH_ATTACKS
+    from harden.attacks import ATTACKS, PATCH_ATTACKS
 
     assert list(ATTACK_SUMMARIES) == list(ATTACKS)
     assert set(PATCH_SUMMARIES) == set(PATCH_ATTACKS)
+    assert all(entry.kind == "patch" for entry in PATCH_ATTACKS.values())

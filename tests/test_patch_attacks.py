@@ -4,8 +4,9 @@ and Strip targets, the metrics, and the attacks themselves on a small trained RA
 import pytest
 import torch
 
+from harden.attacks import PATCH_ATTACKS, create_patch_attack
+from harden.attacks.attention_reader import AttentionReader, key_grid
 from harden.attacks.patch import LOCATIONS, PatchMask, patch_step
-from harden.attacks.patch_attacks import PATCH_ATTACKS, PatchAttack, key_grid
 from harden.attacks.targets import accuracy_outside, permute_targets, strip_targets, targeted_miou
 from harden.data import collate_pad, open_dataset
 from harden.data.classes import IGNORE_INDEX
@@ -128,7 +129,7 @@ def attacked(ram_run):
 @pytest.mark.parametrize("name", [a for a in PATCH_ATTACKS if a not in ("pgd", "autoattack")])
 def test_each_attack_stays_in_the_patch_and_raises_targeted_miou(attacked, name):
     model, images, labels, targets, mask, targeted = attacked
-    adversarial = PatchAttack(name, steps=10, eot=2)(model, images, labels, targets, mask)
+    adversarial = create_patch_attack(name, steps=10, eot=2)(model, images, labels, mask=mask, targets=targets).images
     assert torch.equal(adversarial * (1 - mask), images * (1 - mask))
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     assert targeted(adversarial) > targeted(images)
@@ -136,16 +137,22 @@ def test_each_attack_stays_in_the_patch_and_raises_targeted_miou(attacked, name)
 
 def test_pgd_with_the_papers_small_step_still_moves_towards_the_target(attacked):
     model, images, labels, targets, mask, targeted = attacked
-    adversarial = PatchAttack("pgd", steps=10, eot=2, gamma=0.05)(model, images, labels, targets, mask)
+    adversarial = create_patch_attack("pgd", steps=10, eot=2, gamma=0.05)(
+        model, images, labels, mask=mask, targets=targets
+    ).images
     assert targeted(adversarial) > targeted(images)
 
 
 def test_autoattack_in_the_patch_raises_targeted_miou_and_lowers_untargeted_accuracy(attacked):
     model, images, labels, targets, mask, targeted = attacked
-    towards_target = PatchAttack("autoattack", steps=5, eot=2)(model, images, labels, targets, mask)
+    towards_target = create_patch_attack("autoattack", steps=5, eot=2)(
+        model, images, labels, mask=mask, targets=targets
+    ).images
     assert torch.equal(towards_target * (1 - mask), images * (1 - mask))
     assert targeted(towards_target) > targeted(images)
-    adversarial = PatchAttack("autoattack", steps=5, eot=2)(model, images, labels, None, mask)
+    adversarial = create_patch_attack("autoattack", steps=5, eot=2)(
+        model, images, labels, mask=mask, targets=None
+    ).images
     assert torch.equal(adversarial * (1 - mask), images * (1 - mask))
     with torch.no_grad(), fixed_rad_seed(model, 10_000):
         clean, attacked_accuracy = (float((model(x).argmax(1) == labels).float().mean()) for x in (images, adversarial))
@@ -173,17 +180,18 @@ def test_square_draws_its_windows_inside_the_patch():
 def test_a_rad_model_needs_eot_and_a_windowed_model_has_no_attention_to_read(attacked):
     model, images, labels, targets, mask, _ = attacked
     with pytest.raises(InputError, match="EOT"):
-        PatchAttack("dag", steps=1)(model, images, labels, targets, mask)
+        create_patch_attack("dag", steps=1)(model, images, labels, mask=mask, targets=targets)
     swin = create_model("swin_tiny", num_classes=19).eval()
     wide = torch.rand(1, 3, 64, 128)  # on 64×64, Swin's last stage is one window: global after all
     wide_labels = torch.zeros(1, 64, 128, dtype=torch.long)
+    maxattn = create_patch_attack("maxattn-dag", steps=1)
     with pytest.raises(InputError, match="nothing to read"):
-        PatchAttack("maxattn-dag", steps=1)(swin, wide, wide_labels, wide_labels + 1, PatchMask(8)(1, 64, 128))
+        maxattn(swin, wide, wide_labels, mask=PatchMask(8)(1, 64, 128), targets=wide_labels + 1)
     cnn = create_model("pspnet_tiny", num_classes=19).eval()
     with pytest.raises(InputError, match="no attention layer"):
-        PatchAttack("patch-fool", steps=1)(cnn, images, labels, targets, mask)
+        create_patch_attack("patch-fool", steps=1)(cnn, images, labels, mask=mask, targets=targets)
     with pytest.raises(InputError):
-        PatchAttack("no-such-attack")
+        create_patch_attack("no-such-attack")
 
 
 def _cli(*args):
@@ -240,8 +248,6 @@ def test_patch_attack_bad_input_exits_2(ram_run, tmp_path, extra, message):
 def test_attention_aware_attacks_pull_more_attention_onto_the_patch_than_dag():
     """The adaptive attacks' extra terms work: after the attack, the queries of a plain attention
     model attend to the patch more than after DAG, whose loss ignores attention."""
-    from harden.attacks.patch_attacks import _AttentionReader
-
     torch.manual_seed(0)
     model = create_model("segformer_tiny", num_classes=19).eval()
     dataset = open_dataset("synthetic", "val", size=(64, 128), num_images=2, seed=0)
@@ -250,11 +256,40 @@ def test_attention_aware_attacks_pull_more_attention_onto_the_patch_than_dag():
     mask = PatchMask(32)(2, 64, 128)
 
     def patch_attention(x):
-        with torch.no_grad(), _AttentionReader(model, True) as reader:
+        with torch.no_grad(), AttentionReader(model) as reader:
             model(x)
         return float(reader.patch_mass(mask))
 
-    dag = patch_attention(PatchAttack("dag", steps=10)(model, images, labels, targets, mask))
+    dag = patch_attention(
+        create_patch_attack("dag", steps=10)(model, images, labels, mask=mask, targets=targets).images
+    )
     for name in ("maxattn-dag", "patch-fool", "attention-fool"):
-        adversarial = PatchAttack(name, steps=10)(model, images, labels, targets, mask)
+        adversarial = create_patch_attack(name, steps=10)(model, images, labels, mask=mask, targets=targets).images
         assert patch_attention(adversarial) > dag, name
+
+
+def test_the_template_runs_algorithm_1_as_written():
+    """A fixed-seed DAG through the Attack template equals Algorithm 1 written out by hand:
+    the template (eval mode, seeded RNG, EOT, projection) adds nothing and changes nothing."""
+    from harden.attacks.patch_losses import dag_margin
+    from harden.ram import RAMConfig, insert_ram_
+
+    torch.manual_seed(0)
+    model = create_model("segformer_tiny", num_classes=19).eval()
+    insert_ram_(model, RAMConfig())  # RAD: every forward pass draws from the seeded RNG
+    images, labels = torch.rand(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
+    targets, mask = (labels + 1) % 19, PatchMask(16, "random", seed=1)(2, 64, 64)
+    output = create_patch_attack("dag", steps=3, eot=2, seed=5)(model, images, labels, mask=mask, targets=targets)
+
+    torch.manual_seed(5)
+    x = images.clone()
+    for _ in range(3):
+        gradient = torch.zeros_like(x)
+        for _ in range(2):
+            x_var = x.detach().requires_grad_(True)
+            gradient += torch.autograd.grad(dag_margin(model(x_var), labels, targets), x_var)[0]
+        x = patch_step(x, gradient / 2, mask, gamma=1.0)
+    assert torch.equal(output.images, x)
+    assert output.gradients.images == 2 * 3 * 2 and output.gradients.nan == 0
+    assert create_patch_attack("eot").eot == 8 and create_patch_attack("eot", eot=3).eot == 3
+    assert create_patch_attack("pgd").gamma == 0.005 and create_patch_attack("dag").gamma == 1.0

@@ -1,8 +1,11 @@
-"""The attack registry: a plain dict filled by `@register_attack` on plain factory functions.
+"""The attack registries: plain dicts filled by `@register_attack` on factories.
 
 A factory takes the threat model and the common options (steps, eot, allow_random, seed) and
 returns an `Attack`. `kind` says what the attack may use: "white-box" (gradients) or
-"black-box" (outputs only) — the sanity checks compare the two (DESIGN.md §6).
+"black-box" (outputs only) — the sanity checks compare the two (DESIGN.md §6) — or that it is a
+"patch" attack (RAM paper Appendix A: only the pixels under a patch change, towards targets).
+Patch attacks share names with ε-ball attacks (pgd, dag), so they are registered in
+`PATCH_ATTACKS`, the others in `ATTACKS`; both by the same decorator, and both are `Attack`s.
 """
 
 from __future__ import annotations
@@ -11,10 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harden.attack_catalogue import ATTACK_SUMMARIES
+from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
 from harden.attacks.apgd import APGD
 from harden.attacks.base import Attack
 from harden.attacks.dag import DAG
+from harden.attacks.patch_attack import PatchAttack
+from harden.attacks.patch_autoattack import PatchAutoAttack
+from harden.attacks.patch_objectives import (
+    SSAP,
+    AttentionFool,
+    IPatch,
+    MaxAttnDAG,
+    MaxVarDAG,
+    PatchDAG,
+    PatchEOT,
+    PatchFool,
+    PatchPGD,
+)
 from harden.attacks.pgd import PGD, kurakin_steps
 from harden.attacks.rppgd import RPPGD
 from harden.attacks.sea import SEA
@@ -22,7 +38,7 @@ from harden.attacks.square import RandomNoise, Square
 from harden.attacks.threat import ThreatModel
 from harden.errors import InputError
 
-Kind = Literal["white-box", "black-box"]
+Kind = Literal["white-box", "black-box", "patch"]
 AttackFactory = Callable[..., Attack]
 
 
@@ -34,18 +50,20 @@ class AttackEntry:
     kind: Kind
 
 
-ATTACKS: dict[str, AttackEntry] = {}
+ATTACKS: dict[str, AttackEntry] = {}  # ε-ball attacks (white-box and black-box)
+PATCH_ATTACKS: dict[str, AttackEntry] = {}  # patch attacks
 
 
 def register_attack(name: str, kind: Kind = "white-box") -> Callable[[AttackFactory], AttackFactory]:
-    """Register `factory` under `name`; its one-line summary is `ATTACK_SUMMARIES[name]`."""
+    """Register `factory` under `name`; its one-line summary is in harden/attack_catalogue.py."""
+    registry, summaries = (PATCH_ATTACKS, PATCH_SUMMARIES) if kind == "patch" else (ATTACKS, ATTACK_SUMMARIES)
 
     def decorator(factory: AttackFactory) -> AttackFactory:
-        if name in ATTACKS:
+        if name in registry:
             raise ValueError(f"attack {name!r} is registered twice")
-        if name not in ATTACK_SUMMARIES:
+        if name not in summaries:
             raise ValueError(f"attack {name!r} has no summary in harden/attack_catalogue.py")
-        ATTACKS[name] = AttackEntry(name, factory, ATTACK_SUMMARIES[name], kind)
+        registry[name] = AttackEntry(name, factory, summaries[name], kind)
         return factory
 
     return decorator
@@ -64,6 +82,23 @@ def create_attack(
     if name not in ATTACKS:
         raise InputError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     return ATTACKS[name].factory(threat, steps=steps, eot=eot, allow_random=allow_random, seed=seed)
+
+
+def create_patch_attack(
+    name: str,
+    *,
+    steps: int | None = None,
+    gamma: float | None = None,
+    alpha: float = 1.0,
+    eot: int = 1,
+    seed: int = 0,
+) -> PatchAttack:
+    """Build a registered patch attack; InputError (exit 2) naming the choices for an unknown name."""
+    if name not in PATCH_ATTACKS:
+        raise InputError(f"unknown patch attack {name!r}; choose from {', '.join(PATCH_ATTACKS)}")
+    attack = PATCH_ATTACKS[name].factory(steps=steps, gamma=gamma, alpha=alpha, eot=eot, seed=seed)
+    assert isinstance(attack, PatchAttack)
+    return attack
 
 
 def _l2(threat: ThreatModel) -> ThreatModel:
@@ -157,3 +192,8 @@ def _square(threat: ThreatModel, **common: Any) -> Attack:
 @register_attack("noise", kind="black-box")
 def _noise(threat: ThreatModel, **common: Any) -> Attack:
     return RandomNoise(threat, **common)
+
+
+for _patch_attack in (PatchPGD, PatchDAG, IPatch, SSAP, MaxVarDAG, MaxAttnDAG, AttentionFool, PatchFool, PatchEOT,
+                      PatchAutoAttack):  # fmt: skip
+    register_attack(_patch_attack.name, kind="patch")(_patch_attack)

@@ -105,7 +105,8 @@ class PatchThreat(ThreatModel):
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         assert self.mask is not None
-        return super().project(x + (x_adv - x) * self.mask, x)
+        # a choice, not x + (x_adv − x)·mask: that sum can round x_adv off by an ulp under the patch
+        return torch.where(self.mask > 0.5, x_adv.clamp(self.low, self.high), x)
 
     def region(self, x: torch.Tensor) -> torch.Tensor | None:
         assert self.mask is not None

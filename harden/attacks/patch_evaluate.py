@@ -22,7 +22,7 @@ from tqdm import tqdm
 from harden.attacks.checks import Check
 from harden.attacks.evaluate import DRAW_SEED, keep_first
 from harden.attacks.patch import PatchMask
-from harden.attacks.patch_attacks import PatchAttack
+from harden.attacks.patch_attack import PatchAttack
 from harden.attacks.targets import counts_outside, permute_targets, strip_targets
 from harden.data import SegmentationDataset, collate_pad
 from harden.data.classes import IGNORE_INDEX
@@ -163,7 +163,7 @@ def evaluate_patch_attacks(
             for attack in attacks:
                 bar.set_postfix_str(attack.name)
                 start = time.perf_counter()
-                adversarial = attack(model, images, labels, targets, mask)
+                adversarial = attack(model, images, labels, mask=mask, targets=targets).images
                 seconds[attack.name] = seconds.get(attack.name, 0.0) + time.perf_counter() - start
                 outside = float(((adversarial - images).abs() * (1 - mask)).max())
                 leaked[attack.name] = max(leaked.get(attack.name, 0.0), outside)

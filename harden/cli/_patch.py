@@ -45,17 +45,17 @@ def run_patch_attacks(
     progress: bool,
 ) -> None:
     from harden._io import write_json
-    from harden.attacks import is_randomised
+    from harden.attacks import create_patch_attack, is_randomised
     from harden.attacks.base import draws_default
     from harden.attacks.patch import PatchMask
-    from harden.attacks.patch_attacks import DEFAULT_STEPS, PatchAttack
+    from harden.attacks.patch_attack import DEFAULT_STEPS
     from harden.attacks.patch_evaluate import evaluate_patch_attacks
     from harden.visualize import palette_for
 
     mask = PatchMask(patch, location, seed)
     names = [a.strip() for a in attack_spec.split(",") if a.strip()]
     steps = iters or DEFAULT_STEPS
-    attacks = [PatchAttack(n, steps=steps, gamma=gamma, alpha=alpha, eot=eot, seed=seed) for n in names]
+    attacks = [create_patch_attack(n, steps=steps, gamma=gamma, alpha=alpha, eot=eot, seed=seed) for n in names]
     randomised = is_randomised(model)
     draws = draws_default(randomised, draws)
     evaluation = evaluate_patch_attacks(

@@ -180,15 +180,15 @@ def attack_command(
     if patch is None and (not attacks or unknown):
         raise InputError(f"unknown attack {', '.join(unknown) or '(none)'}; choose from {', '.join(ATTACKS)}")
     if patch is not None:
+        from harden.attacks import create_patch_attack
         from harden.attacks.patch import PatchMask
-        from harden.attacks.patch_attacks import PatchAttack
 
         if source is not None:
             raise InputError("--source (transfer) is not available for patch attacks")
         if click.get_current_context().get_parameter_source("attack_spec") is ParameterSource.DEFAULT:
             attack_spec = PATCH_DEFAULT_ATTACKS
         for name in attack_spec.split(","):  # refuse bad names and parameters before loading anything
-            PatchAttack(name.strip(), gamma=gamma, alpha=alpha)
+            create_patch_attack(name.strip(), gamma=gamma, alpha=alpha)
         PatchMask(patch, location)
     eps_values = sorted({parse_eps(e) for e in eps_spec.split(",")})
     for eps in eps_values:  # refuse an ε above the box now, before loading anything
