@@ -18,8 +18,9 @@ state and fine-tuning initialisation on top).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import SafetensorError
@@ -34,6 +35,9 @@ from harden.models.compose import compose
 from harden.models.crf import CRFConfig
 from harden.models.multiscale import Fusion
 from harden.ram import RAMConfig, insert_ram_
+
+if TYPE_CHECKING:
+    from harden.data import SegmentationDataset
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -132,3 +136,51 @@ def load_weights_into(
             f"{path}: weights do not fit the model (missing {sorted(missing)[:5]}, unexpected "
             f"{sorted(unexpected)[:5]}); {hint}"
         )
+
+
+@dataclass
+class OpenedRun:
+    """A trained run ready to evaluate: its model (eval mode, on the device), configs and data."""
+
+    run_dir: Path
+    model: SegmentationModel
+    model_config: ModelConfig
+    train_config: TrainConfig
+    dataset: SegmentationDataset
+    data: str  # the dataset spec the images come from
+    split: str
+
+
+def open_run(
+    run_dir: Path,
+    device: str | torch.device = "cpu",
+    *,
+    data: str | None = None,
+    split: str = "val",
+    image_size: tuple[int, int] | None = None,
+    images: int | None = None,
+) -> OpenedRun:
+    """The model of `run_dir` on `device` and a split of `data`.
+
+    Defaults come from the run: the data it trained on, its image size (synthetic data) and its
+    number of validation images; the synthetic scenes are drawn with its seed. InputError
+    (exit 2) when the data's classes are not the model's.
+    """
+    from harden.data import open_dataset
+
+    model_config, train_config = read_config(run_dir)
+    model, _ = load_model(run_dir, device)
+    data = data or train_config.data
+    dataset = open_dataset(
+        data,
+        split,
+        size=image_size or train_config.image_size,
+        num_images=images or train_config.val_images,
+        seed=train_config.seed,
+    )
+    if dataset.num_classes != model_config.num_classes:
+        raise InputError(
+            f"{data} has {dataset.num_classes} classes but the model of {run_dir} predicts "
+            f"{model_config.num_classes}; use the dataset it was trained for (--data)"
+        )
+    return OpenedRun(Path(run_dir), model, model_config, train_config, dataset, data, split)

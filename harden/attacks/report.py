@@ -157,3 +157,24 @@ def save_overlays(evaluation: Evaluation, model: nn.Module, key: str, path: Path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+
+
+def write_attack_report(
+    summary: dict[str, Any], evaluation: Evaluation, model: nn.Module, out: Path, *, examples: bool, palette: np.ndarray
+) -> list[Path]:
+    """attack.json, robustness.png and, with `examples`, examples.png: the images of the attack
+    with the lowest mIoU at the largest ε. Returns the paths written."""
+    from harden._io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "attack.json", summary)
+    plot_curves(summary, out / "robustness.png")
+    written = [out / "attack.json", out / "robustness.png"]
+    if examples:
+        largest = max(evaluation.eps_values())
+        strongest = min((r for r in summary["rows"] if r["attack"] != WORST and r["eps"] == largest),
+                        key=lambda r: r["miou"])  # fmt: skip
+        crafted_on = f"[{strongest['crafted_on']}]" if strongest["crafted_on"] else ""
+        save_overlays(evaluation, model, f"{strongest['attack']}@{largest}{crafted_on}", out / "examples.png", palette)
+        written.append(out / "examples.png")
+    return written

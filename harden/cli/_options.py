@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -49,8 +50,97 @@ class RangeType(click.ParamType):
         return low, high
 
 
+class NameListType(click.ParamType):
+    """`A,B,C` → ("A", "B", "C"): attack names and the like (at least one; blanks dropped)."""
+
+    name = "NAME[,NAME...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(dict.fromkeys(n.strip() for n in str(value).split(",") if n.strip()))
+        if not names:
+            self.fail("name at least one, e.g. pgd or fgsm,pgd", param, ctx)
+        return names
+
+
+class EpsListType(click.ParamType):
+    """`4/255,8/255` → the L∞ radii as sorted, distinct floats, each in [0, 1]."""
+
+    name = "EPS[,EPS...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        from harden.attacks.threat import ThreatModel, parse_eps  # imports torch: only when the command runs
+
+        values = tuple(sorted({parse_eps(e) for e in str(value).split(",") if e.strip()}))
+        if not values:
+            self.fail("give at least one ε, e.g. 4/255", param, ctx)
+        for eps in values:
+            ThreatModel(eps)  # refuses an ε above the box (InputError: exit 2)
+        return values
+
+
+class FloatListType(click.ParamType):
+    """`A,B,C` → `count` floats (R,G,B channel statistics)."""
+
+    def __init__(self, name: str, example: str) -> None:
+        self.name, self.example, self.count = name, example, len(name.split(","))
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            values = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r}: write {self.count} numbers, e.g. {self.example}", param, ctx)
+        if len(values) != self.count:
+            self.fail(f"{value!r}: write {self.count} numbers, e.g. {self.example}; got {len(values)}", param, ctx)
+        return values
+
+
+class DeviceType(click.ParamType):
+    """`auto`, `cpu`, `cuda` or `cuda:N`; checked against the machine by `resolve_device`."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+            return text
+        self.fail(f"{value!r}: use auto, cpu, cuda or cuda:N", param, ctx)
+
+
 SIZE = SizeType()
 RANGE = RangeType()
+NAMES = NameListType()
+EPS_LIST = EpsListType()
+RGB = FloatListType("R,G,B", "0.485,0.456,0.406")
+DEVICE = DeviceType()
+
+
+class Command(click.Command):
+    """A command that still accepts the old spellings of renamed options for one release.
+
+    `renamed` maps an old option name to its new one (`{"--report": "--out"}`): the old name is
+    hidden from --help, rewritten before parsing, and a deprecation message says what to write.
+    """
+
+    def __init__(self, *args: Any, renamed: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = renamed or {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, [self._rename(arg) for arg in args])
+
+    def _rename(self, arg: str) -> str:
+        name, equals, value = arg.partition("=")
+        if name not in self.renamed:
+            return arg
+        new = self.renamed[name]
+        click.echo(f"harden {self.name}: {name} is deprecated and goes in the next release; write {new}", err=True)
+        return new + equals + value
 
 
 def data_option(default: str | None = "synthetic") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -66,23 +156,25 @@ def data_option(default: str | None = "synthetic") -> Callable[[Callable[..., An
 def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
+        type=DEVICE,
         default="auto",
         show_default=True,
-        help="Where to run; auto picks cuda when a GPU is visible.",
+        help="Where to run: cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N, or auto (cuda when a GPU is visible).",
     )(fn)
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    """A `--device` value → the torch device string it means here ("cpu", "cuda:0", ...)."""
+    from harden.devices import local_rank_from_environment
+    from harden.devices import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from harden.errors import InputError
+    return str(resolve(device, local_rank=local_rank_from_environment()))
 
-        raise InputError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
-    return device
+
+def out_option(help: str, *, file: bool = False, required: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """--out: where a command writes (a directory; a file for commands that write one PNG)."""
+    path = click.Path(dir_okay=False, path_type=Path) if file else click.Path(file_okay=False, path_type=Path)
+    return click.option("--out", type=path, default=None, required=required, help=help)
 
 
 def progress_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -282,3 +374,18 @@ def crf_settings(
         spatial_weight=crf_weights[0],
         bilateral_weight=crf_weights[1],
     )
+
+
+def randomness_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--eot and --draws: how a randomised (RAD) model is attacked and predicted (DESIGN.md §6;
+    the defaults are `harden.attacks.base.eot_default` and `draws_default`)."""
+    options = [
+        click.option("--eot", type=click.IntRange(min=1), default=None,
+                     help="EOT draws per gradient for a randomised (RAD) model. [default: 8 if randomised, else 1]"),
+        click.option("--draws", type=click.IntRange(min=1), default=None,
+                     help="Evaluation draws of a randomised model; the worst counts. [default: 3 if randomised, "
+                     "else 1]"),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
