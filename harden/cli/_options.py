@@ -64,6 +64,19 @@ class NameListType(click.ParamType):
         return names
 
 
+class EpsType(click.ParamType):
+    """`8/255` or `0.03` → an ε (or step) on [0, 1] pixels, ≥ 0."""
+
+    name = "EPS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        from harden.attacks.threat import parse_eps  # imports torch: only when the command runs
+
+        return parse_eps(str(value))
+
+
 class EpsListType(click.ParamType):
     """`4/255,8/255` → the L∞ radii as sorted, distinct floats, each in [0, 1]."""
 
@@ -115,6 +128,7 @@ class DeviceType(click.ParamType):
 SIZE = SizeType()
 RANGE = RangeType()
 NAMES = NameListType()
+EPS = EpsType()
 EPS_LIST = EpsListType()
 RGB = FloatListType("R,G,B", "0.485,0.456,0.406")
 DEVICE = DeviceType()
@@ -267,29 +281,35 @@ def ram_settings(
     return config.to_dict()
 
 
-def parse_scales(spec: str | None) -> tuple[float, ...] | None:
-    """`0.5,0.75,1` → (0.5, 0.75, 1.0); None stays None. InputError (exit 2) for anything else."""
-    if spec is None:
-        return None
-    try:
-        scales = tuple(float(s) for s in spec.split(",") if s.strip())
-    except ValueError as err:
-        raise InputError(f"--scales {spec!r}: write comma-separated factors, e.g. 0.5,0.75,1") from err
-    from harden.models.multiscale import check_scales
+class ScalesType(click.ParamType):
+    """`0.5,0.75,1` → (0.5, 0.75, 1.0): input scales of a multiscale model (Arnab et al. §6)."""
 
-    check_scales(scales, "max")
-    return scales
+    name = "S[,S...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            scales = tuple(float(s) for s in str(value).split(",") if s.strip())
+        except ValueError:
+            self.fail(f"{value!r}: write comma-separated factors, e.g. 0.5,0.75,1", param, ctx)
+        from harden.models.multiscale import check_scales
+
+        check_scales(scales, "max")  # InputError (exit 2) for a scale out of range
+        return scales
+
+
+SCALES = ScalesType()
 
 
 def inference_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--scales/--fusion (multiscale, Arnab et al. §6; `parse_scales`) and --crf with its settings
+    """--scales/--fusion (multiscale, Arnab et al. §6; `SCALES`) and --crf with its settings
     (§7; `crf_settings`)."""
     options = [
         click.option(
             "--scales",
-            "scales_spec",
+            type=SCALES,
             default=None,
-            metavar="S[,S...]",
             help="Run the network at these input scales and fuse the logits, e.g. 0.5,0.75,1 "
             "(DeepLab v2). [default: one scale]",
         ),

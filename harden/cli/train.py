@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from harden.cli._options import (
+    EPS,
     RANGE,
     SIZE,
+    Command,
     crf_settings,
     data_option,
     device_option,
     inference_options,
-    parse_scales,
     progress_option,
     ram_options,
     ram_settings,
     resolve_device,
 )
 
+if TYPE_CHECKING:
+    from harden.config import TrainConfig
 
-@click.command("train")
+
+@click.command("train", cls=Command)
 @click.option(
     "--model",
     "model_name",
@@ -87,9 +93,13 @@ from harden.cli._options import (
     help="Adversarial training (see below). [default: clean training]",
 )
 @click.option(
-    "--adv-eps", default="0.03", show_default=True, help="L∞ radius of the training attack (0.03, 8/255, ...)."
+    "--adv-eps",
+    type=EPS,
+    default="0.03",
+    show_default=True,
+    help="L∞ radius of the training attack (0.03, 8/255, ...).",
 )
-@click.option("--adv-step", default="0.01", show_default=True, help="Step size α of the training attack.")
+@click.option("--adv-step", type=EPS, default="0.01", show_default=True, help="Step size α of the training attack.")
 @click.option(
     "--adv-steps", type=click.IntRange(min=1), default=3, show_default=True, help="Iterations k of the training attack."
 )
@@ -132,53 +142,9 @@ from harden.cli._options import (
 @device_option
 @progress_option
 def train_command(
-    model_name: str,
-    data: str,
-    run_dir: Path,
-    epochs: int,
-    batch_size: int,
-    optimizer: str,
-    lr: float | None,
-    weight_decay: float | None,
-    grad_clip: float,
-    image_size: tuple[int, int],
-    crop: tuple[int, int] | None,
-    scale_range: tuple[float, float],
-    train_images: int | None,
-    val_images: int | None,
-    seed: int,
-    workers: int,
-    ram: bool,
-    mas: bool | None,
-    mas_threshold: float | None,
-    rad: bool | None,
-    rad_p: float | None,
-    attn_temperature: float | None,
-    attn_learnable: bool,
-    scales_spec: str | None,
-    fusion: str,
-    crf: bool,
-    crf_iterations: int,
-    crf_window: int,
-    crf_spatial_sigma: float,
-    crf_bilateral_sigma: float,
-    crf_color_sigma: float,
-    crf_weights: tuple[float, float],
-    init_from: Path | None,
-    adv: str | None,
-    adv_eps: str,
-    adv_step: str,
-    adv_steps: int,
-    adv_ratio: float,
-    init_backbone: Path | None,
-    amp: str,
-    save_every: int,
-    nproc: int,
-    resume: bool,
-    overwrite: bool,
-    device: str,
-    progress: bool,
-) -> None:
+    run_dir: Path, model_name: str, resume: bool, overwrite: bool, nproc: int, device: str, progress: bool,
+    **settings: Any,
+) -> None:  # fmt: skip
     """Train a segmentation model and validate it after every epoch.
 
     Writes into --out: model.safetensors (weights + model config), state.safetensors (resume
@@ -228,114 +194,58 @@ def train_command(
       harden train --adv sat --nproc 2 --out runs/seg-sat
       harden train --model deeplabv3_tiny --scales 0.5,0.75,1 --crf --out runs/dl-ms-crf
     """
-    from harden.attacks.threat import format_eps, parse_eps
     from harden.cli import Failed
     from harden.config import check_amp, check_world_size
     from harden.errors import InputError
     from harden.outputs import exclusive
-    from harden.training import TrainConfig, TrainingDivergedError, prepare_run, train
+    from harden.training import TrainingDivergedError, describe_training, prepare_run, train
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; choose one")
-    check_world_size(batch_size, nproc)
     device = resolve_device(device)
-    check_amp(amp, device)
-    config = TrainConfig(
-        data=data,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        image_size=image_size,
-        crop=crop,
-        scale_range=scale_range,
-        train_images=train_images,
-        val_images=val_images,
-        seed=seed,
-        workers=workers,
-        init_from=str(init_from) if init_from is not None else None,
-        adv=adv,
-        adv_eps=parse_eps(adv_eps),
-        adv_step=parse_eps(adv_step),
-        adv_steps=adv_steps,
-        adv_ratio=adv_ratio,
-        init_backbone=str(init_backbone) if init_backbone is not None else None,
-        amp=amp,
-        save_every=save_every,
-    )
-    ram_config = ram_settings(ram, mas, mas_threshold, rad, rad_p, attn_temperature, attn_learnable)
-    scales = parse_scales(scales_spec)
-    crf_config = crf_settings(
-        crf_iterations, crf_window, crf_spatial_sigma, crf_bilateral_sigma, crf_color_sigma, crf_weights
-    )  # checked even without --crf, so a bad setting is never silently ignored
+    config = _train_config(settings)
+    check_world_size(config.batch_size, nproc)
+    check_amp(config.amp, device)
     # On --resume the run's saved settings win; --epochs counts only when given explicitly.
     epochs_given = click.get_current_context().get_parameter_source("epochs") is not ParameterSource.DEFAULT
-    model_config, config = prepare_run(
-        run_dir,
-        model_name,
-        config,
-        {},
-        ram=ram_config,
-        scales=scales,
-        fusion=fusion,
-        crf=crf_config.to_dict() if crf else None,
-        resume=resume,
-        overwrite=overwrite,
-        resume_epochs=epochs if epochs_given else None,
-    )
+    model_config, config = prepare_run(run_dir, model_name, config, {}, **_model_settings(settings),
+                                       resume=resume, overwrite=overwrite,
+                                       resume_epochs=config.epochs if epochs_given else None)  # fmt: skip
     if nproc > 1:  # checked above, once, so bad input exits 2 here rather than inside N processes
         _launch_torchrun(nproc)
         return
-    if os.environ.get("RANK", "0") == "0":  # one writer per run (under torchrun, rank 0 holds it)
-        # after prepare_run: bad input is refused before the directory (and its lock file) exists
+    writer = os.environ.get("RANK", "0") == "0"  # one writer per run (under torchrun, rank 0)
+    if writer:  # after prepare_run: bad input is refused before the directory (and its lock file) exists
         click.get_current_context().with_resource(exclusive(run_dir, "training run"))
-    ram_note = ""
-    if model_config.ram is not None:
-        from harden.ram import RAMConfig
-
-        ram_note = f" with RAM {RAMConfig.from_dict(model_config.ram).describe()}"
-    if model_config.scales is not None:
-        ram_note += f" at scales {','.join(f'{s:g}' for s in model_config.scales)} ({model_config.fusion})"
-    if model_config.crf is not None:
-        ram_note += " with a mean-field CRF"
-    adv_note = ""
-    if config.adv is not None:
-        adv_note = (
-            f", adversarial training {config.adv} (L∞ ε={format_eps(config.adv_eps)}, α={format_eps(config.adv_step)}, "
-            f"{config.adv_steps} steps, {config.adv_ratio:.0%} of each batch)"
-        )
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(
-            f"training {model_config.name}{ram_note}{adv_note} on {config.data} for {config.epochs} epochs "
-            f"on {device} → {run_dir}"
-        )
+        click.echo(describe_training(model_config, config, device, run_dir))
     try:
-        result = train(
-            run_dir,
-            model_config,
-            config,
-            resume=resume,
-            device=device,
-            progress=progress and sys.stderr.isatty(),
-            log=click.echo,
-        )
+        result = train(run_dir, model_config, config, resume=resume, device=device,
+                       progress=progress and sys.stderr.isatty(), log=click.echo)  # fmt: skip
     except TrainingDivergedError as err:
         raise Failed(str(err)) from err
-    if os.environ.get("RANK", "0") != "0":
-        return
-    click.echo(
-        json.dumps(
-            {
-                "run_dir": str(result.run_dir),
-                "epochs": result.epochs_done,
-                "val_miou": round(result.val_miou, 4),
-                "val_pixel_accuracy": round(result.val_pixel_accuracy, 4),
-                "seconds": round(result.seconds, 1),
-            }
-        )
-    )
+    if writer:
+        click.echo(json.dumps(result.to_dict()))
+
+
+def _train_config(settings: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of the options named like its fields (paths as text, radii parsed)."""
+    from harden.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k in fields}
+    return TrainConfig(**values)
+
+
+def _model_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """What the options add to the model: RAM, input scales with their fusion, a CRF."""
+    ram_keys = ("ram", "mas", "mas_threshold", "rad", "rad_p", "attn_temperature", "attn_learnable")
+    crf_keys = ("crf_iterations", "crf_window", "crf_spatial_sigma", "crf_bilateral_sigma", "crf_color_sigma",
+                "crf_weights")  # fmt: skip
+    ram = ram_settings(*(settings[k] for k in ram_keys))
+    crf_config = crf_settings(*(settings[k] for k in crf_keys))
+    # the CRF settings are checked even without --crf, so a bad setting is never silently ignored
+    return {"ram": ram, "scales": settings["scales"], "fusion": settings["fusion"],
+            "crf": crf_config.to_dict() if settings["crf"] else None}  # fmt: skip
 
 
 def _launch_torchrun(nproc: int) -> None:

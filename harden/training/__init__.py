@@ -3,7 +3,7 @@
 from harden.config import ModelConfig, TrainConfig
 from harden.run import RUN_MARKERS, build_model, load_model, read_config
 from harden.training.evaluate import evaluate
-from harden.training.loop import TrainingDivergedError, TrainResult, prepare_run, train
+from harden.training.loop import TrainingDivergedError, TrainResult, describe_training, prepare_run, train
 
 __all__ = [
     "RUN_MARKERS",
@@ -12,6 +12,7 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "build_model",
+    "describe_training",
     "evaluate",
     "load_model",
     "prepare_run",

@@ -73,6 +73,29 @@ class TrainResult:
     val_pixel_accuracy: float
     seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The one-line JSON summary `harden train` prints at the end."""
+        return {"run_dir": str(self.run_dir), "epochs": self.epochs_done, "val_miou": round(self.val_miou, 4),
+                "val_pixel_accuracy": round(self.val_pixel_accuracy, 4), "seconds": round(self.seconds, 1)}  # fmt: skip
+
+
+def describe_training(model_config: ModelConfig, config: TrainConfig, device: str, run_dir: Path) -> str:
+    """One line: what is trained (model, RAM, scales, CRF, adversarial training), on what, where."""
+    from harden.attacks.threat import format_eps
+    from harden.ram import RAMConfig
+
+    notes = ""
+    if model_config.ram is not None:
+        notes += f" with RAM {RAMConfig.from_dict(model_config.ram).describe()}"
+    if model_config.scales is not None:
+        notes += f" at scales {','.join(f'{s:g}' for s in model_config.scales)} ({model_config.fusion})"
+    if model_config.crf is not None:
+        notes += " with a mean-field CRF"
+    if config.adv is not None:
+        attack = f"L∞ ε={format_eps(config.adv_eps)}, α={format_eps(config.adv_step)}, {config.adv_steps} steps"
+        notes += f", adversarial training {config.adv} ({attack}, {config.adv_ratio:.0%} of each batch)"
+    return f"training {model_config.name}{notes} on {config.data} for {config.epochs} epochs on {device} → {run_dir}"
+
 
 def prepare_run(
     run_dir: Path,
