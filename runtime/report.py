@@ -15,8 +15,6 @@ import base64
 import html
 import io
 import math
-import shlex
-import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,9 +34,9 @@ SCHEMA = "harden-verify-report-v1"
 
 
 def summarise(
-    result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str]
+    result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str], command: str = ""
 ) -> dict[str, Any]:
-    """The JSON report (see the module docstring)."""
+    """The JSON report (see the module docstring); `command`: the command line that asked for it."""
     manifest = result.deployment.manifest
     eps_values = sorted({r.eps for r in result.engine.runs})
     engine_miou, engine_acc = result.engine.clean_scores()
@@ -72,7 +70,7 @@ def summarise(
         "schema": SCHEMA,
         "verdict": "pass" if passed else "fail",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "harden " + shlex.join(sys.argv[1:]),
+        "command": command,
         "deployment": {
             "dir": str(result.deployment.root),
             "artefact": result.deployment.artefact.name,
@@ -556,10 +554,11 @@ def _stack(*pngs: bytes) -> bytes:
 
 def write_reports(
     result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str],
-    out: Path, palette: np.ndarray,
+    out: Path, palette: np.ndarray, command: str = "",
 ) -> list[Path]:  # fmt: skip
+    """verify.json, junit.xml and report.html in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(result, gates, options, class_names)
+    summary = summarise(result, gates, options, class_names, command)
     write_json(out / "verify.json", summary)
     write_junit(summary, out / "junit.xml")
     write_html(summary, result, out / "report.html", palette)

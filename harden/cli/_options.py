@@ -409,3 +409,11 @@ def randomness_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def command_line() -> str:
+    """The command line of this process, as reports record it ("harden verify ...")."""
+    import shlex
+    import sys
+
+    return "harden " + shlex.join(sys.argv[1:])

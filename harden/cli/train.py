@@ -32,7 +32,58 @@ if TYPE_CHECKING:
     from harden.config import TrainConfig
 
 
-@click.command("train", cls=Command)
+TRAIN_HELP = """Train a segmentation model and validate it after every epoch.
+
+Writes into --out: model.safetensors (weights + model config), state.safetensors (resume
+state), config.json, metrics.jsonl (one line per epoch) and curves.png. A run killed at any
+moment continues with --resume from its last complete epoch (or step, with --save-every);
+the same --seed reproduces a
+run exactly on CPU.
+
+With --ram the model's attention layers compute the Robust Attention Mechanism: MAS bounds
+every attention weight by --mas-threshold, RAD drops attention weights with probability
+--rad-p in training AND evaluation. The settings are stored with the weights and restored
+whenever the model is loaded.
+
+With --adv the model trains on adversarial images crafted every step (L∞ --adv-eps, step
+--adv-step, --adv-steps iterations) that replace part of each batch (--adv-ratio, half by
+default):
+
+\b
+  sat     SAT (DDC-AT §4): BIM from the clean image
+  pgd     PGD-AT: PGD on cross-entropy from a random start (Croce et al.'s AT^k)
+  segpgd  SegPGD-AT: PGD on SegPGD's balanced cross-entropy
+  rppgd   RP-PGD-AT: region-and-prototype PGD
+  ddcat   DDC-AT (§5): auxiliary and mask branches share the backbone while training;
+          only the main branch is saved, so exports never see the others
+  pir     PIR-AT (Croce et al. §4.2): PGD-AT from a robust classifier's backbone
+          (--init-backbone)
+
+With --ram, RAD keeps drawing masks while the training attack runs (no EOT while training,
+as in the RAM paper). metrics.jsonl also records the training attack's pixel accuracy
+(train_adv_pixel_accuracy) and, for DDC-AT, the share of pixels the mask branch sends to the
+auxiliary branch (train_mask_fraction, which should fall towards 0).
+
+Distributed: `harden train --nproc N ...` (or `torchrun --nproc-per-node N -m harden train
+...`) trains with DistributedDataParallel, gloo on CPU and NCCL on GPUs; --batch-size is the
+global batch. The result equals one process's up to float reduction order (batch norm is
+synchronised on GPUs only), and a run may resume with another N.
+
+\b
+Examples:
+  harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/seg
+  harden train --model segformer_tiny --ram --mas-threshold 0.3 --rad-p 0.5 --out runs/seg-ram
+  harden train --model segformer_tiny --ram --init-from runs/seg --epochs 10 --out runs/seg-ft
+  harden train --model pspnet_r50 --data cityscapes:/data/cityscapes --crop 512x1024 --out runs/psp
+  harden train --out runs/seg --resume --epochs 40     # train an existing run for longer
+  harden train --model segformer_tiny --adv ddcat --out runs/seg-ddcat
+  harden train --model segformer_tiny --ram --adv pgd --adv-steps 5 --adv-eps 4/255 --out runs/seg-ram-at5
+  harden train --adv sat --nproc 2 --out runs/seg-sat
+  harden train --model deeplabv3_tiny --scales 0.5,0.75,1 --crf --out runs/dl-ms-crf
+"""
+
+
+@click.command("train", cls=Command, help=TRAIN_HELP)
 @click.option(
     "--model",
     "model_name",
@@ -145,55 +196,7 @@ def train_command(
     run_dir: Path, model_name: str, resume: bool, overwrite: bool, nproc: int, device: str, progress: bool,
     **settings: Any,
 ) -> None:  # fmt: skip
-    """Train a segmentation model and validate it after every epoch.
-
-    Writes into --out: model.safetensors (weights + model config), state.safetensors (resume
-    state), config.json, metrics.jsonl (one line per epoch) and curves.png. A run killed at any
-    moment continues with --resume from its last complete epoch (or step, with --save-every);
-    the same --seed reproduces a
-    run exactly on CPU.
-
-    With --ram the model's attention layers compute the Robust Attention Mechanism: MAS bounds
-    every attention weight by --mas-threshold, RAD drops attention weights with probability
-    --rad-p in training AND evaluation. The settings are stored with the weights and restored
-    whenever the model is loaded.
-
-    With --adv the model trains on adversarial images crafted every step (L∞ --adv-eps, step
-    --adv-step, --adv-steps iterations) that replace part of each batch (--adv-ratio, half by
-    default):
-
-    \b
-      sat     SAT (DDC-AT §4): BIM from the clean image
-      pgd     PGD-AT: PGD on cross-entropy from a random start (Croce et al.'s AT^k)
-      segpgd  SegPGD-AT: PGD on SegPGD's balanced cross-entropy
-      rppgd   RP-PGD-AT: region-and-prototype PGD
-      ddcat   DDC-AT (§5): auxiliary and mask branches share the backbone while training;
-              only the main branch is saved, so exports never see the others
-      pir     PIR-AT (Croce et al. §4.2): PGD-AT from a robust classifier's backbone
-              (--init-backbone)
-
-    With --ram, RAD keeps drawing masks while the training attack runs (no EOT while training,
-    as in the RAM paper). metrics.jsonl also records the training attack's pixel accuracy
-    (train_adv_pixel_accuracy) and, for DDC-AT, the share of pixels the mask branch sends to the
-    auxiliary branch (train_mask_fraction, which should fall towards 0).
-
-    Distributed: `harden train --nproc N ...` (or `torchrun --nproc-per-node N -m harden train
-    ...`) trains with DistributedDataParallel, gloo on CPU and NCCL on GPUs; --batch-size is the
-    global batch. The result equals one process's up to float reduction order (batch norm is
-    synchronised on GPUs only), and a run may resume with another N.
-
-    \b
-    Examples:
-      harden train --model segformer_tiny --data synthetic --epochs 30 --out runs/seg
-      harden train --model segformer_tiny --ram --mas-threshold 0.3 --rad-p 0.5 --out runs/seg-ram
-      harden train --model segformer_tiny --ram --init-from runs/seg --epochs 10 --out runs/seg-ft
-      harden train --model pspnet_r50 --data cityscapes:/data/cityscapes --crop 512x1024 --out runs/psp
-      harden train --out runs/seg --resume --epochs 40     # train an existing run for longer
-      harden train --model segformer_tiny --adv ddcat --out runs/seg-ddcat
-      harden train --model segformer_tiny --ram --adv pgd --adv-steps 5 --adv-eps 4/255 --out runs/seg-ram-at5
-      harden train --adv sat --nproc 2 --out runs/seg-sat
-      harden train --model deeplabv3_tiny --scales 0.5,0.75,1 --crf --out runs/dl-ms-crf
-    """
+    """Parse → `prepare_run` and `train` (harden/training/loop.py) → print the summary line."""
     from harden.cli import Failed
     from harden.config import check_amp, check_world_size
     from harden.errors import InputError

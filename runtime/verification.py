@@ -1,0 +1,150 @@
+"""`harden verify` as one library call: from a deployment and its twins to a verdict.
+
+`verification_data` picks the images (the exported run's data unless told otherwise);
+`release_gates` the thresholds (per precision, the user's overrides, the export's recorded
+parity); `verify_release` opens the engine, runs `verify` (resumable, sharded under torchrun),
+judges the gates, names the first diverging node when parity failed, writes verify.json,
+junit.xml and report.html, and returns what the command prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harden.data import SegmentationDataset, open_dataset
+from harden.distributed import Distributed
+from harden.errors import InputError
+from harden.models.external import is_external
+from harden.outputs import exclusive
+from harden.run import read_config
+from harden.runtime.engines import Engine, open_engine
+from harden.runtime.gates import GateResult, Gates, evaluate_gates, read_gate_file
+from harden.runtime.localise import localise_failed_parity
+from harden.runtime.report import write_reports
+from harden.runtime.twins import GRAPH, Deployment
+from harden.runtime.verify import VerifyOptions, verify
+from harden.visualize import palette_for
+
+
+def gate_overrides(gate_file: Path | None, pairs: tuple[str, ...] = ()) -> dict[str, float]:
+    """Gate values from `gate_file` (TOML or JSON), then each NAME=VALUE of `pairs` on top."""
+    overrides = dict(read_gate_file(gate_file)) if gate_file else {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            overrides[name.strip()] = float(value)
+        except ValueError as err:
+            raise InputError(f"--gate {pair!r}: write NAME=NUMBER, e.g. survival=0.9") from err
+    return overrides
+
+
+def release_gates(deployment: Deployment, overrides: dict[str, float]) -> Gates:
+    """The precision's gates with the user's overrides; a signed export's source-twin agreement is
+    raised to what the export recorded, minus a margin, unless the user set clean_agreement."""
+    gates = Gates.for_precision(deployment.precision).with_values(overrides)
+    if "clean_agreement" not in overrides and deployment.manifest is not None:
+        gates = gates.derived_from_export(deployment.manifest.recorded_agreement(deployment.precision))
+    return gates
+
+
+def verification_data(
+    deployment: Deployment, twin_specs: list[str], *, data: str | None, split: str, images: int,
+    image_size: tuple[int, int] | None, seed: int,
+) -> tuple[SegmentationDataset, str]:  # fmt: skip
+    """The images to verify on, and their data spec: `data`, else the data of the trained run (a
+    run-directory twin, else the run the export recorded), at that run's image size."""
+    recorded_run = Path(deployment.manifest.run_dir) if deployment.manifest else None
+    run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or recorded_run
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        _, train_config = read_config(run_dir)
+        data = data or train_config.data
+        image_size = image_size or train_config.image_size
+    elif data is None and deployment.signed:
+        raise InputError(f"the exported run {run_dir} is not here to say which data it used: pass --data")
+    elif data is None:
+        raise InputError(f"{deployment.artefact.name} is a bare file: pass --data (the images and labels to verify on)")
+    dataset = open_dataset(data, split, size=image_size or deployment.image_size, num_images=images, seed=seed,
+                           classes=deployment.num_classes)  # fmt: skip
+    classes = deployment.num_classes
+    if classes is not None and dataset.num_classes != classes:
+        raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")
+    return dataset, data
+
+
+@dataclass
+class Verdict:
+    """What `verify_release` concluded (on every rank `failed`; the rest on rank 0 only)."""
+
+    failed: list[str]  # names of the failed gates; empty: the release passes
+    gates: list[GateResult] = field(default_factory=list)
+    not_judged: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+
+def verify_release(
+    deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
+    gates: Gates, out: Path, *, device: torch.device, resume: bool = False, progress: bool = False,
+    command: str = "", log: Callable[[str], None] = print,
+) -> Verdict:  # fmt: skip
+    """Run the verification into `out` (one verification per directory: it is locked) and judge it.
+
+    The state is saved after every batch to OUT/verify.state (per rank under torchrun) and
+    removed once the reports are written; `resume` continues from it.
+    """
+    import os
+
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock
+    with exclusive(out, "verification") if main_process else nullcontext():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # TensorRT and NCCL use the current device
+        distributed = Distributed.from_environment("nccl" if device.type == "cuda" else "gloo")
+        try:
+            return _verify_and_judge(deployment, twins, dataset, options, gates, out, distributed, device=device,
+                                     resume=resume, progress=progress, command=command, log=log)  # fmt: skip
+        finally:
+            distributed.close()
+
+
+def _verify_and_judge(
+    deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
+    gates: Gates, out: Path, distributed: Distributed, *, device: torch.device, resume: bool, progress: bool,
+    command: str, log: Callable[[str], None],
+) -> Verdict:  # fmt: skip
+    state_file = out / ("verify.state" if not distributed.active else f"verify.state.rank{distributed.rank}")
+    if resume and not state_file.is_file():
+        log(f"no {state_file} to resume from: starting from the first batch")
+    if distributed.is_main:
+        shards = f" in {distributed.world_size} shards" if distributed.active else ""
+        log(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
+            f"on {len(dataset)} images{shards} ...")  # fmt: skip
+    with open_engine(deployment.artefact, str(device), deployment.interface) as engine:
+        if deployment.num_classes is None:  # the output's channels are not static: ask the model
+            _check_classes(engine, dataset)
+        result = verify(deployment, engine, twins, dataset, options, progress=progress and distributed.is_main,
+                        state_file=state_file, resume=resume, distributed=distributed, device=device)  # fmt: skip
+    verdict = Verdict([])
+    if result is not None:  # rank 0: judge and report
+        results = evaluate_gates(result, gates, list(options.eps_values))
+        results = localise_failed_parity(result, results, twins.get(GRAPH), dataset, str(device))
+        class_names = deployment.manifest.class_names if deployment.manifest else list(dataset.class_names)
+        settings = {**dataclasses.asdict(options), "gates": gates.to_dict()}
+        written = write_reports(result, results, settings, class_names, out,
+                                palette_for(dataset.name, dataset.num_classes), command=command)  # fmt: skip
+        verdict = Verdict([g.name for g in results if not g.passed], results, result.not_judged, written)
+    verdict.failed = distributed.broadcast(verdict.failed)
+    state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
+    return verdict
+
+
+def _check_classes(engine: Engine, dataset: SegmentationDataset) -> None:
+    image, _ = dataset[0]
+    predicted = engine.logits(image.unsqueeze(0), 0).shape[1]
+    if predicted != dataset.num_classes:
+        raise InputError(f"the data has {dataset.num_classes} classes; the model predicts {predicted}")
