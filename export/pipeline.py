@@ -1,7 +1,7 @@
 """`harden export`: a trained run → ONNX (fp32 and a precision variant) → engine, with parity.
 
 Everything is written into a staging directory beside `--out` and renamed into place at the
-end, so an interrupted or refused export leaves nothing half-written (and `--force` replaces
+end, so an interrupted or refused export leaves nothing half-written (and `--overwrite` replaces
 an old export only once the new one is complete). Layout of an export directory:
 
     model.fp32.onnx          always: the graph every variant and engine derives from
@@ -56,7 +56,7 @@ class ExportOptions:
     trt_batch: (min, opt, max) batch of the profile (None: 1, 1, 8).
     trt_workspace: the builder's workspace limit, e.g. "4GiB" (None: TensorRT's default).
     trt_timing_cache: the timing cache file (None: beside the engine).
-    force: replace an existing output directory.
+    overwrite: replace an existing output directory (a harden export only).
     """
 
     precision: str = "fp32"
@@ -72,7 +72,7 @@ class ExportOptions:
     trt_batch: tuple[int, int, int] | None = None
     trt_workspace: str | None = None
     trt_timing_cache: Path | None = None
-    force: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -124,10 +124,10 @@ class ExportSummary:
 def export_run(run_dir: Path, out: Path, options: ExportOptions, say: Callable[[str], None] = print) -> ExportSummary:
     """Export the model of `run_dir` into `out` as `options` say; see the module docstring."""
     out = Path(out)
-    if out.exists() and not options.force:
-        raise InputError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if out.exists() and not options.overwrite:
+        raise InputError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
     if out.exists() and not (out / MANIFEST_FILE).is_file():
-        raise InputError(f"{out} exists and is not a harden export; --force only replaces harden exports")
+        raise InputError(f"{out} exists and is not a harden export; --overwrite only replaces harden exports")
     if options.trt:
         from harden.export.tensorrt import require_tensorrt
 

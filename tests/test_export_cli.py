@@ -132,20 +132,20 @@ def test_not_a_run_exits_2(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-def test_existing_output_needs_force_and_force_replaces_it(trained_run, tmp_path):
+def test_existing_output_needs_overwrite_and_overwrite_replaces_it(trained_run, tmp_path):
     out = tmp_path / "e"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = _run("export", trained_run, "--out", out, "--no-parity")
-    assert result.exit_code == 2 and "--force" in result.output
-    result = _run("export", trained_run, "--out", out, "--no-parity", "--force")
-    assert result.exit_code == 2 and "not a harden export" in result.output  # --force only replaces exports
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = _run("export", trained_run, "--out", out, "--no-parity", "--overwrite")
+    assert result.exit_code == 2 and "not a harden export" in result.output  # --overwrite only replaces exports
     assert (out / "keep.txt").read_text() == "mine"
 
     other = tmp_path / "f"
     assert _run("export", trained_run, "--out", other, "--no-parity").exit_code == 0
     old_hash = read_manifest(other)["onnx"][0]["sha256"]
-    assert _run("export", trained_run, "--out", other, "--no-parity", "--force").exit_code == 0
+    assert _run("export", trained_run, "--out", other, "--no-parity", "--overwrite").exit_code == 0
     assert read_manifest(other)["onnx"][0]["sha256"] == old_hash  # same model, same bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "f"]  # no staging left behind
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from harden.cli._options import SIZE
+from harden.cli._options import SIZE, Command
 
 
-@click.command("export")
+@click.command("export", cls=Command, renamed={"--force": "--overwrite"})
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export directory (must not exist).")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine from the chosen precision (needs TensorRT).")
@@ -63,7 +63,7 @@ from harden.cli._options import SIZE
     help="Timing cache file, read before and written after the build; share it between builds on one GPU model "
     "to build faster and pick the same kernels. [default: model.<precision>.engine.timing.cache in OUT]",
 )
-@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export directory (a harden export only).")
 def export_command(
     run_dir: Path,
     out: Path,
@@ -80,7 +80,7 @@ def export_command(
     trt_batch: tuple[int, int, int] | None,
     trt_workspace: str | None,
     trt_timing_cache: Path | None,
-    force: bool,
+    overwrite: bool,
 ) -> None:
     """Export the model of RUN_DIR to ONNX, check it against PyTorch, and optionally build an engine.
 
@@ -123,7 +123,7 @@ def export_command(
         trt_batch=trt_batch,
         trt_workspace=trt_workspace,
         trt_timing_cache=trt_timing_cache,
-        force=force,
+        overwrite=overwrite,
     )
     summary = export_run(run_dir, out, options, say=lambda line: click.echo(line, err=True))
     for precision_name, report in summary.parity.items():
