@@ -10,6 +10,7 @@ so that gradient is identically zero; like Luo et al. this uses the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,3 +58,27 @@ def effective_receptive_field(model: nn.Module, dataset: SegmentationDataset, im
         model.train(was_training)
     assert total is not None
     return ReceptiveField((total / count).numpy(), count)
+
+
+def plot_field(field: ReceptiveField, model: str, path: Path) -> None:
+    """The gradient mass as a log-scale heat map, titled with the 50 % and 90 % radii."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harden._io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.2 * field.gradient.shape[0] / field.gradient.shape[1] + 1.0))
+    shown = np.log10(field.gradient / max(float(field.gradient.max()), 1e-30) + 1e-6)
+    picture = ax.imshow(shown, cmap="magma", vmin=-4, vmax=0)
+    fig.colorbar(picture, ax=ax, fraction=0.046, label="log10 relative gradient")
+    r50, r90 = field.radius(0.5), field.radius(0.9)
+    ax.set_title(f"{model}: effective receptive field of the centre pixel\n"
+                 f"50 % of the mass within {r50:.1f} px, 90 % within {r90:.1f} px ({field.images} images)",
+                 fontsize=9)  # fmt: skip
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli._options import POINT, device_option, resolve_device
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from harden.ram.attention_maps import LayerAttention
+from harden.cli._options import POINT, device_option, out_option, resolve_device
 
 
 @click.command("attention-map")
@@ -42,9 +36,7 @@ if TYPE_CHECKING:
     help="RAD drop probability for the RAM side when the run itself has no RAM.",
 )
 @click.option("--rad-seed", type=int, default=0, show_default=True, help="The RAD draw shown.")
-@click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[default: RUN_DIR/attention.png]"
-)
+@out_option("The PNG to write. [default: RUN_DIR/attention.png]", file=True)
 @device_option
 def attention_map_command(
     run_dir: Path,
@@ -76,7 +68,7 @@ def attention_map_command(
     from harden.errors import InputError
     from harden.outputs import figure_file
     from harden.ram import RAMConfig
-    from harden.ram.attention_maps import query_attention, ram_comparison
+    from harden.ram.attention_maps import plot_query_attention, query_attention, ram_comparison
     from harden.run import load_model, read_config
 
     _, train_config = read_config(run_dir)
@@ -105,51 +97,7 @@ def attention_map_command(
             f"(windowed layers are not drawn: {len(skipped)} skipped)"
         )
     out = figure_file(out or run_dir / "attention.png")
-    _plot(image.permute(1, 2, 0).cpu().numpy(), query, base_maps, ram_maps, out)
+    plot_query_attention(image.permute(1, 2, 0).cpu().numpy(), query, base_maps, ram_maps, out)
     for name in skipped:
         click.echo(f"not drawn (windowed or not on the image grid): {name}")
     click.echo(f"wrote {out}")
-
-
-def _plot(
-    image: np.ndarray,
-    query: tuple[int, int],
-    base_maps: list[LayerAttention],
-    ram_maps: list[LayerAttention],
-    out: Path,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harden._io import atomic_path
-
-    height, width = image.shape[:2]
-    extent = (0, width, height, 0)
-    rows = len(base_maps)
-    fig, axes = plt.subplots(rows, 4, figsize=(4 * 3.2, rows * 3.2 * height / width + 0.6), squeeze=False)
-    for row, (base, ram) in enumerate(zip(base_maps, ram_maps, strict=True)):
-        panels = [
-            ("image, query ×", None),
-            (f"baseline (max {base.attention.max():.2f})", base.attention),
-            (f"RAM: after MAS (max {ram.attention.max():.2f})", ram.attention),
-            ("RAM: after RAD (one draw)", ram.applied),
-        ]
-        shared = max(base.attention.max(), ram.attention.max())  # one colour scale: baseline vs MAS
-        for col, (title, heat) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(image, extent=extent)
-            if heat is not None:
-                vmax = shared if col < 3 else None
-                ax.imshow(heat, extent=extent, cmap="inferno", alpha=0.65, interpolation="nearest", vmin=0, vmax=vmax)
-            ax.plot(query[1], query[0], marker="x", color="cyan", markersize=9, mew=2)
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(base.name, fontsize=7)
-    fig.suptitle("attention of the query pixel over the image — same weights, RAM off vs on", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from harden.cli._options import SIZE, data_option
+from harden.cli._options import SIZE, data_option, out_option
 
 
 @click.command("erf")
@@ -16,7 +16,7 @@ from harden.cli._options import SIZE, data_option
 @click.option("--split", default="val", show_default=True)
 @click.option("--images", type=click.IntRange(min=1), default=16, show_default=True, help="Images averaged over.")
 @click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[default: RUN_DIR/erf.png]")
+@out_option("The PNG to write (the numbers go to the same name with .json). [default: RUN_DIR/erf.png]", file=True)
 def erf_command(
     run_dir: Path, data: str | None, split: str, images: int, image_size: tuple[int, int] | None, out: Path | None
 ) -> None:
@@ -33,15 +33,9 @@ def erf_command(
       harden erf runs/seg --out seg-erf.png
       harden erf runs/psp --images 64
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from harden._io import atomic_path, write_json
+    from harden._io import write_json
     from harden.data import open_dataset
-    from harden.erf import effective_receptive_field
+    from harden.erf import effective_receptive_field, plot_field
     from harden.outputs import figure_file
     from harden.run import load_model, read_config
 
@@ -53,18 +47,7 @@ def erf_command(
     r50, r90 = field.radius(0.5), field.radius(0.9)
     out = figure_file(out or run_dir / "erf.png")
     figure_file(out.with_suffix(".json"))
-    fig, ax = plt.subplots(figsize=(6.5, 5.2 * field.gradient.shape[0] / field.gradient.shape[1] + 1.0))
-    shown = np.log10(field.gradient / max(float(field.gradient.max()), 1e-30) + 1e-6)
-    picture = ax.imshow(shown, cmap="magma", vmin=-4, vmax=0)
-    fig.colorbar(picture, ax=ax, fraction=0.046, label="log10 relative gradient")
-    ax.set_title(f"{model_config.name}: effective receptive field of the centre pixel\n"
-                 f"50 % of the mass within {r50:.1f} px, 90 % within {r90:.1f} px ({field.images} images)",
-                 fontsize=9)  # fmt: skip
-    ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    plot_field(field, model_config.name, out)
     numbers = {"run_dir": str(run_dir), "model": model_config.name, "ram": model_config.ram,
                "images": field.images, "radius_50": r50, "radius_90": r90}  # fmt: skip
     write_json(out.with_suffix(".json"), numbers)

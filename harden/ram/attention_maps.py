@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,3 +121,49 @@ def ram_comparison(model: nn.Module, config: RAMConfig) -> tuple[nn.Module, nn.M
     ram = copy.deepcopy(model)
     insert_ram_(ram, config)
     return model, ram
+
+
+def plot_query_attention(
+    image: np.ndarray,
+    query: tuple[int, int],
+    base_maps: list[LayerAttention],
+    ram_maps: list[LayerAttention],
+    out: Path,
+) -> None:
+    """Rows per layer: the image with the query, the baseline's attention, RAM's after MAS (one
+    colour scale with the baseline), and after RAD for one draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harden._io import atomic_path
+
+    height, width = image.shape[:2]
+    extent = (0, width, height, 0)
+    rows = len(base_maps)
+    fig, axes = plt.subplots(rows, 4, figsize=(4 * 3.2, rows * 3.2 * height / width + 0.6), squeeze=False)
+    for row, (base, ram) in enumerate(zip(base_maps, ram_maps, strict=True)):
+        panels = [
+            ("image, query ×", None),
+            (f"baseline (max {base.attention.max():.2f})", base.attention),
+            (f"RAM: after MAS (max {ram.attention.max():.2f})", ram.attention),
+            ("RAM: after RAD (one draw)", ram.applied),
+        ]
+        shared = max(base.attention.max(), ram.attention.max())  # one colour scale: baseline vs MAS
+        for col, (title, heat) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(image, extent=extent)
+            if heat is not None:
+                vmax = shared if col < 3 else None
+                ax.imshow(heat, extent=extent, cmap="inferno", alpha=0.65, interpolation="nearest", vmin=0, vmax=vmax)
+            ax.plot(query[1], query[0], marker="x", color="cyan", markersize=9, mew=2)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(base.name, fontsize=7)
+    fig.suptitle("attention of the query pixel over the image — same weights, RAM off vs on", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
