@@ -59,7 +59,7 @@ if [ "$GPUS" -ge 1 ]; then DEVICE=cuda; else DEVICE=cpu; fi
 TRAIN=(--model segformer_tiny --ram --epochs 2 --image-size 64x128 --train-images 32 --val-images 8 --no-progress)
 AMP=()
 [ "$GPUS" -ge 1 ] && AMP=(--amp bf16)
-FAST=(--images 4 --iters 5 --queries 20 --divergence-steps 5 --eps 4/255,8/255 --attacks fgsm,pgd --no-progress)
+FAST=(--images 4 --iters 5 --queries 20 --divergence-steps 5 --eps 4/255,8/255 --attack fgsm,pgd --no-progress)
 
 step "machine" no 60 "$PY" -c "
 import torch, onnxruntime as ort
@@ -74,10 +74,10 @@ step "pytest -m gpu" yes 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 step "train on $DEVICE${AMP[*]:+ (AMP bf16)}" no 240 "$PY" -m harden train "${TRAIN[@]}" --device "$DEVICE" "${AMP[@]}" --out "$WORK/run"
 step "export fp32" no 240 "$PY" -m harden export "$WORK/run" --out "$WORK/export" --parity-images 2
 step "verify --device $DEVICE" no 300 "$PY" -m harden verify "$WORK/export" --twin graph --twin "$WORK/run" \
-  --device "$DEVICE" --report "$WORK/verify-1" "${FAST[@]}"
+  --device "$DEVICE" --out "$WORK/verify-1" "${FAST[@]}"
 if [ "$GPUS" -ge 2 ]; then
   step "verify torchrun 2 GPUs (NCCL)" yes 300 "$PY" -m torch.distributed.run --nproc-per-node 2 -m harden verify \
-    "$WORK/export" --twin graph --twin "$WORK/run" --device cuda --report "$WORK/verify-2" "${FAST[@]}"
+    "$WORK/export" --twin graph --twin "$WORK/run" --device cuda --out "$WORK/verify-2" "${FAST[@]}"
   step "one process and two agree" yes 60 "$PY" -c "
 import json, sys
 a, b = (json.load(open(f'$WORK/verify-{n}/verify.json')) for n in (1, 2))

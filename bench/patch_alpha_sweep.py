@@ -32,7 +32,7 @@ def main() -> None:
             report = args.out / "alpha-sweep" / f"{run.name}-{args.target}-{alpha:g}"
             if not (report / "patch_attack.json").is_file():
                 _cli("attack", run, "--patch", args.patch, "--target", args.target, "--attack", ",".join(ATTACKS),
-                     "--alpha", alpha, "--images", args.images, "--iters", args.iters, "--report", report,
+                     "--alpha", alpha, "--images", args.images, "--iters", args.iters, "--out", report,
                      "--no-progress")  # fmt: skip
             for row in json.loads((report / "patch_attack.json").read_text())["rows"]:
                 table.setdefault(label, {}).setdefault(row["attack"], {})[alpha] = row

@@ -85,7 +85,7 @@ def main() -> None:
             report = args.out / "reports" / f"{run.name}-{target}"
             if not (report / "patch_attack.json").is_file():
                 _cli("attack", run, "--patch", args.patch, "--target", target, "--attack", attacks, "--images",
-                     args.images, "--iters", args.iters, "--report", report, "--no-progress")  # fmt: skip
+                     args.images, "--iters", args.iters, "--out", report, "--no-progress")  # fmt: skip
             rows = json.loads((report / "patch_attack.json").read_text())["rows"]
             table.setdefault(label, {})[target] = {r["attack"]: r["targeted_miou"] for r in rows}
             table[label][target]["clean mIoU"] = rows[0]["miou"]

@@ -118,9 +118,9 @@ def test_verify_reports_the_audit_and_fails_on_it_alone(fp32_export, tmp_path, m
     ONNX Runtime arithmetics agree on this CPU, so the measurement is replaced by the figures
     measured on an AVX2-only CPU (issue 22); the audit's kernels are tested above."""
     fast = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2",
-            "--draws", "2", "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip
+            "--draws", "2", "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
     report = tmp_path / "pass"
-    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--report", str(report), *fast])
+    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report), *fast])
     assert result.exit_code == 0, result.output
     assert "[pass] engine-arithmetic" in result.output and "computes the file" in result.output
     summary = json.loads((report / "verify.json").read_text())
@@ -135,7 +135,7 @@ def test_verify_reports_the_audit_and_fails_on_it_alone(fp32_export, tmp_path, m
 
     monkeypatch.setattr(harden.runtime.verify, "audit_file", deviating)
     report = tmp_path / "fail"
-    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--report", str(report), *fast])
+    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report), *fast])
     assert result.exit_code == 1, result.output
     assert "[FAIL] engine-arithmetic" in result.output and "without VNNI" in result.output
     assert "the file is faithful to the model, but this engine on this hardware computes something else" in (

@@ -127,7 +127,7 @@ SMALL = ["--images", "4", "--batch-size", "4", "--examples", "2", "--no-progress
 def test_attack_command_writes_table_json_and_plots(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = run(
-        "attack", trained_run, "--attack", "fgsm,pgd", "--eps", "4/255,8/255", "--iters", "5", "--report", out, *SMALL
+        "attack", trained_run, "--attack", "fgsm,pgd", "--eps", "4/255,8/255", "--iters", "5", "--out", out, *SMALL
     )
     assert result.exit_code == 0, result.output
     assert "worst case" in result.output and "evaluation is SOUND" in result.output
@@ -153,7 +153,7 @@ def test_attack_command_writes_table_json_and_plots(trained_run: Path, tmp_path:
     ],
 )
 def test_bad_attack_options_exit_2(trained_run: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    result = run("attack", trained_run, "--report", tmp_path / "r", *SMALL, *args)
+    result = run("attack", trained_run, "--out", tmp_path / "r", *SMALL, *args)
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "r").exists()
@@ -173,6 +173,6 @@ def test_a_rad_model_gets_eot_by_default_and_allow_random_is_not_sound(tmp_path:
     summary = json.loads((run_dir / "attack" / "attack.json").read_text())
     assert summary["eot"] == 2 and summary["draws"] == 2
     assert {c["name"]: c["status"] for c in summary["checks"]}["randomness"] == "pass"
-    result = run("attack", run_dir, *small, "--allow-random", "--report", tmp_path / "r2")
+    result = run("attack", run_dir, *small, "--allow-random", "--out", tmp_path / "r2")
     assert result.exit_code == 1
     assert "randomised model" in result.output and "NOT SOUND" in result.output

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from harden.cli import cli
 
-QUICK = ["--data", "synthetic", "--image-size", "32x64", "--images", "2", "--batch-size", "2", "--attacks", "pgd",
+QUICK = ["--data", "synthetic", "--image-size", "32x64", "--images", "2", "--batch-size", "2", "--attack", "pgd",
          "--iters", "2", "--queries", "5", "--eps", "4/255", "--divergence-steps", "2", "--no-progress"]  # fmt: skip
 
 
@@ -59,7 +59,7 @@ FAITHFUL_FP32 = ["unet-ts13", "unet-ts17", "unet-dynamo", "unet-ort-optimised", 
 
 
 def _verify(path: Path, report: Path, *extra: str) -> tuple[int, str, dict]:  # type: ignore[type-arg]
-    result = CliRunner().invoke(cli, ["verify", str(path), *QUICK, "--report", str(report), *extra])
+    result = CliRunner().invoke(cli, ["verify", str(path), *QUICK, "--out", str(report), *extra])
     summary = json.loads((report / "verify.json").read_text()) if (report / "verify.json").is_file() else {}
     return result.exit_code, result.output, summary
 

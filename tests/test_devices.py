@@ -58,6 +58,6 @@ def test_every_twin_and_the_plan_models_are_placed_with_nothing_left_behind(fp32
 def test_verify_refuses_a_device_this_machine_lacks(fp32_export, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--device", "cuda:1",
-                                      "--report", str(tmp_path / "r")])  # fmt: skip
+                                      "--out", str(tmp_path / "r")])  # fmt: skip
     assert result.exit_code == 2 and "torch sees no CUDA GPU" in result.output
     assert not (tmp_path / "r").exists()

@@ -109,7 +109,7 @@ def test_unwritable_or_full_outputs_exit_2_naming_the_path_and_keep_old_files(ru
     runner = CliRunner()
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    _refused(runner.invoke(cli, ["eval", str(run), "--images", "1", "--json", str(blocker / "eval.json")]), "a-file")
+    _refused(runner.invoke(cli, ["eval", str(run), "--images", "1", "--out", str(blocker)]), "a-file")
     assert runner.invoke(cli, ["eval", str(run), "--images", "1"]).exit_code == 0
     before = _snapshot(run)
 

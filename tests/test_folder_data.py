@@ -75,8 +75,8 @@ def test_verify_a_bare_file_on_an_image_folder(tmp_path) -> None:  # type: ignor
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (torch.rand(1, 3, 32, 64),), str(path), input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)  # fmt: skip
-    args = ["verify", str(path), "--data", f"folder:{images},{masks}", "--images", "2", "--attacks", "pgd", "--iters",
-            "2", "--queries", "5", "--eps", "4/255", "--report", str(tmp_path / "r"), "--no-progress"]  # fmt: skip
+    args = ["verify", str(path), "--data", f"folder:{images},{masks}", "--images", "2", "--attack", "pgd", "--iters",
+            "2", "--queries", "5", "--eps", "4/255", "--out", str(tmp_path / "r"), "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code in (0, 1), result.output
     assert "verifying" in result.output and (tmp_path / "r" / "verify.json").is_file()

@@ -203,7 +203,7 @@ def test_attacking_a_crf_run_also_crafts_on_its_unaries(tmp_path):
     assert result.exit_code == 0, result.output
     report = tmp_path / "report"
     args = ["attack", str(run_dir), "--attack", "fgsm", "--eps", "8/255", "--images", "2", "--examples", "0"]
-    result = CliRunner().invoke(cli, [*args, "--no-progress", "--report", str(report)])
+    result = CliRunner().invoke(cli, [*args, "--no-progress", "--out", str(report)])
     assert result.exit_code in (0, 1), result.output
     assert "fgsm[unaries]" in result.output and "white>surrogate" in result.output
     summary = json.loads((report / "attack.json").read_text())
@@ -213,7 +213,7 @@ def test_attacking_a_crf_run_also_crafts_on_its_unaries(tmp_path):
 def test_transfer_scales_table_has_every_cell_and_its_white_box_cell_matches_harden_attack(trained_run, tmp_path):
     out = tmp_path / "study"
     args = ["study", "transfer-scales", str(trained_run), "--other", str(trained_run), "--attack", "fgsm",
-            "--eps", "8/255", "--images", "4", "--no-progress", "--report", str(out)]  # fmt: skip
+            "--eps", "8/255", "--images", "4", "--no-progress", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "transfer_scales.json").read_text())
@@ -235,7 +235,7 @@ def test_transfer_scales_table_has_every_cell_and_its_white_box_cell_matches_har
 def test_crf_study_compares_three_settings_and_reports_its_checks(trained_run, tmp_path):
     out = tmp_path / "study"
     args = ["study", "crf", str(trained_run), "--attack", "fgsm,fgsm-ll", "--eps", "8/255", "--images", "4",
-            "--crf-window", "5", "--no-progress", "--report", str(out)]  # fmt: skip
+            "--crf-window", "5", "--no-progress", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     data = json.loads((out / "crf_study.json").read_text())
     failed = any(c["status"] == "fail" for c in data["checks"])
@@ -253,7 +253,7 @@ def test_crf_study_compares_three_settings_and_reports_its_checks(trained_run, t
 
 
 def test_studies_refuse_bad_input(trained_run, tmp_path):
-    base = ["--images", "2", "--no-progress", "--report", str(tmp_path / "r")]
+    base = ["--images", "2", "--no-progress", "--out", str(tmp_path / "r")]
     for args in (
         ["study", "transfer-scales", str(trained_run), "--scales", "0.5,-1", *base],
         ["study", "transfer-scales", str(trained_run), "--attack", "nope", *base],

@@ -208,7 +208,7 @@ def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
     report = tmp_path / "patch"
     small = ["--images", 2, "--iters", 3, "--eot", 2, "--draws", 2, "--no-progress"]
     result = _cli("attack", ram_run, "--patch", 16, "--target", "strip", "--attack", "dag,maxattn-dag",
-                  "--report", report, *small)  # fmt: skip
+                  "--out", report, *small)  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((report / "patch_attack.json").read_text())
     assert [r["attack"] for r in summary["rows"]] == ["clean", "random-patch", "dag", "maxattn-dag"]
@@ -219,7 +219,7 @@ def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
     assert (report / "examples.png").stat().st_size > 10_000
 
     untargeted = _cli("attack", ram_run, "--patch", 16, "--target", "none", "--attack", "dag",
-                      "--report", tmp_path / "none", *small)  # fmt: skip
+                      "--out", tmp_path / "none", *small)  # fmt: skip
     assert untargeted.exit_code == 0, untargeted.output
     assert json.loads((tmp_path / "none" / "patch_attack.json").read_text())["rows"][0]["targeted_miou"] is None
 
@@ -227,7 +227,7 @@ def test_attack_command_with_patch_writes_the_protocol_table(ram_run, tmp_path):
 def test_an_attack_weaker_than_random_noise_fails_the_sanity_check(ram_run, tmp_path):
     # a step of 1e-6 for one iteration leaves the patch as it was: random noise does more damage
     result = _cli("attack", ram_run, "--patch", 32, "--target", "none", "--attack", "pgd", "--gamma", "1e-6",
-                  "--iters", 1, "--images", 2, "--eot", 2, "--draws", 1, "--report", tmp_path / "r",
+                  "--iters", 1, "--images", 2, "--eot", 2, "--draws", 1, "--out", tmp_path / "r",
                   "--no-progress")  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "[fail] beats-random-patch" in result.output and "pgd" in result.output
@@ -240,7 +240,7 @@ def test_an_attack_weaker_than_random_noise_fails_the_sanity_check(ram_run, tmp_
 )  # fmt: skip
 def test_patch_attack_bad_input_exits_2(ram_run, tmp_path, extra, message):
     result = _cli("attack", ram_run, "--patch", 16, "--images", 1, "--iters", 1, "--eot", 2, *extra,
-                  "--report", tmp_path / "r", "--no-progress")  # fmt: skip
+                  "--out", tmp_path / "r", "--no-progress")  # fmt: skip
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "r" / "patch_attack.json").exists()
 

@@ -14,7 +14,7 @@ from harden.cli import cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
-        "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip
+        "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
 BADGE = {"pass": (0xD8, 0xF5, 0xD8), "fail": (0xF8, 0xD0, 0xD0)}  # report.py's .pass / .fail backgrounds
 WINDOW = (1400, 1600)
 
@@ -34,7 +34,7 @@ def _colour_pixels(region, colour):
 @pytest.mark.parametrize(("verdict", "extra"), [("pass", []), ("fail", ["--gate", "min_robust_miou=1"])])
 def test_report_renders_with_the_verdict_coloured(fp32_export, tmp_path, verdict, extra):
     report = tmp_path / "report"
-    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--report", str(report),
+    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report),
                                       *FAST, *extra])  # fmt: skip
     assert result.exit_code == (0 if verdict == "pass" else 1), result.output
     pixels = _screenshot(report / "report.html", tmp_path / "page.png")

@@ -26,7 +26,7 @@ from harden.run import load_model
 from harden.runtime.graph_twin import GraphTwin
 
 FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
-        "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip
+        "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
 
 
 def _run(*args):
@@ -151,7 +151,7 @@ def test_precision_twin_fake_quantises_with_straight_through_gradients(fp32_expo
 
 def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_path):
     report = tmp_path / "report"
-    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *FAST)
+    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, *FAST)
     assert result.exit_code == 0, result.output
     assert "verification PASSED" in result.output
     summary = json.loads((report / "verify.json").read_text())
@@ -186,7 +186,7 @@ def test_mas_removed_from_the_graph_fails(fp32_export, tmp_path):
                 node.attribute.append(onnx.helper.make_attribute("axis", -1))
 
     broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", remove_mas)
-    result = _run("verify", broken, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    result = _run("verify", broken, "--twin", "graph", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
     assert "MAS was removed" in result.output
     assert int(_junit_suite(tmp_path / "r" / "junit.xml").get("failures", "0")) >= 1
@@ -202,7 +202,7 @@ def test_perturbed_weights_fail(ram_run, fp32_export, tmp_path):
                 tensor.CopyFrom(onnx.numpy_helper.from_array(noisy, tensor.name))
 
     broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", perturb)
-    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
     assert "the deployed weights are not the trained ones" in result.output
     assert "FAIL] clean-agreement[source]" in result.output
@@ -225,7 +225,7 @@ def test_badly_calibrated_int8_fails(ram_run, fp32_export, tmp_path):
     manifest["onnx"].append(file_entry(broken / "model.int8.onnx", broken, precision="int8"))
     manifest["precision"] = "int8"
     (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
-    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
     assert "int8 calibration range does not cover the data" in result.output
 
@@ -239,7 +239,7 @@ def test_rad_disabled_in_the_engine_fails(ram_run, fp32_export, tmp_path):
                         attribute.f = 0.0
 
     broken = _redeploy(fp32_export, tmp_path, "model.fp32.onnx", disable_rad)
-    result = _run("verify", broken, "--twin", ram_run, "--report", tmp_path / "r", *FAST)
+    result = _run("verify", broken, "--twin", ram_run, "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
     assert "RAD was removed or disabled" in result.output
     assert "RAD is disabled in the engine" in result.output
@@ -266,7 +266,7 @@ def test_tampered_file_and_bad_gates_are_bad_input(fp32_export, tmp_path):
 def test_a_faithful_export_passes_whatever_the_attack_list(fp32_export, tmp_path, attacks):
     """A sanity check whose premise the attack list leaves out (iterative>single needs a
     single-step AND an iterative attack) is n/a with its reason, not a failure (DESIGN.md §6)."""
-    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST, "--attacks", attacks)
+    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST, "--attack", attacks)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
     status = {c["name"]: c["status"] for c in summary["checks"]}
@@ -295,7 +295,7 @@ def test_a_failing_parity_names_the_first_diverging_node(fp32_export, tmp_path, 
     erf = torch_ops.OPS[("", "Erf")]
     monkeypatch.setitem(torch_ops.OPS, ("", "Erf"), lambda inputs, attrs: erf(inputs, attrs) + 0.5)
     first_erf = next(n.name for n in onnx.load(str(fp32_export / "model.fp32.onnx")).graph.node if n.op_type == "Erf")
-    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
     assert f"first diverging node: {first_erf} (Erf" in result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
@@ -312,11 +312,11 @@ def test_a_faithful_export_has_no_diverging_node(fp32_export):
 
 
 def test_a_graph_twin_alone_says_what_it_cannot_judge(fp32_export, ram_run, tmp_path):
-    result = _run("verify", fp32_export, "--twin", "graph", "--report", tmp_path / "r", *FAST)
+    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 0, result.output
     assert "[not judged] whether the export is faithful to the trained model" in result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
     assert len(summary["not_judged"]) == 2
     assert "What this verdict could not judge" in (tmp_path / "r" / "report.html").read_text()
-    with_source = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", tmp_path / "s", *FAST)
+    with_source = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "s", *FAST)
     assert with_source.exit_code == 0 and "[not judged]" not in with_source.output

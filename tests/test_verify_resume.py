@@ -14,7 +14,7 @@ from harden.cli import cli
 
 # 4 images in batches of 2: two batches, so there is a batch to interrupt after and one per rank.
 ARGS = ["--images", "4", "--batch-size", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2",
-        "--eot", "2", "--draws", "2", "--eps", "8/255", "--attacks", "fgsm,pgd", "--no-progress"]  # fmt: skip
+        "--eot", "2", "--draws", "2", "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
 
 
 def _run(*args):
@@ -37,7 +37,7 @@ def _figures(report_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(ram_run, fp32_export, tmp_path_factory):
     report = tmp_path_factory.mktemp("verify") / "whole"
-    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *ARGS)
+    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, *ARGS)
     assert result.exit_code == 0, result.output
     assert not (report / "verify.state").exists()  # removed once the reports are written
     return _figures(report)
@@ -55,7 +55,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
         return original(*args, **kwargs)
 
     monkeypatch.setattr(harden.runtime.verify, "_verify_batch", interrupted_after_one)
-    aborted = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, *ARGS)
+    aborted = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, *ARGS)
     assert aborted.exit_code == 130 and "interrupted (Ctrl-C)" in aborted.output  # the shell's code for Ctrl-C
     assert (report / "verify.state").is_file() and not (report / "verify.json").exists()
 
@@ -66,7 +66,7 @@ def test_interrupted_run_resumes_after_the_last_saved_batch(ram_run, fp32_export
         return original(*args, **kwargs)
 
     monkeypatch.setattr(harden.runtime.verify, "_verify_batch", counting)
-    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--report", report, "--resume", *ARGS)
+    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, "--resume", *ARGS)
     assert result.exit_code == 0, result.output
     assert len(resumed_batches) == 1  # only the batch the interruption lost
     assert _figures(report) == uninterrupted
@@ -85,16 +85,16 @@ def test_resume_refuses_another_run_and_a_corrupt_state(ram_run, fp32_export, tm
         return original(*args, **kwargs)
 
     monkeypatch.setattr(harden.runtime.verify, "_verify_batch", after_one)
-    assert _run("verify", fp32_export, "--report", report, *ARGS).exit_code == 130  # Ctrl-C
+    assert _run("verify", fp32_export, "--out", report, *ARGS).exit_code == 130  # Ctrl-C
     state = report / "verify.state"
     saved = state.read_bytes()
 
-    other = _run("verify", fp32_export, "--report", report, "--resume", *ARGS, "--eps", "4/255")
+    other = _run("verify", fp32_export, "--out", report, "--resume", *ARGS, "--eps", "4/255")
     assert other.exit_code == 2 and "different verification" in other.output
     assert state.read_bytes() == saved  # nothing lost: the interrupted run can still be resumed
 
     state.write_bytes(saved[: len(saved) // 2])
-    corrupt = _run("verify", fp32_export, "--report", report, "--resume", *ARGS)
+    corrupt = _run("verify", fp32_export, "--out", report, "--resume", *ARGS)
     assert corrupt.exit_code == 2 and "cannot resume" in corrupt.output
 
 
@@ -102,7 +102,7 @@ def test_torchrun_shards_give_the_one_process_figures(ram_run, fp32_export, tmp_
     report = tmp_path / "sharded"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29571",
                "-m", "harden", "verify", str(fp32_export), "--twin", "graph", "--twin", str(ram_run),
-               "--report", str(report), *ARGS]  # fmt: skip
+               "--out", str(report), *ARGS]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "2"}  # as in this process (conftest): the same float arithmetic
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

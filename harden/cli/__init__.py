@@ -103,7 +103,7 @@ def _os_hint(code: int | None) -> str:
     if code == errno.ENOSPC or code == errno.EDQUOT or code == errno.EFBIG:
         return "the disk is full: free space or write elsewhere (earlier files are intact)"
     if code == errno.EROFS:
-        return "the file system is read-only: write elsewhere (--out/--report/--json)"
+        return "the file system is read-only: write elsewhere (--out)"
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied: write elsewhere or fix the permissions"
     return "check the path"

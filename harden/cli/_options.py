@@ -74,7 +74,10 @@ class EpsType(click.ParamType):
             return value
         from harden.attacks.threat import parse_eps  # imports torch: only when the command runs
 
-        return parse_eps(str(value))
+        try:
+            return parse_eps(str(value))
+        except InputError as err:
+            self.fail(str(err), param, ctx)
 
 
 class EpsListType(click.ParamType):
@@ -87,11 +90,14 @@ class EpsListType(click.ParamType):
             return value
         from harden.attacks.threat import ThreatModel, parse_eps  # imports torch: only when the command runs
 
-        values = tuple(sorted({parse_eps(e) for e in str(value).split(",") if e.strip()}))
+        try:
+            values = tuple(sorted({parse_eps(e) for e in str(value).split(",") if e.strip()}))
+            for eps in values:
+                ThreatModel(eps)  # refuses an ε above the box
+        except InputError as err:
+            self.fail(str(err), param, ctx)
         if not values:
             self.fail("give at least one ε, e.g. 4/255", param, ctx)
-        for eps in values:
-            ThreatModel(eps)  # refuses an ε above the box (InputError: exit 2)
         return values
 
 
@@ -295,7 +301,10 @@ class ScalesType(click.ParamType):
             self.fail(f"{value!r}: write comma-separated factors, e.g. 0.5,0.75,1", param, ctx)
         from harden.models.multiscale import check_scales
 
-        check_scales(scales, "max")  # InputError (exit 2) for a scale out of range
+        try:
+            check_scales(scales, "max")
+        except InputError as err:
+            self.fail(str(err), param, ctx)
         return scales
 
 

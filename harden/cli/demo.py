@@ -65,9 +65,10 @@ def demo_command(
     attack_options: dict[str, object] = {}
     if quick:
         epochs, image_size, images = 2, (64, 64), 2
-        attack_options = {"eps_spec": "8/255", "iters": 2, "queries": 10, "divergence_steps": 2, "eot": 2, "draws": 2}
+        attack_options = {"eps_values": (8 / 255,), "iters": 2, "queries": 10, "divergence_steps": 2, "eot": 2,
+                          "draws": 2}  # fmt: skip
     size = f"{image_size[0]}x{image_size[1]}"
-    flags = "".join(f" --{k.removesuffix('_spec').replace('_', '-')} {v}" for k, v in attack_options.items())
+    flags = " --eps 8/255 --iters 2 --queries 10 --divergence-steps 2 --eot 2 --draws 2" if quick else ""
     start = time.perf_counter()
 
     _step(1, f"harden train --model {model_name} --ram --epochs {epochs} --image-size {size} --out {run_dir}")
@@ -81,10 +82,10 @@ def demo_command(
     for number, precision in enumerate(("fp32", "int8"), start=3):
         report = out / f"verify-{precision}"
         _step(number, f"harden verify {export_dir} --artefact model.{precision}.onnx --twin graph --twin {run_dir} "
-                      f"--images {images}{flags} --report {report}")  # fmt: skip
+                      f"--images {images}{flags} --out {report}")  # fmt: skip
         try:
             ctx.invoke(verify_command, deployed=export_dir, artefact=f"model.{precision}.onnx",
-                       twin_specs=("graph", str(run_dir)), images=images, report_dir=report, progress=progress,
+                       twin_specs=("graph", str(run_dir)), images=images, out=report, progress=progress,
                        **attack_options)  # fmt: skip
         except Failed as err:
             click.echo(str(err.message), err=True)
