@@ -14,13 +14,14 @@ template; the result is in docs/attacks.md.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _runs import run_at_revision
 
 NAMES = ("pgd", "dag", "ipatch", "ssap", "maxvar-dag", "maxattn-dag", "attention-fool", "patch-fool", "eot",
          "autoattack")  # fmt: skip
@@ -60,20 +61,9 @@ def measure(out: Path) -> None:
 
 
 def baseline(rev: str, out: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev], check=True,
-                       capture_output=True)  # fmt: skip
-        try:
-            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harden; "
-                    f"assert harden.__file__.startswith({str(tree)!r}), harden.__file__; "
-                    "from patch_before_after import measure; from pathlib import Path; "
-                    f"measure(Path({str(out)!r}))")  # fmt: skip
-            subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(tree)},
-                           cwd=tree)  # fmt: skip
-        finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+    run_at_revision(
+        rev, f"from pathlib import Path; from patch_before_after import measure; measure(Path({str(out)!r}))"
+    )
 
 
 def _same(a: list[float], b: list[float]) -> bool:

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _runs import harden
+from _runs import harden, run_at_revision
 
 MODELS = ("pspnet_tiny", "segformer_tiny")
 EPS = (4 / 255, 8 / 255)
@@ -79,23 +77,12 @@ def measure_all(work: Path, iters: int, images: int, seeds: int) -> dict[str, ob
 
 def baseline(rev: str, work: Path, iters: int, images: int, seeds: int) -> dict[str, object]:
     """`measure_all` with harden imported from a worktree of `rev`."""
-    repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), rev], check=True,
-                       capture_output=True)  # fmt: skip
-        try:
-            out = Path(tmp) / "baseline.json"
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import harden; "
-                    f"assert harden.__file__.startswith({str(tree)!r}), harden.__file__; "
-                    f"from sea_strength import measure_all; "
-                    f"json.dump(measure_all(__import__('pathlib').Path({str(work)!r}), {iters}, {images}, {seeds}), "
-                    f"open({str(out)!r}, 'w'))")  # fmt: skip
-            subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tree)
-            return json.loads(out.read_text())
-        finally:
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+        out = Path(tmp) / "baseline.json"
+        run_at_revision(rev, f"import json; from pathlib import Path; from sea_strength import measure_all; "
+                             f"json.dump(measure_all(Path({str(work)!r}), {iters}, {images}, {seeds}), "
+                             f"open({str(out)!r}, 'w'))")  # fmt: skip
+        return json.loads(out.read_text())
 
 
 def _cell(result: dict, member: str) -> str:

@@ -173,14 +173,18 @@ def data_option(default: str | None = "synthetic") -> Callable[[Callable[..., An
     )
 
 
-def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
+def device_option(fn: Callable[..., Any] | None = None, *, default: str = "auto", extra_help: str = "") -> Any:
+    """--device auto|cpu|cuda|cuda:N, resolved by `resolve_device`; `extra_help` adds to the common text."""
+    option = click.option(
         "--device",
         type=DEVICE,
-        default="auto",
+        metavar=DEVICE.name,
+        default=default,
         show_default=True,
-        help="Where to run: cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N, or auto (cuda when a GPU is visible).",
-    )(fn)
+        help="Where to run: cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N, or auto (cuda when a GPU is "
+        "visible)." + (" " + extra_help if extra_help else ""),
+    )
+    return option(fn) if fn is not None else option
 
 
 def resolve_device(device: str) -> str:

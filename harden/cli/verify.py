@@ -117,7 +117,10 @@ Examples:
               help="TOML or JSON file of gate values (see below).")  # fmt: skip
 @click.option("--gate", "gate_pairs", multiple=True, metavar="NAME=VALUE", help="Override one gate, e.g. survival=0.9.")
 @out_option("Report directory. [default: DEPLOYED/verify]")
-@device_option
+@device_option(default="cpu", extra_help="The twins and every attack run there, and the engine: ONNX Runtime's "
+               "CUDA provider (needs onnxruntime-gpu) or TensorRT on that GPU. cpu by default, so that a release's "
+               "verdict does not depend on the machine CI lands on. Attack arithmetic is float32 "
+               "everywhere.")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/verify.state (saved after "
               "every batch; the same arguments are required).")  # fmt: skip
 @progress_option
