@@ -81,7 +81,7 @@ def test_loading_a_trained_model_never_imports_the_training_loop():
     adversarial methods and DDP) is imported only by `harden train`."""
     code = (
         "import sys, harden.runtime.verify, harden.runtime.report, harden.export.pipeline, harden.run, "
-        "harden.cli.attack, harden.cli.verify, harden.cli.export; "
+        "harden.cli.attack, harden.cli.verify, harden.cli.export, harden.cli.evaluate; "
         "print(sorted(m for m in sys.modules if m.startswith('harden.training')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

@@ -53,10 +53,10 @@ def eval_command(
     dataset. A model with RAD is random at evaluation: the result is the draw of --rad-seed.
     """
     from harden._io import write_json
+    from harden.evaluation import evaluate
     from harden.outputs import report_file
     from harden.ram import fixed_rad_seed, has_rad
     from harden.run import open_run
-    from harden.training import evaluate
 
     out = out or run_dir
     json_path = json_path or out / "eval.json"

@@ -1,8 +1,8 @@
 """Training and clean evaluation: run configuration, checkpoints, the training loop."""
 
 from harden.config import ModelConfig, TrainConfig
+from harden.evaluation import evaluate
 from harden.run import RUN_MARKERS, build_model, load_model, read_config
-from harden.training.evaluate import evaluate
 from harden.training.loop import TrainingDivergedError, TrainResult, describe_training, prepare_run, train
 
 __all__ = [

@@ -41,6 +41,7 @@ from harden.config import ModelConfig, TrainConfig, check_amp, check_world_size
 from harden.data import IGNORE_INDEX, Augmented, SegmentationDataset, TrainAugment, open_dataset
 from harden.distributed import Distributed
 from harden.errors import InputError
+from harden.evaluation import evaluate
 from harden.metrics import ConfusionMatrix
 from harden.models.external import HF_PREFIX, hf_settings, load_hf_weights
 from harden.outputs import check_run_directory
@@ -56,7 +57,6 @@ from harden.run import (
     write_config,
 )
 from harden.training.checkpoint import Progress, init_backbone, init_weights, load_state, save_state
-from harden.training.evaluate import evaluate
 from harden.training.methods import adversarial_positions, create_method
 from harden.training.plots import plot_curves
 

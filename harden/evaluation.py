@@ -1,4 +1,5 @@
-"""Clean evaluation: a dataset-level confusion matrix of a model's predictions."""
+"""Clean evaluation: a dataset-level confusion matrix of a model's predictions (used by `harden eval`
+and by the training loop's validation; it needs nothing of the training loop)."""
 
 from __future__ import annotations
 
