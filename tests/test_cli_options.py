@@ -67,13 +67,6 @@ def test_old_spellings_still_work_hidden_and_say_what_to_write() -> None:
     assert runner.invoke(_probe, ["--out", "r2"]).stderr == ""  # the new spelling says nothing
 
 
-def test_no_help_example_uses_an_old_spelling() -> None:
-    from tests.test_help_examples import EXAMPLES
-
-    for _, example in EXAMPLES:
-        assert not RETIRED & set(example.split()), example
-
-
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

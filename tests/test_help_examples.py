@@ -78,3 +78,11 @@ def test_help_example_parses_as_written(path: tuple[str, ...], example: str, tmp
         context = sub.make_context(name or "", list(remaining), parent=context)  # raises on any bad option
         command = sub
     assert command is dict(_commands(cli))[path]
+
+
+@pytest.mark.parametrize(("path", "example"), EXAMPLES, ids=[e for _, e in EXAMPLES])
+def test_help_example_uses_no_deprecated_spelling(path: tuple[str, ...], example: str) -> None:
+    command = dict(_commands(cli))[path]
+    hidden = {name for p in command.params if isinstance(p, click.Option) and p.hidden for name in p.opts}
+    old = set(getattr(command, "renamed", {})) | hidden
+    assert not old & {token.split("=")[0] for token in shlex.split(example)}, example
