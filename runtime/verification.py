@@ -10,6 +10,7 @@ junit.xml and report.html, and returns what the command prints.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -57,9 +58,9 @@ def release_gates(deployment: Deployment, overrides: dict[str, float]) -> Gates:
 def verification_data(
     deployment: Deployment, twin_specs: list[str], *, data: str | None, split: str, images: int,
     image_size: tuple[int, int] | None, seed: int,
-) -> tuple[SegmentationDataset, str]:  # fmt: skip
-    """The images to verify on, and their data spec: `data`, else the data of the trained run (a
-    run-directory twin, else the run the export recorded), at that run's image size."""
+) -> SegmentationDataset:  # fmt: skip
+    """The images to verify on: `data`, else the data of the trained run (a run-directory twin,
+    else the run the export recorded), at that run's image size."""
     recorded_run = Path(deployment.manifest.run_dir) if deployment.manifest else None
     run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or recorded_run
     if run_dir is not None and (run_dir / "config.json").is_file():
@@ -75,7 +76,7 @@ def verification_data(
     classes = deployment.num_classes
     if classes is not None and dataset.num_classes != classes:
         raise InputError(f"{data} has {dataset.num_classes} classes; the model predicts {classes}")
-    return dataset, data
+    return dataset
 
 
 @dataclass
@@ -98,8 +99,6 @@ def verify_release(
     The state is saved after every batch to OUT/verify.state (per rank under torchrun) and
     removed once the reports are written; `resume` continues from it.
     """
-    import os
-
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock
     with exclusive(out, "verification") if main_process else nullcontext():
         if device.type == "cuda":

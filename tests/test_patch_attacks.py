@@ -192,6 +192,8 @@ def test_a_rad_model_needs_eot_and_a_windowed_model_has_no_attention_to_read(att
         create_patch_attack("patch-fool", steps=1)(cnn, images, labels, mask=mask, targets=targets)
     with pytest.raises(InputError):
         create_patch_attack("no-such-attack")
+    with pytest.raises(InputError, match="targets must be"):
+        create_patch_attack("dag", eot=2)(model, images, labels, mask=mask, targets=targets[:, :8])
 
 
 def _cli(*args):

@@ -114,6 +114,10 @@ class PatchAttack(Attack):
                              f"got {tuple(mask.shape)}")  # fmt: skip
         if self.reads_attention and not find_attention(model):
             raise InputError(f"{self.name} reads attention matrices, and this model has no attention layer")
+        if targets is not None and targets.shape != labels.shape:
+            raise InputError(
+                f"targets must be (B, H, W) like the labels {tuple(labels.shape)}, got {tuple(targets.shape)}"
+            )
         if targets is None and self.targeted_only:
             raise InputError(f"{self.name} is a targeted attack (RAM paper A.4–A.8): use --target permute or strip")
         self.threat = PatchThreat(1.0, mask=mask)
@@ -122,8 +126,10 @@ class PatchAttack(Attack):
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Algorithm 1: T steps of x ← clip(x + γ · r/‖r‖∞ ⊙ M), r the EOT-averaged gradient."""
-        goal = PatchGoal(labels, self._targets, False, self._mask) if self._targets is not None else \
-            PatchGoal(labels, random_wrong_labels(model, images, labels, self.seed), True, self._mask)  # fmt: skip
+        if self._targets is None:
+            goal = PatchGoal(labels, random_wrong_labels(model, images, labels, self.seed), True, self._mask)
+        else:
+            goal = PatchGoal(labels, self._targets, False, self._mask)
         x = images.clone()
         for _ in range(self.steps):
             gradient = torch.zeros_like(x)

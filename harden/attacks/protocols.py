@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from harden.attacks._registry import create_patch_attack
 from harden.attacks.base import draws_default, eot_default, is_randomised
 from harden.attacks.checks import Check, run_checks
 from harden.attacks.evaluate import Evaluation, evaluate_robustness
@@ -27,6 +28,7 @@ from harden.attacks.patch_evaluate import PatchEvaluation, evaluate_patch_attack
 from harden.attacks.patch_report import patch_summary
 from harden.attacks.report import summarise
 from harden.data import collate_pad
+from harden.models.crf import crf_unaries
 from harden.run import OpenedRun
 
 
@@ -55,8 +57,6 @@ def robustness_protocol(
 ) -> RobustnessResult:
     """Attack `run.model` (or, with `source`, craft on that run's model and transfer) on
     `run.dataset`, then run the sanity checks on its first 4 images."""
-    from harden.models.crf import crf_unaries
-
     source_model = source[1] if source is not None else None
     randomised = is_randomised(run.model) or (source_model is not None and is_randomised(source_model))
     eot = eot_default(randomised and not allow_random, eot)
@@ -103,8 +103,6 @@ def patch_protocol(
     progress: bool = False,
 ) -> PatchResult:
     """Every patch attack on every image of `run.dataset` (`evaluate_patch_attacks`)."""
-    from harden.attacks._registry import create_patch_attack
-
     randomised = is_randomised(run.model)
     eot, draws = eot_default(randomised, eot), draws_default(randomised, draws)
     steps = iters or DEFAULT_STEPS

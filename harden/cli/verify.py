@@ -150,7 +150,7 @@ def verify_command(
     deployment = open_deployment(deployed, artefact, interface=interface, reference=reference)
     gates = release_gates(deployment, overrides)
     twins = load_twins(list(twin_specs), deployment)
-    dataset, _ = verification_data(deployment, list(twin_specs), data=data, split=split, images=images,
+    dataset = verification_data(deployment, list(twin_specs), data=data, split=split, images=images,
                                    image_size=image_size, seed=seed)  # fmt: skip
     verdict = verify_release(
         deployment, twins, dataset, options, gates, out or deployment.root / "verify",
