@@ -103,12 +103,9 @@ def verify_release(
     with exclusive(out, "verification") if main_process else nullcontext():
         if device.type == "cuda":
             torch.cuda.set_device(device)  # TensorRT and NCCL use the current device
-        distributed = Distributed.from_environment("nccl" if device.type == "cuda" else "gloo")
-        try:
+        with Distributed.from_environment("nccl" if device.type == "cuda" else "gloo") as distributed:
             return _verify_and_judge(deployment, twins, dataset, options, gates, out, distributed, device=device,
                                      resume=resume, progress=progress, command=command, log=log)  # fmt: skip
-        finally:
-            distributed.close()
 
 
 def _verify_and_judge(

@@ -177,11 +177,10 @@ def train(
     DistributedDataParallel and rank 0 alone logs and writes the run directory.
     """
     check_amp(config.amp, device)
-    distributed = Distributed.from_environment("nccl" if device.startswith("cuda") else "gloo")
-    if distributed.active and device.startswith("cuda"):
-        device = f"cuda:{distributed.local_rank}"
-        torch.cuda.set_device(device)
-    try:
+    with Distributed.from_environment("nccl" if device.startswith("cuda") else "gloo") as distributed:
+        if distributed.active and device.startswith("cuda"):
+            device = f"cuda:{distributed.local_rank}"
+            torch.cuda.set_device(device)
         return _train(
             Path(run_dir),
             model_config,
@@ -192,8 +191,6 @@ def train(
             log=log if distributed.is_main else _silent,
             distributed=distributed,
         )
-    finally:
-        distributed.close()
 
 
 def _train(
