@@ -1,10 +1,10 @@
 """How often a 2-process `harden train --nproc 2` fails, at this checkout and at a baseline revision.
 
 The job is the suite's distributed-training test (tests/test_adversarial_training.py, a tiny
-segmenter with SAT on 8 synthetic 32×64 scenes, 2 epochs). Before harden.distributed.Distributed
-met at a barrier on leaving, about 1 run in 35 aborted at exit: rank 1 left straight after its
-last gather, and gloo's worker thread, freeing the gathered tensor, could not take the GIL during
-interpreter shutdown ("terminate called without an active exception", exit -6). A smaller
+segmenter with SAT on 8 synthetic 32×64 scenes, 2 epochs). Before torchrun ranks ended without
+the interpreter's shutdown (harden.torchrun_exit.leave_rank), about 1 run in 35 aborted after
+all its work: gloo's worker thread, freeing the tensors of the last gather, could not take the
+GIL during shutdown ("terminate called without an active exception", exit -6). A smaller
 stand-alone script (gather, then leave) did not reproduce it in 100 runs, so this drives the
 real command. The two revisions alternate, so machine load affects both alike.
 

@@ -85,18 +85,13 @@ class Distributed:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        """Leave the process group; after a job that succeeded, every rank first meets at a barrier.
+        """Leave the process group.
 
-        Why the barrier: gloo's worker thread frees a finished collective's tensors only after
-        `wait()` has returned, and freeing a tensor that Python saw needs the GIL. A rank that
-        exits straight after its last gather can reach interpreter shutdown first; the thread then
-        cannot take the GIL and the process aborts ("terminate called without an active
-        exception", about 1 run in 40 of a 2-process training here). A barrier's work holds no
-        tensors, and while a rank waits in it the GIL is free for that freeing. After a failure
-        there is no barrier: the other ranks may never reach it, and torchrun stops them anyway.
+        A rank must not then run Python's interpreter shutdown while gloo's worker threads live
+        (DistributedDataParallel keeps the group alive past `destroy_process_group`): a worker
+        freeing the tensors of a finished collective needs the GIL, cannot take it during
+        shutdown, and the process aborts ("terminate called without an active exception"). The
+        command line therefore ends torchrun ranks with `harden.torchrun_exit.leave_rank`.
         """
-        if not (self.active and dist.is_initialized()):
-            return
-        if exc_type is None:
-            dist.barrier()
-        dist.destroy_process_group()
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()

@@ -18,6 +18,7 @@ import click
 
 from harden import __version__
 from harden.errors import InputError
+from harden.torchrun_exit import is_torchrun_rank, leave_rank
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -149,4 +150,9 @@ _register()
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SystemExit as done:  # click ends every command with one, holding the exit code
+        if is_torchrun_rank():  # see leave_rank: a rank must not run the interpreter's shutdown
+            leave_rank(done.code if isinstance(done.code, int) else 0 if done.code is None else EXIT_FAILED)
+        raise
