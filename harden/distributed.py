@@ -91,7 +91,8 @@ class Distributed:
         (DistributedDataParallel keeps the group alive past `destroy_process_group`): a worker
         freeing the tensors of a finished collective needs the GIL, cannot take it during
         shutdown, and the process aborts ("terminate called without an active exception"). The
-        command line therefore ends torchrun ranks with `harden.torchrun_exit.leave_rank`.
+        command line therefore ends torchrun ranks with `harden.torchrun_exit.leave_rank`; a script
+        of your own that trains or verifies under torchrun should end the same way.
         """
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
