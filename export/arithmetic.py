@@ -80,6 +80,43 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+# The instruction-set features that select ONNX Runtime's and PyTorch's CPU kernels (int8 dot
+# products, bf16/fp16 paths): what a verdict's machine is named by (`machine_facts`).
+_KERNEL_FLAGS: Final = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", *_VNNI_FLAGS, "avx512_bf16",
+                        "avx512_fp16", "amx_tile", "amx_bf16")  # fmt: skip
+
+
+def machine_facts() -> dict[str, Any]:
+    """The CPU (model name, kernel-selecting features) and the library versions a verdict's
+    numerics depend on: verify.json records them so a verdict can be traced to its machine."""
+    import sys
+
+    import numpy
+    import onnxruntime
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = _cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else set()
+    return {
+        "cpu": model,
+        "cpu_features": [f for f in _KERNEL_FLAGS if f in flags],
+        "python": sys.version.split()[0],
+        "libraries": {
+            "numpy": numpy.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "onnxruntime_providers": ",".join(onnxruntime.get_available_providers()),
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Int8Weights:
     """The int8 weight tensors of a file and how many can make a u8s8 pair sum saturate."""

@@ -1,4 +1,5 @@
-"""Release gates over a `VerifyResult`: pass (exit 0) or fail (exit 1), failing closed.
+"""Release gates over a `VerifyResult`: pass (exit 0), fail (exit 1) or inconclusive (exit 3),
+failing closed.
 
 Defaults depend on the deployed precision (the parity tolerances of `harden export`), and any
 of them can be set from a TOML or JSON file (`[gates]` table or top-level keys) or from flags:
@@ -20,6 +21,13 @@ user left out (no single-step attack for iterative>single) is "n/a" with its rea
 hardware compute something other than the file as written (`harden.export.arithmetic`; its
 threshold per precision is `MIN_AGREEMENT` there): the file may be faithful while the engine
 is not, and the gate's detail names the cause.
+
+Every gate on a figure measured on the sample of images decides from its confidence interval
+(`harden.runtime.confidence`): pass when the interval is wholly on the right side of the
+threshold, fail when wholly on the wrong side, inconclusive (fails closed, with about how many
+more images would decide) when it straddles it. The source twin's derived agreement gate widens
+its margin by what the engine-arithmetic audit of the same run measured (`arithmetic_shift`), so
+a machine whose kernels compute the file differently does not move the verdict.
 """
 
 from __future__ import annotations
@@ -31,12 +39,24 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harden.attacks.checks import Check
 from harden.attacks.threat import format_eps
+from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.errors import InputError
 from harden.export.tolerances import ADVERSARIAL_AGREEMENT, TOLERANCES
+from harden.runtime.confidence import (
+    Interval,
+    Outcome,
+    agreement_interval,
+    bootstrap_interval,
+    decide,
+    images_to_decide,
+    miou_of_weighted,
+)
 from harden.runtime.verify import VerifyResult
-from harden.runtime.verify_state import Parity
+from harden.runtime.verify_state import Agreement, Parity
 
 # how far below its own export's recorded parity a deployed file may fall (sampling: verify's
 # images are not the export's 8); Gates.derived_from_export
@@ -132,14 +152,111 @@ def read_gate_file(path: Path) -> dict[str, Any]:
     return table
 
 
+METHOD = "clustered Wilson intervals for agreements, paired bootstrap over images for mIoU figures"
+
+
 @dataclass(frozen=True)
 class GateResult:
+    """One gate's decision. Gates on figures measured on a sample of images carry the interval
+    they decided from (`harden.runtime.confidence`); the others (data, audits, engine
+    arithmetic, sanity checks) are exact statements about this run and carry none."""
+
     name: str
-    passed: bool
+    outcome: Outcome
     detail: str
+    interval: Interval | None = None
+    threshold: float | None = None
+    more_images: int | None = None  # inconclusive: roughly how many more images would decide
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+    @classmethod
+    def exact(cls, name: str, passed: bool, detail: str) -> GateResult:
+        return cls(name, "pass" if passed else "fail", detail)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"name": self.name, "passed": self.passed, "outcome": self.outcome, "detail": self.detail,
+                "interval": self.interval.to_dict() if self.interval else None, "threshold": self.threshold,
+                "more_images": self.more_images}  # fmt: skip
+
+
+def _estimated(
+    name: str, intervals: list[Interval], threshold: float, *, at_least: bool, describe: str, percent: bool = False
+) -> GateResult:
+    """A gate decided from one interval per RAD draw: it passes when every draw's interval is on
+    the right side, fails when one draw's is wholly on the wrong side, and is inconclusive
+    otherwise. The reported interval is the worst draw's."""
+    outcomes = [decide(i, threshold, at_least=at_least) for i in intervals]
+    outcome: Outcome = "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+    # the draw that decided: among those with the verdict's outcome, the worst estimate
+    deciding = [i for i, o in zip(intervals, outcomes, strict=True) if o == outcome]
+    sign = 1 if at_least else -1
+    worst = min(deciding, key=lambda i: sign * i.point if math.isfinite(i.point) else -math.inf)
+    more = None
+    if outcome == "inconclusive":
+        undecided = [i for i, o in zip(intervals, outcomes, strict=True) if o == "inconclusive"]
+        counts = [images_to_decide(i, threshold) for i in undecided]
+        more = None if None in counts else max(c for c in counts if c is not None)
+    relation = "≥" if at_least else "≤"
+    detail = f"{describe} {worst.text(percent=percent)} at {worst.confidence:.4g} confidence over {worst.images} images"
+    detail += f" (gate {relation} {threshold:.2%})" if percent else f" (gate {relation} {threshold:.4g})"
+    if len(intervals) > 1:
+        detail += f", worst of {len(intervals)} RAD draws"
+    if outcome == "inconclusive":
+        detail += (
+            f" — INCONCLUSIVE: the interval straddles the gate; about {more} more images would decide"
+            if more is not None
+            else " — INCONCLUSIVE: the interval straddles the gate and the estimate sits on it; more images "
+            "will not decide, a different threshold or a better deployment would"
+        )
+    return GateResult(name, outcome, detail, worst, threshold, more)
+
+
+def _chosen(candidates: list[ImageCounts], choice: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, the (tp, fp, fn) of the candidate the worst case chose for it: (N, K) each."""
+    rows = np.arange(len(choice))
+
+    def pick(field: str) -> np.ndarray:
+        return np.stack([getattr(c, field) for c in candidates])[choice, rows].astype(np.float64)
+
+    return pick("tp"), pick("fp"), pick("fn")
+
+
+def agreement_intervals(agreements: list[Agreement], confidence: float) -> list[Interval]:
+    return [agreement_interval(*a.per_image(), confidence) for a in agreements]
+
+
+def miou_delta_interval(parity: Parity, confidence: float) -> Interval:
+    """|mIoU(engine) − mIoU(twin)| on the same images, bootstrapped over images (paired)."""
+    assert parity.twin is not None and parity.engine is not None
+    twin, engine = parity.twin, parity.engine
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        return np.abs(miou_of_weighted(engine.tp, engine.fp, engine.fn, weights)
+                      - miou_of_weighted(twin.tp, twin.fp, twin.fn, weights))  # fmt: skip
+
+    return bootstrap_interval(statistic, len(parity.twin.total), confidence, parity.miou_delta())
+
+
+def survival_interval(engine: list[ImageCounts], engine_worst: WorstCase, twin: list[ImageCounts],
+                      twin_worst: WorstCase, confidence: float) -> Interval:  # fmt: skip
+    """engine worst-case mIoU / twin worst-case mIoU, each image keeping its worst-case choice on
+    each side, bootstrapped over images (paired: the same resample on both sides)."""
+    engine_counts, twin_counts = _chosen(engine, engine_worst.miou_choice), _chosen(twin, twin_worst.miou_choice)
+    point = engine_worst.miou / twin_worst.miou if twin_worst.miou > 0 else math.nan
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return miou_of_weighted(*engine_counts, weights) / miou_of_weighted(*twin_counts, weights)
+
+    return bootstrap_interval(statistic, len(engine_worst.miou_choice), confidence, point)
+
+
+def miou_interval(candidates: list[ImageCounts], worst: WorstCase, confidence: float) -> Interval:
+    counts = _chosen(candidates, worst.miou_choice)
+    return bootstrap_interval(lambda w: miou_of_weighted(*counts, w), len(worst.miou_choice), confidence, worst.miou)
 
 
 def _sanity_gate(checks: list[Check]) -> GateResult:
@@ -150,42 +267,55 @@ def _sanity_gate(checks: list[Check]) -> GateResult:
     failed = [c for c in checks if c.status == "fail"]
     absent = [c for c in checks if c.status == "n/a"]
     if failed:
-        return GateResult("sanity-checks", False, "; ".join(f"{c.name} fail: {c.detail}" for c in failed))
+        return GateResult.exact("sanity-checks", False, "; ".join(f"{c.name} fail: {c.detail}" for c in failed))
     detail = f"{len(checks) - len(absent)} sanity checks passed (DESIGN.md §6)"
     if absent:
         detail += "; n/a, premise not in this run: " + "; ".join(f"{c.name} ({c.detail})" for c in absent)
-    return GateResult("sanity-checks", True, detail)
+    return GateResult.exact("sanity-checks", True, detail)
 
 
-def clean_parity_gates(twin: str, parities: list[Parity], gates: Gates) -> list[GateResult]:
-    """Agreement and mIoU change of the engine against `twin` on clean images, worst RAD draw.
+def arithmetic_shift(result: VerifyResult) -> float:
+    """How far this machine's engine may move an agreement measured with the file as written: the
+    share of pixels where the engine-arithmetic audit of THIS run saw the deployed kernels and the
+    file as written disagree (0 when they agree, or when there is no such audit)."""
+    comparison = result.engine_arithmetic.get("comparison")
+    agreement = comparison.get("argmax_agreement") if isinstance(comparison, dict) else None
+    return 0.0 if agreement is None else max(0.0, 1.0 - float(agreement))
+
+
+def clean_parity_gates(
+    twin: str, parities: list[Parity], gates: Gates, confidence: float = 0.95, shift: float = 0.0
+) -> list[GateResult]:
+    """Agreement and mIoU change of the engine against `twin` on clean images, each draw's interval.
     The source twin's agreement gate is the export's recorded parity minus the margin when that
-    is stricter than the precision's floor."""
-    agreement = min(p.agreement for p in parities)
-    delta = max(p.miou_delta() for p in parities)
+    is stricter than the precision's floor; the margin grows by `shift`, the disagreement between
+    this machine's kernels and the file as written that the engine-arithmetic audit measured (the
+    export recorded its parity with the file as written, which every machine computes alike)."""
     threshold, why = gates.clean_agreement, ""
-    if twin == "source" and gates.source_agreement() > gates.clean_agreement:
-        threshold = gates.source_agreement()
-        why = f": the export's recorded {gates.export_agreement:.2%} − {EXPORT_PARITY_MARGIN:.0%}"
-    return [
-        GateResult(
-            f"clean-agreement[{twin}]",
-            agreement >= threshold,
-            f"engine vs {twin} twin on clean images: argmax agreement {agreement:.4%} "
-            f"(gate ≥ {threshold:.2%}{why}), max |Δlogit| {max(p.max_abs for p in parities):.3g}",
-        ),
-        GateResult(
-            f"clean-miou-delta[{twin}]",
-            delta <= gates.clean_miou_delta,
-            f"|mIoU(engine) − mIoU({twin})| {delta:.4f} (gate ≤ {gates.clean_miou_delta})",
-        ),
-    ]
+    derived = gates.source_agreement() - shift
+    if twin == "source" and derived > gates.clean_agreement:
+        threshold = derived
+        why = f"; the export's recorded {gates.export_agreement:.2%} − {EXPORT_PARITY_MARGIN:.0%}"
+        why += f" − {shift:.2%} this engine's arithmetic" if shift > 0 else ""
+    agreement = _estimated(
+        f"clean-agreement[{twin}]", agreement_intervals([p.agreement_counts for p in parities], confidence),
+        threshold, at_least=True, percent=True,
+        describe=f"engine vs {twin} twin on clean images (max |Δlogit| "
+        f"{max(p.max_abs for p in parities):.3g}{why}): argmax agreement",
+    )  # fmt: skip
+    delta = _estimated(
+        f"clean-miou-delta[{twin}]", [miou_delta_interval(p, confidence) for p in parities], gates.clean_miou_delta,
+        at_least=False, describe=f"|mIoU(engine) − mIoU({twin})|",
+    )  # fmt: skip
+    return [agreement, delta]
 
 
-def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) -> list[GateResult]:
+def evaluate_gates(
+    result: VerifyResult, gates: Gates, eps_values: list[float], confidence: float = 0.95
+) -> list[GateResult]:
     """Every gate, in the order a reader checks them; the verdict passes only if all pass."""
     out = [
-        GateResult(
+        GateResult.exact(
             "data",
             result.images > 0 and all(result.engine.worst_at(e) is not None for e in eps_values),
             f"{result.images} images, every ε attacked",
@@ -193,7 +323,7 @@ def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) 
     ]
     failed = [c for c in result.audits if c.status == "fail"]
     out.append(
-        GateResult(
+        GateResult.exact(
             "deployment-audits",
             not failed,
             "; ".join(c.detail for c in failed) or f"{len(result.audits)} audits passed or not applicable",
@@ -201,53 +331,62 @@ def evaluate_gates(result: VerifyResult, gates: Gates, eps_values: list[float]) 
     )
     arithmetic = result.engine_arithmetic
     out.append(
-        GateResult(
+        GateResult.exact(
             "engine-arithmetic",
             arithmetic["status"] != "fail",
             ("n/a: " if arithmetic["status"] == "n/a" else "") + arithmetic["detail"],
         )
     )
     out.append(_sanity_gate(result.checks))
+    shift = arithmetic_shift(result)
     for twin, parities in result.clean_parity.items():
-        out += clean_parity_gates(twin, parities, gates)
+        out += clean_parity_gates(twin, parities, gates, confidence, shift)
     for twin, parity in result.adversarial_parity.items():
-        out.append(
-            GateResult(
-                f"adversarial-agreement[{twin}]",
-                parity.pixels > 0 and parity.agreement >= gates.adversarial_agreement,
-                f"engine vs {twin} twin on the images attacks crafted on it: agreement {parity.agreement:.4%} "
-                f"(gate ≥ {gates.adversarial_agreement:.2%}) — adversarial inputs sit near decision boundaries",
-            )
-        )
+        gate = _estimated(
+            f"adversarial-agreement[{twin}]", agreement_intervals([parity.agreement_counts], confidence),
+            gates.adversarial_agreement, at_least=True, percent=True,
+            describe=f"engine vs {twin} twin on the images attacks crafted on it (adversarial inputs sit near "
+            "decision boundaries): agreement",
+        )  # fmt: skip
+        out.append(gate)
     if result.divergence["ran"]:
-        rate = result.divergence["agreement_with_reference"]
-        out.append(
-            GateResult(
-                "divergence",
-                rate is not None and rate >= gates.adversarial_agreement,
-                f"on divergence-search images the engine agrees with the fp32 reference on {rate:.4%} of pixels "
-                f"(gate ≥ {gates.adversarial_agreement:.2%})",
-            )
-        )
+        gate = _estimated(
+            "divergence", agreement_intervals([result.divergence_counts], confidence), gates.adversarial_agreement,
+            at_least=True, percent=True, describe="on divergence-search images the engine agrees with the fp32 "
+            "reference on",
+        )  # fmt: skip
+        out.append(gate)
     for eps in eps_values:
+        engine_candidates = result.engine_candidates_at(eps)
         engine = result.worst_at(eps)
         for twin in result.twins:
-            twin_worst = result.twin_worst_at(twin, eps)
-            twin_miou = twin_worst.miou if twin_worst is not None else math.nan
-            out.append(
-                GateResult(
-                    f"survival[{twin}]@{format_eps(eps)}",
-                    not math.isnan(twin_miou) and engine.miou >= gates.survival * twin_miou,
-                    f"engine worst-case mIoU {engine.miou:.4f} vs {twin} twin {twin_miou:.4f} "
-                    f"(gate ≥ {gates.survival} × twin)",
-                )
-            )
+            twin_candidates = result.twin_candidates_at(twin, eps)
+            name = f"survival[{twin}]@{format_eps(eps)}"
+            twin_worst = worst_case(twin_candidates) if twin_candidates else None
+            if twin_worst is None or not twin_worst.miou > 0:
+                out.append(GateResult.exact(name, False, f"{twin} twin has no worst-case mIoU above 0 at this ε: "
+                                            "nothing to compare the engine's survival with (fail closed)"))  # fmt: skip
+                continue
+            interval = survival_interval(engine_candidates, engine, twin_candidates, twin_worst, confidence)
+            gate = _estimated(
+                name, [interval], gates.survival, at_least=True,
+                describe=f"engine worst-case mIoU {engine.miou:.4f} vs {twin} twin {twin_worst.miou:.4f}: "
+                "survival ratio",
+            )  # fmt: skip
+            out.append(gate)
         if gates.min_robust_miou > 0:
-            out.append(
-                GateResult(
-                    f"robust-miou@{format_eps(eps)}",
-                    engine.miou >= gates.min_robust_miou,
-                    f"engine worst-case mIoU {engine.miou:.4f} (gate ≥ {gates.min_robust_miou})",
-                )
-            )
+            gate = _estimated(
+                f"robust-miou@{format_eps(eps)}", [miou_interval(engine_candidates, engine, confidence)],
+                gates.min_robust_miou, at_least=True, describe="engine worst-case mIoU",
+            )  # fmt: skip
+            out.append(gate)
     return out
+
+
+def verdict_of(gates: list[GateResult]) -> Outcome:
+    """pass when every gate passed (and there is one); fail when one failed; inconclusive when
+    none failed but one could not decide at the stated confidence (fails closed)."""
+    outcomes = {g.outcome for g in gates}
+    if not gates or "fail" in outcomes:
+        return "fail"
+    return "inconclusive" if "inconclusive" in outcomes else "pass"

@@ -12,6 +12,7 @@ report: node name, op type, max |Δ|.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,4 +114,4 @@ def localise_failed_parity(
     else:
         result.localisation = found.to_dict()
         detail = found.detail()
-    return [GateResult(g.name, g.passed, f"{g.detail}; {detail}") if g in failed else g for g in gates]
+    return [dataclasses.replace(g, detail=f"{g.detail}; {detail}") if g in failed else g for g in gates]

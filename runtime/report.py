@@ -1,6 +1,6 @@
 """Verification reports, each written atomically: JSON, JUnit XML and one self-contained HTML page.
 
-- `verify.json` (schema `harden-verify-report-v1`): deployment and its sha256s, twins, seeds,
+- `verify.json` (schema `harden-verify-report-v2`): deployment and its sha256s, twins, seeds,
   tool versions, clean and robust scores on the engine and on each twin, parity, divergence,
   per-image worst cases, audits, sanity checks, gates and the verdict.
 - `junit.xml`: one test case per gate (a failure carries the gate's detail), for CI systems.
@@ -26,17 +26,24 @@ from harden._io import atomic_open, write_json
 from harden.attacks.evaluate import DRAW_SEED
 from harden.attacks.threat import format_eps
 from harden.attacks.worst_case import ImageCounts, WorstCase
+from harden.export.arithmetic import machine_facts
 from harden.export.manifest import versions
-from harden.runtime.gates import GateResult
+from harden.runtime.gates import METHOD, GateResult, verdict_of
 from harden.runtime.verify import CHECKS_AND_AUDITS, ENGINE_INFERENCE, TWIN_INFERENCE, VerifyResult
 
-SCHEMA = "harden-verify-report-v1"
+SCHEMA = "harden-verify-report-v2"
 
 
 def summarise(
-    result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str], command: str = ""
+    result: VerifyResult,
+    gates: list[GateResult],
+    options: dict[str, Any],
+    class_names: list[str],
+    command: str = "",
+    confidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report (see the module docstring); `command`: the command line that asked for it."""
+    """The JSON report (see the module docstring); `command`: the command line that asked for it;
+    `confidence`: the level the gates decided at and, with --images auto, the looks taken."""
     manifest = result.deployment.manifest
     eps_values = sorted({r.eps for r in result.engine.runs})
     engine_miou, engine_acc = result.engine.clean_scores()
@@ -65,10 +72,11 @@ def summarise(
             "per_class_iou": {"engine": _class_iou(result, eps, engine),
                               "clean": _clean_class_iou(result.engine.clean[0])},  # clean: draw 0
         })  # fmt: skip
-    passed = bool(gates) and all(g.passed for g in gates)
     return {
         "schema": SCHEMA,
-        "verdict": "pass" if passed else "fail",
+        "verdict": verdict_of(gates),
+        "confidence": confidence or single_look(0.95, result.images),
+        "machine": machine_facts(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "deployment": {
@@ -115,6 +123,11 @@ def summarise(
         "gates": [g.to_dict() for g in gates],
         "seconds": result.seconds,
     }
+
+
+def single_look(level: float, images: int) -> dict[str, Any]:
+    """verify.json's `confidence` for a run judged once, on all its images."""
+    return {"level": level, "per_look": level, "looks": [images], "images_used": images, "method": METHOD}
 
 
 def _scores(worst: WorstCase | None) -> dict[str, float] | None:
@@ -167,8 +180,9 @@ def write_junit(summary: dict[str, Any], path: Path) -> None:
     for gate in gates:
         case = ET.SubElement(suite, "testcase", classname="harden.verify.gates", name=gate["name"],
                              time=f"{gate_seconds(summary, gate['name']):.3f}")  # fmt: skip
-        if not gate["passed"]:
-            failure = ET.SubElement(case, "failure", message=gate["detail"][:500], type="GateFailed")
+        if not gate["passed"]:  # an inconclusive gate fails closed, under its own type
+            kind = "GateInconclusive" if gate["outcome"] == "inconclusive" else "GateFailed"
+            failure = ET.SubElement(case, "failure", message=gate["detail"][:500], type=kind)
             failure.text = gate["detail"]
         else:
             ET.SubElement(case, "system-out").text = gate["detail"]
@@ -206,14 +220,20 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
 
     verdict = summary["verdict"]
     gates = summary["gates"]
-    failed = [g for g in gates if not g["passed"]]
-    ordered = failed + [g for g in gates if g["passed"]]  # a reader looks for what failed first
+    failed = [g for g in gates if g["outcome"] == "fail"]
+    undecided = [g for g in gates if g["outcome"] == "inconclusive"]
+    ordered = failed + undecided + [g for g in gates if g["passed"]]  # a reader looks for what failed first
+    heading = (f"Gates: {len(failed)} of {len(gates)} failed" if failed else f"Gates: all {len(gates)} passed"
+               if not undecided else f"Gates: none failed, {len(undecided)} of {len(gates)} inconclusive")  # fmt: skip
+    if failed and undecided:
+        heading += f", {len(undecided)} inconclusive"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>harden verify: {html.escape(summary['deployment']['artefact'])}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:90%}.pass{background:#d8f5d8}"
-        ".fail{background:#f8d0d0}.na{background:#eee}h1 span{padding:2px 12px;border-radius:6px}"
+        ".fail{background:#f8d0d0}.inconclusive{background:#fbe7b5}.na{background:#eee}"
+        "h1 span{padding:2px 12px;border-radius:6px}"
         ".meta{color:#555;font-size:85%}code{background:#f4f4f4;padding:1px 4px}</style></head><body>",
         f"<h1>harden verify — <span class='{verdict}'>{verdict.upper()}</span></h1>",
         f"<p><b>{html.escape(verdict_meaning(summary))}</b></p>",
@@ -221,10 +241,12 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         "<h2>Headline: clean → worst case, engine vs reference</h2>",
         _headline_table(summary),
         *_not_judged(summary["not_judged"]),
-        f"<h2>Gates: {len(failed)} of {len(gates)} failed</h2>"
-        if failed
-        else f"<h2>Gates: all {len(gates)} passed</h2>",
-        _table(["gate", "result", "detail"], [(g["name"], _status(g), g["detail"]) for g in ordered]),
+        f"<h2>{html.escape(heading)}</h2>",
+        f"<p class='meta'>{html.escape(_confidence_text(summary))}</p>",
+        _table(
+            ["gate", "result", "estimate [interval]", "gate", "detail"],
+            [(g["name"], _status(g), _interval_text(g), _threshold_text(g), g["detail"]) for g in ordered],
+        ),
         "<h2>Robustness: engine vs twins</h2>",
         _img(_curves(summary)),
         "<h2>Per-class IoU</h2>",
@@ -250,16 +272,49 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
 
 
 def _status(gate: dict[str, Any]) -> str:
-    return "pass" if gate["passed"] else "fail"
+    return str(gate["outcome"])
+
+
+def _interval_text(gate: dict[str, Any]) -> str:
+    interval = gate["interval"]
+    if interval is None:
+        return "exact"
+    if interval["low"] is None or interval["high"] is None or interval["point"] is None:
+        return "no estimate"
+    return f"{interval['point']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
+def _threshold_text(gate: dict[str, Any]) -> str:
+    return "" if gate["threshold"] is None else f"{gate['threshold']:.4g}"
+
+
+def _confidence_text(summary: dict[str, Any]) -> str:
+    c = summary["confidence"]
+    text = (f"Each gate on a sampled figure decides from its {c['level']:.0%} interval ({c['method']}): pass when the "
+            "interval clears the gate, fail when it misses it, inconclusive (fails closed) when it straddles it. "
+            f"{c['images_used']} images")  # fmt: skip
+    if len(c["looks"]) > 1 or c["per_look"] != c["level"]:
+        looks = ", ".join(str(n) for n in c["looks"])
+        text += (f"; --images auto looked at {looks} images, each look at {c['per_look']:.4g} so that the whole "
+                 "sequence keeps the stated error rate")  # fmt: skip
+    return text + "."
 
 
 def verdict_meaning(summary: dict[str, Any]) -> str:
     """What the verdict says, and what it does not: PASS is about the deployment, not the model."""
     gates = summary["gates"]
-    failed = sum(not g["passed"] for g in gates)
+    failed = sum(g["outcome"] == "fail" for g in gates)
+    undecided = sum(g["outcome"] == "inconclusive" for g in gates)
     if summary["verdict"] == "fail":
         return (f"FAIL: {failed} of {len(gates)} gates failed (listed first below). The deployment does not "
                 "preserve the robustness of its reference, or could not be verified.")  # fmt: skip
+    if summary["verdict"] == "inconclusive":
+        more = [g["more_images"] for g in gates if g["outcome"] == "inconclusive"]
+        hint = (f" About {max(m for m in more if m is not None)} more images would decide."
+                if more and None not in more else "")  # fmt: skip
+        return (f"INCONCLUSIVE: no gate failed, but {undecided} of {len(gates)} could not decide at "
+                f"{summary['confidence']['level']:.0%} confidence (listed first below); the release does not "
+                f"pass.{hint} Run with more --images, or --images auto.")  # fmt: skip
     text = ("PASS: the deployed engine preserves the robustness of its reference (every gate passed). "
             "It does not say the model is robust")  # fmt: skip
     last = summary["worst_case"][-1] if summary["worst_case"] else None
@@ -373,7 +428,7 @@ def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     body = []
     for row in rows:
         status = str(row[1]) if len(row) > 1 else ""
-        css = {"pass": "pass", "fail": "fail", "n/a": "na"}.get(status, "")
+        css = {"pass": "pass", "fail": "fail", "n/a": "na", "inconclusive": "inconclusive"}.get(status, "")
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
         body.append(f"<tr class='{css}'>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -554,11 +609,11 @@ def _stack(*pngs: bytes) -> bytes:
 
 def write_reports(
     result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str],
-    out: Path, palette: np.ndarray, command: str = "",
+    out: Path, palette: np.ndarray, command: str = "", confidence: dict[str, Any] | None = None,
 ) -> list[Path]:  # fmt: skip
     """verify.json, junit.xml and report.html in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(result, gates, options, class_names, command)
+    summary = summarise(result, gates, options, class_names, command, confidence)
     write_json(out / "verify.json", summary)
     write_junit(summary, out / "junit.xml")
     write_html(summary, result, out / "report.html", palette)

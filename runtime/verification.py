@@ -25,12 +25,13 @@ from harden.errors import InputError
 from harden.models.external import is_external
 from harden.outputs import exclusive
 from harden.run import read_config
+from harden.runtime.confidence import Outcome
 from harden.runtime.engines import Engine, open_engine
-from harden.runtime.gates import GateResult, Gates, evaluate_gates, read_gate_file
+from harden.runtime.gates import METHOD, GateResult, Gates, evaluate_gates, read_gate_file, verdict_of
 from harden.runtime.localise import localise_failed_parity
 from harden.runtime.report import write_reports
 from harden.runtime.twins import GRAPH, Deployment
-from harden.runtime.verify import VerifyOptions, verify
+from harden.runtime.verify import VerifyOptions, VerifyResult, verify
 from harden.visualize import palette_for
 
 
@@ -79,22 +80,61 @@ def verification_data(
     return dataset
 
 
+@dataclass(frozen=True)
+class Confidence:
+    """The confidence the gates decide at and, with `--images auto`, the looks of the sequential
+    rule. Each look is judged at `per_look` = 1 − (1 − level) / number of looks (Bonferroni over
+    the looks), so the chance that ANY look decides wrongly stays below 1 − level: stopping at the
+    first decided look keeps the stated error rate."""
+
+    level: float = 0.95
+    looks: tuple[int, ...] = ()  # numbers of images after which to judge; empty: once, on all images
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.level < 1:
+            raise InputError(f"--confidence must be in [0.5, 1), got {self.level}")
+
+    @classmethod
+    def auto(cls, level: float, batch_size: int, max_images: int) -> Confidence:
+        """Looks at batch, 2×batch, 4×batch, … images, and at `max_images` (the budget)."""
+        if max_images < batch_size:
+            raise InputError(f"--max-images {max_images} is below --batch-size {batch_size}: nothing to look at")
+        looks, n = [], batch_size
+        while n < max_images:
+            looks.append(n)
+            n *= 2
+        return cls(level, (*looks, max_images))
+
+    @property
+    def per_look(self) -> float:
+        return 1 - (1 - self.level) / max(1, len(self.looks))
+
+    def record(self, images_used: int) -> dict[str, Any]:
+        """verify.json's `confidence`."""
+        taken = [n for n in self.looks if n <= images_used] or [images_used]
+        return {"level": self.level, "per_look": self.per_look, "looks": taken, "images_used": images_used,
+                "method": METHOD}  # fmt: skip
+
+
 @dataclass
 class Verdict:
     """What `verify_release` concluded (on every rank `failed`; the rest on rank 0 only)."""
 
-    failed: list[str]  # names of the failed gates; empty: the release passes
+    failed: list[str]  # names of the gates that did not pass (failed or inconclusive); empty: the release passes
     gates: list[GateResult] = field(default_factory=list)
     not_judged: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    outcome: Outcome = "fail"
+    images: int = 0  # images the verdict was reached on (fewer than asked when --images auto decided early)
 
 
 def verify_release(
     deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
     gates: Gates, out: Path, *, device: torch.device, resume: bool = False, progress: bool = False,
-    command: str = "", log: Callable[[str], None] = print,
+    command: str = "", log: Callable[[str], None] = print, confidence: Confidence | None = None,
 ) -> Verdict:  # fmt: skip
-    """Run the verification into `out` (one verification per directory: it is locked) and judge it.
+    """Run the verification into `out` (one verification per directory: it is locked) and judge it
+    at `confidence` (default 0.95, one look on every image).
 
     The state is saved after every batch to OUT/verify.state (per rank under torchrun) and
     removed once the reports are written; `resume` continues from it.
@@ -105,35 +145,47 @@ def verify_release(
             torch.cuda.set_device(device)  # TensorRT and NCCL use the current device
         with Distributed.from_environment("nccl" if device.type == "cuda" else "gloo") as distributed:
             return _verify_and_judge(deployment, twins, dataset, options, gates, out, distributed, device=device,
-                                     resume=resume, progress=progress, command=command, log=log)  # fmt: skip
+                                     resume=resume, progress=progress, command=command, log=log,
+                                     confidence=confidence or Confidence())  # fmt: skip
 
 
 def _verify_and_judge(
     deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
     gates: Gates, out: Path, distributed: Distributed, *, device: torch.device, resume: bool, progress: bool,
-    command: str, log: Callable[[str], None],
+    command: str, log: Callable[[str], None], confidence: Confidence,
 ) -> Verdict:  # fmt: skip
     state_file = out / ("verify.state" if not distributed.active else f"verify.state.rank{distributed.rank}")
     if resume and not state_file.is_file():
         log(f"no {state_file} to resume from: starting from the first batch")
     if distributed.is_main:
         shards = f" in {distributed.world_size} shards" if distributed.active else ""
+        looks = f" (until decided; looks at {', '.join(map(str, confidence.looks))})" if confidence.looks else ""
         log(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
-            f"on {len(dataset)} images{shards} ...")  # fmt: skip
+            f"on {len(dataset)} images{looks}{shards} ...")  # fmt: skip
+    eps_values = list(options.eps_values)
+
+    def decided(partial: VerifyResult) -> bool:
+        outcome = verdict_of(evaluate_gates(partial, gates, eps_values, confidence.per_look))
+        log(f"  look at {partial.images} images: {outcome}")
+        return outcome != "inconclusive"
+
     with open_engine(deployment.artefact, str(device), deployment.interface) as engine:
         if deployment.num_classes is None:  # the output's channels are not static: ask the model
             _check_classes(engine, dataset)
         result = verify(deployment, engine, twins, dataset, options, progress=progress and distributed.is_main,
-                        state_file=state_file, resume=resume, distributed=distributed, device=device)  # fmt: skip
+                        state_file=state_file, resume=resume, distributed=distributed, device=device,
+                        looks=list(confidence.looks) or None, decided=decided)  # fmt: skip
     verdict = Verdict([])
     if result is not None:  # rank 0: judge and report
-        results = evaluate_gates(result, gates, list(options.eps_values))
+        results = evaluate_gates(result, gates, eps_values, confidence.per_look)
         results = localise_failed_parity(result, results, twins.get(GRAPH), dataset, str(device))
         class_names = deployment.manifest.class_names if deployment.manifest else list(dataset.class_names)
         settings = {**dataclasses.asdict(options), "gates": gates.to_dict()}
         written = write_reports(result, results, settings, class_names, out,
-                                palette_for(dataset.name, dataset.num_classes), command=command)  # fmt: skip
-        verdict = Verdict([g.name for g in results if not g.passed], results, result.not_judged, written)
+                                palette_for(dataset.name, dataset.num_classes), command=command,
+                                confidence=confidence.record(result.images))  # fmt: skip
+        verdict = Verdict([g.name for g in results if not g.passed], results, result.not_judged, written,
+                          verdict_of(results), result.images)  # fmt: skip
     verdict.failed = distributed.broadcast(verdict.failed)
     state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
     return verdict

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from harden.attacks import ATTACKS, ThreatModel, create_attack, is_randomised
 from harden.attacks.base import draws_default, eot_default
-from harden.attacks.checks import Check, outputs_are_logits, run_checks
+from harden.attacks.checks import Check, outputs_are_logits
 from harden.attacks.evaluate import DRAW_SEED, AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts, LowestPerImage, WorstCase, worst_case
 from harden.data import SegmentationDataset, collate_pad
@@ -46,7 +47,8 @@ from harden.runtime.divergence import Divergence
 from harden.runtime.engines import Engine, EngineModule, OnnxRuntimeEngine
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.twins import GRAPH, Deployment, reference_model
-from harden.runtime.verify_state import Parity, VerifyState, fingerprint, load_state, save_state
+from harden.runtime.verify_checks import verify_checks
+from harden.runtime.verify_state import Agreement, Parity, VerifyState, fingerprint, load_state, save_state
 
 BLACK_BOX = ("square", "noise")  # run on the engine itself, by queries
 
@@ -114,6 +116,7 @@ class VerifyResult:
     clean_parity: dict[str, list[Parity]]  # twin → one per draw
     adversarial_parity: dict[str, Parity]
     divergence: dict[str, Any]
+    divergence_counts: Agreement  # per image: the divergence gate's interval
     audits: list[Check]
     checks: list[Check]
     engine_arithmetic: dict[str, Any]  # the deployed kernels vs the file as written (harden.export.arithmetic)
@@ -122,9 +125,17 @@ class VerifyResult:
     not_judged: list[str] = field(default_factory=list)  # what this verdict could not see, and why
     example_predictions: dict[str, torch.Tensor] = field(default_factory=dict)  # engine, draw 0, kept images
 
+    def engine_candidates_at(self, eps: float) -> list[ImageCounts]:
+        """Every (attack, member, draw) candidate at ε, as the engine predicted it."""
+        return [c for r in self.engine.runs if r.eps == eps for c in r.candidates.values()]
+
+    def twin_candidates_at(self, twin: str, eps: float) -> list[ImageCounts]:
+        """The twin's own white-box candidates at ε, as the twin predicted them."""
+        runs = self.twin_evaluations[twin].runs
+        return [c for r in runs if r.eps == eps and r.kind == "white-box" for c in r.candidates.values()]
+
     def worst_at(self, eps: float) -> WorstCase:
-        candidates = [c for r in self.engine.runs if r.eps == eps for c in r.candidates.values()]
-        return worst_case(candidates)
+        return worst_case(self.engine_candidates_at(eps))
 
     def twin_worst_at(self, twin: str, eps: float) -> WorstCase | None:
         return self.twin_evaluations[twin].worst_at(eps, ("white-box",))
@@ -142,6 +153,8 @@ def verify(
     resume: bool = False,
     distributed: Distributed | None = None,
     device: torch.device | None = None,
+    looks: list[int] | None = None,
+    decided: Callable[[VerifyResult], bool] | None = None,
 ) -> VerifyResult | None:
     """Run everything of the module docstring; `engine` must be open (inside `with`).
 
@@ -152,10 +165,15 @@ def verify(
         the states and returns the result, the other ranks return None.
     device: where the twins, the images and every attack run (None: the CPU); the engine runs on
         its own device and its logits are brought here. The saved state stays on the CPU.
+    looks, decided: sequential verification (`--images auto`): after the batch that completes
+        each number of images in `looks`, the result so far is judged by `decided`; the first
+        look it calls decided ends the run (one process only; looks are multiples of the batch).
     """
     if len(dataset) == 0:
         raise InputError("the verification dataset is empty: nothing would be verified (fail closed)")
     distributed = distributed or Distributed()
+    if looks and distributed.active:
+        raise InputError("--images auto decides after each look in one process: run it without torchrun")
     device = device or torch.device("cpu")
     place(twins, device)
     plan = _Plan.make(deployment, engine, twins, options, device)
@@ -186,6 +204,11 @@ def verify(
             if state_file is not None:
                 with scorer.timer(STATE_SAVING):
                     save_state(state_file, state, identity)
+            seen = int(ids[-1]) + 1
+            if looks and decided is not None and seen in looks and seen < len(dataset):
+                result = _finish(state, scorer, plan, deployment, dataset, options, images=seen)
+                if decided(result):
+                    return result
     finally:
         bar.close()
 
@@ -234,11 +257,11 @@ def _verify_batch(
 ) -> None:  # fmt: skip
     """Clean parity, white-box attacks on every twin, direct attacks on the engine and the
     divergence search, for one batch at every ε."""
-    scorer.clean(images, labels)
+    scorer.clean(images, labels, ids)
     engine_module = EngineModule(scorer.engine)
     for eps in options.eps_values:
         threat = ThreatModel(eps)
-        batch = _Batch(images, labels, eps)
+        batch = _Batch(images, labels, ids, eps)
         for twin_name, twin in scorer.twins.items():
             for name in options.attacks:
                 bar.set_postfix_str(f"{name} on {twin_name} ε={eps:.4f}")
@@ -270,7 +293,7 @@ def _verify_batch(
             with scorer.timer(ATTACK_CRAFTING):
                 output = search(plan.deployed_twin, images, labels)
             scorer.evaluate(batch, run, "divergence", output.images, None)
-            scorer.disagreement(plan.reference, output.images, labels)
+            scorer.disagreement(plan.reference, output.images, labels, ids)
             bar.update()
         worst = batch.worst
         keep_lowest(scorer.state.examples, eps, options.examples, acc=worst.score, ids=ids, clean=images, labels=labels,
@@ -284,12 +307,15 @@ def _finish(
     deployment: Deployment,
     dataset: SegmentationDataset,
     options: VerifyOptions,
+    images: int | None = None,
 ) -> VerifyResult:
-    """Evaluations, sanity checks and audits over the whole (merged) state."""
+    """Evaluations, sanity checks and audits over the whole (merged) state: the first `images`
+    of the data (None: all of them)."""
     engine, twins = scorer.engine, scorer.twins
-    engine_eval = scorer.evaluation(list(state.engine_runs.values()), state.clean_engine, len(dataset))
+    seen = len(dataset) if images is None else images
+    engine_eval = scorer.evaluation(list(state.engine_runs.values()), state.clean_engine, seen)
     twin_evals = {
-        name: scorer.evaluation(list(runs.values()), state.clean_twin[name], len(dataset))
+        name: scorer.evaluation(list(runs.values()), state.clean_twin[name], seen)
         for name, runs in state.twin_runs.items()
     }
     check_images, check_labels = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
@@ -297,13 +323,15 @@ def _finish(
     engine_module = EngineModule(engine)
     with scorer.timer(CHECKS_AND_AUDITS):
         primary = twins.get(GRAPH) or next(iter(twins.values()))
-        checks = run_checks(engine_eval, primary, check_images, check_labels, eot=plan.eot)
+        checks = verify_checks(engine_eval, twin_evals, twins, primary, check_images, check_labels, eot=plan.eot,
+                               draws=plan.draws, queries=options.queries, seed=options.seed)  # fmt: skip
         engine_logits = outputs_are_logits(engine_module, check_images)
         checks.append(Check("engine-logits", engine_logits.status, "engine: " + engine_logits.detail))
         found = _audits(deployment, engine, twins, plan.deployed_twin, plan.reference, check_images)
         arithmetic = engine_arithmetic(engine, deployment.precision, dataset)
-    agree, pixels = state.divergence
-    divergence = {"ran": plan.diverge, "agreement_with_reference": agree / pixels if pixels else None, "pixels": pixels}
+    pixels = state.divergence.pixels
+    divergence = {"ran": plan.diverge, "agreement_with_reference": state.divergence.agreement if pixels else None,
+                  "pixels": pixels}  # fmt: skip
     largest = max(options.eps_values)
     predictions = {  # the worst images at the largest ε: the engine on them clean (draw 0) and attacked (worst draw)
         "clean": scorer.on_engine(engine_eval.examples[f"worst-clean@{largest}"].to(scorer.device), 0).argmax(1).cpu(),
@@ -313,7 +341,7 @@ def _finish(
         deployment=deployment,
         engine_name=engine.name,
         twins=list(twins),
-        images=len(dataset),
+        images=seen,
         draws=plan.draws,
         eot=plan.eot,
         engine=engine_eval,
@@ -321,6 +349,7 @@ def _finish(
         clean_parity=state.clean_parity,
         adversarial_parity=state.adversarial_parity,
         divergence=divergence,
+        divergence_counts=state.divergence,
         audits=found,
         checks=checks,
         engine_arithmetic=arithmetic,
@@ -341,6 +370,7 @@ class _Batch:
 
     images: torch.Tensor
     labels: torch.Tensor
+    ids: torch.Tensor  # (B,) dataset indices: parity is counted per image
     eps: float
     # per image, the adversarial image with the engine's lowest pAcc over attacks and draws, and
     # the engine's prediction on it in that draw
@@ -379,7 +409,7 @@ class _Scorer:
             (attack, crafted_on, eps), AttackRun(attack, eps, kind, {}, crafted_on=crafted_on)
         )
 
-    def clean(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def clean(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
         state = self.state
         for d in range(self.draws):
             engine_logits = self.on_engine(images, d)
@@ -387,7 +417,7 @@ class _Scorer:
             for name, twin in self.twins.items():
                 twin_logits = self.on_twin(twin, images, d)
                 state.clean_twin[name][d] = state.clean_twin[name][d].extend(self.counts(twin_logits, labels))
-                state.clean_parity[name][d].add(twin_logits, engine_logits, labels, self.num_classes)
+                state.clean_parity[name][d].add(twin_logits, engine_logits, labels, self.num_classes, ids)
 
     def evaluate(self, batch: _Batch, run: AttackRun, member: str, adversarial: torch.Tensor, twin: str | None) -> None:
         """Predict adversarial images on the engine (and on the twin that crafted them) per draw."""
@@ -405,17 +435,16 @@ class _Scorer:
                 (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
             )
             twin_run.add(key, twin_logits.argmax(1), batch.labels, self.num_classes)
-            self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes)
+            self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes,
+                                                    batch.ids)  # fmt: skip
 
-    def disagreement(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def disagreement(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
         valid = labels != IGNORE_INDEX
-        agree, pixels = self.state.divergence
         for d in range(self.draws):
             engine_pred = self.on_engine(images, d).argmax(1)
             reference_pred = self.on_twin(reference, images, d).argmax(1)
-            agree += int(((engine_pred == reference_pred) & valid).sum())
-            pixels += int(valid.sum())
-        self.state.divergence = (agree, pixels)
+            agree = ((engine_pred == reference_pred) & valid).flatten(1).sum(1)
+            self.state.divergence.add(ids, agree.cpu(), valid.flatten(1).sum(1).cpu())
 
     def evaluation(self, runs: list[AttackRun], clean: list[ImageCounts], images: int) -> Evaluation:
         examples = self.state.examples

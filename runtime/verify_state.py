@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import torch
 
 from harden._io import atomic_path
@@ -24,36 +25,95 @@ from harden.attacks.evaluate import AttackRun
 from harden.attacks.worst_case import ImageCounts
 from harden.errors import InputError
 
-STATE_FORMAT: Final = "harden-verify-state-v1"
+STATE_FORMAT: Final = "harden-verify-state-v2"  # v2: agreement counted per image (confidence intervals)
+
+
+@dataclass
+class Agreement:
+    """Pixels where two models agree, counted per image id: the totals give the agreement, the
+    per-image counts its clustered confidence interval (`harden.runtime.confidence`). An image
+    scored several times (RAD draws, attacks) is one cluster: its counts add up."""
+
+    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # image id → (agree, pixels)
+
+    def add(self, ids: torch.Tensor, agree: torch.Tensor, pixels: torch.Tensor) -> None:
+        for image, a, n in zip(ids.tolist(), agree.tolist(), pixels.tolist(), strict=True):
+            old = self.counts.get(int(image), (0, 0))
+            self.counts[int(image)] = (old[0] + int(a), old[1] + int(n))
+
+    def merge(self, other: Agreement) -> None:
+        for image, (a, n) in other.counts.items():
+            old = self.counts.get(image, (0, 0))
+            self.counts[image] = (old[0] + a, old[1] + n)
+
+    @property
+    def agree(self) -> int:
+        return sum(a for a, _ in self.counts.values())
+
+    @property
+    def pixels(self) -> int:
+        return sum(n for _, n in self.counts.values())
+
+    @property
+    def agreement(self) -> float:
+        pixels = self.pixels
+        return self.agree / pixels if pixels else float("nan")
+
+    def per_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """(agree, pixels) per image, in image-id order."""
+        ordered = [self.counts[k] for k in sorted(self.counts)]
+        return np.array([a for a, _ in ordered], dtype=np.int64), np.array([n for _, n in ordered], dtype=np.int64)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        ids = sorted(self.counts)
+        agree, pixels = self.per_image()
+        return {"ids": torch.tensor(ids, dtype=torch.long), "agree": torch.from_numpy(agree),
+                "pixels": torch.from_numpy(pixels)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, torch.Tensor]) -> Agreement:
+        agreement = cls()
+        agreement.add(data["ids"], data["agree"], data["pixels"])
+        return agreement
 
 
 @dataclass
 class Parity:
     """Twin vs engine over the pixels seen so far (same images, same RAD seed)."""
 
-    agree: int = 0
-    pixels: int = 0
+    agreement_counts: Agreement = field(default_factory=Agreement)
     max_abs: float = 0.0
     twin: ImageCounts | None = None
     engine: ImageCounts | None = None
 
-    def add(self, twin: torch.Tensor, engine: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-        self.agree += int((twin.argmax(1) == engine.argmax(1)).sum())
-        self.pixels += twin.shape[0] * twin.shape[-2] * twin.shape[-1]
+    def add(
+        self, twin: torch.Tensor, engine: torch.Tensor, labels: torch.Tensor, num_classes: int, ids: torch.Tensor
+    ) -> None:
+        """twin, engine: (B, K, H, W) logits of the same images; ids: (B,) their dataset indices."""
+        same = (twin.argmax(1) == engine.argmax(1)).flatten(1).sum(1).cpu()
+        pixels = torch.full_like(same, twin.shape[-2] * twin.shape[-1])
+        self.agreement_counts.add(ids, same, pixels)
         self.max_abs = max(self.max_abs, float((twin.float() - engine.float()).abs().max()))
         self.twin = _extend(self.twin, ImageCounts.from_predictions(twin.argmax(1), labels, num_classes))
         self.engine = _extend(self.engine, ImageCounts.from_predictions(engine.argmax(1), labels, num_classes))
 
     def merge(self, other: Parity) -> None:
-        self.agree += other.agree
-        self.pixels += other.pixels
+        self.agreement_counts.merge(other.agreement_counts)
         self.max_abs = max(self.max_abs, other.max_abs)
         self.twin = _extend(self.twin, other.twin)
         self.engine = _extend(self.engine, other.engine)
 
     @property
+    def agree(self) -> int:
+        return self.agreement_counts.agree
+
+    @property
+    def pixels(self) -> int:
+        return self.agreement_counts.pixels
+
+    @property
     def agreement(self) -> float:
-        return self.agree / self.pixels if self.pixels else float("nan")
+        return self.agreement_counts.agreement
 
     def miou_delta(self) -> float:
         assert self.twin is not None and self.engine is not None
@@ -77,7 +137,7 @@ class VerifyState:
         self.clean_twin = {name: [ImageCounts.empty(num_classes) for _ in range(draws)] for name in twins}
         self.clean_parity = {name: [Parity() for _ in range(draws)] for name in twins}
         self.adversarial_parity = {name: Parity() for name in twins}
-        self.divergence = (0, 0)  # (pixels where engine and reference agree, labelled pixels)
+        self.divergence = Agreement()  # engine vs reference on divergence-search images, labelled pixels
         self.examples: dict[str, list[torch.Tensor]] = {}
         self.seconds: dict[str, float] = {}
 
@@ -96,7 +156,7 @@ class VerifyState:
                 self.clean_parity[name][d].merge(other.clean_parity[name][d])
         for name, parity in other.adversarial_parity.items():
             self.adversarial_parity[name].merge(parity)
-        self.divergence = (self.divergence[0] + other.divergence[0], self.divergence[1] + other.divergence[1])
+        self.divergence.merge(other.divergence)
         for example, images in other.examples.items():
             self.examples.setdefault(example, []).extend(images)
         for phase, seconds in other.seconds.items():
@@ -114,7 +174,7 @@ class VerifyState:
             "clean_twin": {name: [_counts_to_dict(c) for c in counts] for name, counts in self.clean_twin.items()},
             "clean_parity": {name: [_parity_to_dict(p) for p in ps] for name, ps in self.clean_parity.items()},
             "adversarial_parity": {name: _parity_to_dict(p) for name, p in self.adversarial_parity.items()},
-            "divergence": list(self.divergence),
+            "divergence": self.divergence.to_dict(),
             "examples": {key: list(images) for key, images in self.examples.items()},
             "seconds": dict(self.seconds),
         }
@@ -131,7 +191,7 @@ class VerifyState:
         state.clean_twin = {name: [_counts_from_dict(c) for c in cs] for name, cs in data["clean_twin"].items()}
         state.clean_parity = {name: [_parity_from_dict(p) for p in ps] for name, ps in data["clean_parity"].items()}
         state.adversarial_parity = {name: _parity_from_dict(p) for name, p in data["adversarial_parity"].items()}
-        state.divergence = (int(data["divergence"][0]), int(data["divergence"][1]))
+        state.divergence = Agreement.from_dict(data["divergence"])
         state.examples = {key: list(images) for key, images in data["examples"].items()}
         state.seconds = dict(data["seconds"])
         return state
@@ -195,8 +255,7 @@ _COUNT_FIELDS: Final = ("tp", "fp", "fn", "correct", "total")
 
 def _parity_to_dict(parity: Parity) -> dict[str, Any]:
     return {
-        "agree": parity.agree,
-        "pixels": parity.pixels,
+        "agreement": parity.agreement_counts.to_dict(),
         "max_abs": parity.max_abs,
         "twin": None if parity.twin is None else _counts_to_dict(parity.twin),
         "engine": None if parity.engine is None else _counts_to_dict(parity.engine),
@@ -205,8 +264,7 @@ def _parity_to_dict(parity: Parity) -> dict[str, Any]:
 
 def _parity_from_dict(data: dict[str, Any]) -> Parity:
     return Parity(
-        data["agree"],
-        data["pixels"],
+        Agreement.from_dict(data["agreement"]),
         data["max_abs"],
         None if data["twin"] is None else _counts_from_dict(data["twin"]),
         None if data["engine"] is None else _counts_from_dict(data["engine"]),

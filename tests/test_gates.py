@@ -9,7 +9,7 @@ from harden.runtime.gates import EXPORT_PARITY_MARGIN, Gates, clean_parity_gates
 from harden.runtime.verify_state import Parity
 
 
-def _parity(agreement: float, pixels: int = 1000) -> Parity:
+def _parity(agreement: float, pixels: int = 20_000) -> Parity:
     """A real Parity accumulator over `pixels` pixels of which a fraction `agreement` agree."""
     labels = torch.zeros(1, 1, pixels, dtype=torch.long)
     twin = torch.zeros(1, 2, 1, pixels)
@@ -18,7 +18,7 @@ def _parity(agreement: float, pixels: int = 1000) -> Parity:
     flipped = round((1 - agreement) * pixels)
     engine[:, 1, 0, :flipped] = 2.0
     parity = Parity()
-    parity.add(twin, engine, labels, num_classes=2)
+    parity.add(twin, engine, labels, num_classes=2, ids=torch.tensor([0]))
     return parity
 
 

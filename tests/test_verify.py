@@ -155,9 +155,15 @@ def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_pat
     assert result.exit_code == 0, result.output
     assert "verification PASSED" in result.output
     summary = json.loads((report / "verify.json").read_text())
-    assert summary["schema"] == "harden-verify-report-v1" and summary["verdict"] == "pass"
+    assert summary["schema"] == "harden-verify-report-v2" and summary["verdict"] == "pass"
     assert summary["deployment"]["files"]["model.fp32.onnx"]
-    assert {c["status"] for c in summary["checks"]} == {"pass"}
+    status = {c["name"]: c["status"] for c in summary["checks"]}
+    assert status.pop("white>surrogate") == "n/a" and set(status.values()) == {"pass"}  # two surrogates: no premise
+    assert {"white>black", "transfer>query"} <= set(status)
+    assert all(g["outcome"] == "pass" for g in summary["gates"]) and summary["confidence"]["level"] == 0.95
+    assert all(g["interval"]["low"] <= g["interval"]["point"] <= g["interval"]["high"]
+               for g in summary["gates"] if g["interval"] is not None)  # fmt: skip
+    assert summary["machine"]["cpu"] and "onnxruntime" in summary["machine"]["libraries"]
     assert summary["parity"]["clean"]["source"][0]["agreement"] == 1.0
     suite = _junit_suite(report / "junit.xml")
     assert suite.get("failures") == "0"
@@ -207,7 +213,7 @@ def test_perturbed_weights_fail(ram_run, fp32_export, tmp_path):
     assert "the deployed weights are not the trained ones" in result.output
     assert "FAIL] clean-agreement[source]" in result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
-    failed = [g["name"] for g in summary["gates"] if not g["passed"]]
+    failed = [g["name"] for g in summary["gates"] if g["outcome"] == "fail"]
     page = (tmp_path / "r" / "report.html").read_text()
     assert f"Gates: {len(failed)} of {len(summary['gates'])} failed" in page
     assert f"FAIL: {len(failed)} of {len(summary['gates'])} gates failed" in page

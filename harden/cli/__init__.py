@@ -32,6 +32,13 @@ class Failed(click.ClickException):
     exit_code = EXIT_FAILED
 
 
+EXIT_INCONCLUSIVE = 3  # harden verify: no gate failed but one could not decide (fails closed)
+
+
+class Inconclusive(click.ClickException):
+    exit_code = EXIT_INCONCLUSIVE
+
+
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM
 # the machine's refusals of a write or read, which mean "fix the path, the disk or its permissions"

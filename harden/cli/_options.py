@@ -131,7 +131,24 @@ class DeviceType(click.ParamType):
         self.fail(f"{value!r}: use auto, cpu, cuda or cuda:N", param, ctx)
 
 
+class ImagesType(click.ParamType):
+    """A number of images (≥ 1), or `auto` (None): as many as the decision needs."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r}: write a number of images (≥ 1) or 'auto'", param, ctx)
+
+
 SIZE = SizeType()
+IMAGES = ImagesType()
 RANGE = RangeType()
 NAMES = NameListType()
 EPS = EpsType()

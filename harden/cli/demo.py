@@ -23,9 +23,11 @@ from harden.cli._options import SIZE, progress_option
               help="An attention model of the registry (`harden models`).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--image-size", type=SIZE, default="64x128", show_default=True, help="Synthetic image size.")
-@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="Verification images.")
+@click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="At most this many verification images: verify runs with --images auto, in batches of 8, until "
+              "every gate is decided.")  # fmt: skip
 @click.option("--quick", is_flag=True, help="A smoke test of the installation in about a minute: 64x64 images, "
-              "2 epochs, 2 images, few attack iterations. Its numbers mean nothing.")  # fmt: skip
+              "2 epochs, batches of 2 images up to 8, few attack iterations. Its numbers mean nothing.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @progress_option
 @click.pass_context
@@ -49,9 +51,10 @@ def demo_command(
     OUT/verify-fp32         verify.json, junit.xml and report.html for the fp32 file
     OUT/verify-int8         the same for the int8 file
 
-    Exit code 1 when a verification gate fails (the reports say which and why).
+    Exit code 1 when a verification gate fails (the reports say which and why), 3 when one could
+    not decide within --images.
     """
-    from harden.cli import Failed
+    from harden.cli import Failed, Inconclusive
     from harden.cli.export import export_command
     from harden.cli.train import train_command
     from harden.cli.verify import verify_command
@@ -64,9 +67,10 @@ def demo_command(
     run_dir, export_dir = out / "run", out / "export"
     attack_options: dict[str, object] = {}
     if quick:
-        epochs, image_size, images = 2, (64, 64), 2
+        epochs, image_size, images = 2, (64, 64), 8
         attack_options = {"eps_values": (8 / 255,), "iters": 2, "queries": 10, "divergence_steps": 2, "eot": 2,
                           "draws": 2}  # fmt: skip
+    batch = 2 if quick else min(8, images)
     size = f"{image_size[0]}x{image_size[1]}"
     flags = " --eps 8/255 --iters 2 --queries 10 --divergence-steps 2 --eot 2 --draws 2" if quick else ""
     start = time.perf_counter()
@@ -78,15 +82,18 @@ def demo_command(
     _step(2, f"harden export {run_dir} --out {export_dir} --precision int8")
     ctx.invoke(export_command, run_dir=run_dir, out=export_dir, precision="int8")
 
-    failed = []
+    failed, undecided = [], []
     for number, precision in enumerate(("fp32", "int8"), start=3):
         report = out / f"verify-{precision}"
         _step(number, f"harden verify {export_dir} --artefact model.{precision}.onnx --twin graph --twin {run_dir} "
-                      f"--images {images}{flags} --out {report}")  # fmt: skip
+                      f"--images auto --max-images {images} --batch-size {batch}{flags} --out {report}")  # fmt: skip
         try:
             ctx.invoke(verify_command, deployed=export_dir, artefact=f"model.{precision}.onnx",
-                       twin_specs=("graph", str(run_dir)), images=images, out=report, progress=progress,
-                       **attack_options)  # fmt: skip
+                       twin_specs=("graph", str(run_dir)), images=None, max_images=images, batch_size=batch,
+                       out=report, progress=progress, **attack_options)  # fmt: skip
+        except Inconclusive as err:
+            click.echo(str(err.message), err=True)
+            undecided.append(precision)
         except Failed as err:
             click.echo(str(err.message), err=True)
             failed.append(precision)
@@ -96,6 +103,9 @@ def demo_command(
                f"and {out / 'verify-int8' / 'report.html'}")  # fmt: skip
     if failed:
         raise Failed(f"verification failed for {', '.join(failed)} (see the reports)")
+    if undecided:
+        raise Inconclusive(f"verification inconclusive for {', '.join(undecided)} within {images} images (see the "
+                           "reports)")  # fmt: skip
 
 
 def _step(number: int, command: str) -> None:

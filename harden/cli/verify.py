@@ -9,6 +9,7 @@ import click
 
 from harden.cli._options import (
     EPS_LIST,
+    IMAGES,
     NAMES,
     RGB,
     SIZE,
@@ -24,7 +25,8 @@ from harden.data_spec import MAX_ITERS, MAX_QUERIES
 
 VERIFY_HELP = """Does the robustness survive deployment? Verify DEPLOYED (a `harden export` directory, a file
 in one, or any segmentation model's ONNX file) against its twins, and exit 0 (all gates pass),
-1 (a gate failed) or 2 (bad input).
+1 (a gate failed), 3 (inconclusive: no gate failed, but one could not decide at the stated
+confidence — the release does not pass) or 2 (bad input).
 
 In an export directory every file is hash-checked against the export manifest first. Then, on the verification
 images: parity of engine and twins on clean images; white-box attacks crafted on each twin
@@ -51,6 +53,14 @@ point (unless --gate clean_agreement=… is given): a file worse than its own ex
 Fail closed: a failed audit, a failed sanity check, or no images fails. A sanity check whose
 premise the attack list leaves out (iterative>single needs fgsm) is n/a and says why.
 
+Every gate on a figure measured on the images decides from its confidence interval
+(--confidence, default 0.95; clustered Wilson for agreements, a paired bootstrap over images
+for mIoU figures and survival ratios): pass when the interval clears the gate, fail when it
+misses it, inconclusive when it straddles it, with about how many more images would decide.
+--images auto verifies in batches (looks at 1, 2, 4, … batches, up to --max-images) until
+every gate is decided; each look uses a stricter level so the whole sequence keeps the stated
+error rate.
+
 Writes OUT/verify.json, OUT/junit.xml (one test case per gate) and OUT/report.html.
 The state is saved after every batch, so an interrupted run continues with --resume.
 
@@ -60,6 +70,7 @@ the batches, rank 0 merges them (the result equals a one-process run) and writes
 \b
 Examples:
   harden verify exports/seg --twin graph --twin runs/seg
+  harden verify exports/seg --twin graph --twin runs/seg --images auto --max-images 64
   harden verify exports/seg/model.int8.onnx --attack pgd,apgd-ce --eps 2/255,4/255 --gate survival=0.9
   torchrun --nproc-per-node 4 -m harden verify exports/seg --twin runs/seg --images 500
   harden verify segformer.int8.onnx --reference segformer.onnx --mean 0.485,0.456,0.406 \\
@@ -98,7 +109,23 @@ Examples:
               "exported precision's ONNX]")  # fmt: skip
 @data_option(default=None)
 @click.option("--split", default="val", show_default=True)
-@click.option("--images", type=click.IntRange(min=1), default=8, show_default=True, help="Verification images.")
+@click.option(
+    "--images",
+    type=IMAGES,
+    default="8",
+    show_default=True,
+    help="Verification images, or 'auto': as many as the gates need to decide, up to --max-images.",
+)
+@click.option(
+    "--max-images", type=click.IntRange(min=1), default=64, show_default=True, help="The budget of --images auto."
+)
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 1, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Confidence of every gate's interval (two-sided).",
+)
 @click.option("--image-size", type=SIZE, default=None, help="Synthetic image size. [default: the run's]")
 @click.option("--attack", "attack_names", type=NAMES, default="fgsm,pgd", show_default=True,
               help="White-box attacks crafted on every twin; Square and noise always run on the engine.")  # fmt: skip
@@ -127,18 +154,25 @@ Examples:
 def verify_command(
     deployed: Path, twin_specs: tuple[str, ...], reference: Path | None, input_name: str | None,
     output_name: str | None, pixel_range: str, mean: tuple[float, float, float] | None,
-    std: tuple[float, float, float] | None, artefact: str | None, data: str | None, split: str, images: int,
-    image_size: tuple[int, int] | None, attack_names: tuple[str, ...], eps_values: tuple[float, ...],
-    iters: int | None, queries: int, divergence_steps: int, eot: int | None, draws: int | None, seed: int,
-    batch_size: int, gate_file: Path | None, gate_pairs: tuple[str, ...], out: Path | None, device: str,
-    resume: bool, progress: bool,
+    std: tuple[float, float, float] | None, artefact: str | None, data: str | None, split: str, images: int | None,
+    max_images: int, confidence: float, image_size: tuple[int, int] | None, attack_names: tuple[str, ...],
+    eps_values: tuple[float, ...], iters: int | None, queries: int, divergence_steps: int, eot: int | None,
+    draws: int | None, seed: int, batch_size: int, gate_file: Path | None, gate_pairs: tuple[str, ...],
+    out: Path | None, device: str, resume: bool, progress: bool,
 ) -> None:  # fmt: skip
-    """Parse → `verify_release` (runtime/verification.py) → print the gates; exit 1 if one failed."""
-    from harden.cli import Failed
+    """Parse → `verify_release` (runtime/verification.py) → print the gates; exit 1 if one failed, 3 if
+    one could not decide."""
+    from harden.cli import Failed, Inconclusive
     from harden.cli.attack import check_attack_names
     from harden.devices import local_rank_from_environment, resolve_device
     from harden.runtime.twins import InterfaceOptions, load_twins, open_deployment
-    from harden.runtime.verification import gate_overrides, release_gates, verification_data, verify_release
+    from harden.runtime.verification import (
+        Confidence,
+        gate_overrides,
+        release_gates,
+        verification_data,
+        verify_release,
+    )
     from harden.runtime.verify import VerifyOptions
 
     options = VerifyOptions(
@@ -150,15 +184,17 @@ def verify_command(
     deployment = open_deployment(deployed, artefact, interface=interface, reference=reference)
     gates = release_gates(deployment, overrides)
     twins = load_twins(list(twin_specs), deployment)
-    dataset = verification_data(deployment, list(twin_specs), data=data, split=split, images=images,
+    level = Confidence(confidence) if images is not None else Confidence.auto(confidence, batch_size, max_images)
+    dataset = verification_data(deployment, list(twin_specs), data=data, split=split, images=images or max_images,
                                    image_size=image_size, seed=seed)  # fmt: skip
     verdict = verify_release(
         deployment, twins, dataset, options, gates, out or deployment.root / "verify",
         device=resolve_device(device, local_rank=local_rank_from_environment()), resume=resume,
-        progress=progress and sys.stderr.isatty(), command=command_line(), log=click.echo,
+        progress=progress and sys.stderr.isatty(), command=command_line(), log=click.echo, confidence=level,
     )  # fmt: skip
+    shown = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for gate in verdict.gates:
-        click.echo(f"  [{'pass' if gate.passed else 'FAIL'}] {gate.name:<32} {gate.detail}")
+        click.echo(f"  [{shown[gate.outcome]}] {gate.name:<32} {gate.detail}")
     for line in verdict.not_judged:
         click.echo(f"  [not judged] {line}")
     if verdict.written:
@@ -168,7 +204,13 @@ def verify_command(
             "verification FAILED: engine-arithmetic — the file is faithful to the model, but this engine on this "
             "hardware computes something else (cause and remedy in the engine-arithmetic gate above and in the report)"
         )
+    if verdict.outcome == "inconclusive":
+        raise Inconclusive(
+            f"verification INCONCLUSIVE on {verdict.images} images at {confidence:.0%} confidence: "
+            f"{', '.join(verdict.failed)} could not decide — the release does not pass; verify more images "
+            "(--images N, or --images auto)"
+        )
     if verdict.failed:
         raise Failed(f"verification FAILED: {', '.join(verdict.failed)}")
     if verdict.gates:
-        click.echo("verification PASSED")
+        click.echo(f"verification PASSED on {verdict.images} images at {confidence:.0%} confidence")

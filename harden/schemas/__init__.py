@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 REPORT_SCHEMAS = {
-    "harden-verify-report-v1": "verify.schema.json",
+    "harden-verify-report-v2": "verify.schema.json",
     "harden-attack-report-v1": "attack.schema.json",
     "harden-patch-attack-report-v1": "patch-attack.schema.json",
     "harden-eval-report-v1": "eval.schema.json",
