@@ -24,10 +24,12 @@ from torch import nn
 
 from harden.errors import InputError
 from harden.export.manifest import load_onnx
-from harden.ram import RadSeeds
+from harden.ram import RadSeeds, fixed_rad_seed
 from harden.runtime import torch_ops_nn, torch_ops_ort  # noqa: F401  (register their ops in OPS)
 from harden.runtime.interface import ModelInterface, find_interface
 from harden.runtime.torch_ops import OPS
+
+AUDIT_RAD_SEED = 10_000  # the first evaluation draw's seed (harden.attacks.evaluate.DRAW_SEED)
 
 Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]
 
@@ -113,10 +115,12 @@ class GraphTwin(nn.Module):
         return self.interface.postprocess(logits, (images.shape[-2], images.shape[-1])).float()
 
     def run_observed(self, images: torch.Tensor, observer: Observer) -> None:
-        """One forward pass without gradients with `observer` watching every node (the audits)."""
+        """One forward pass without gradients with `observer` watching every node (the audits), on
+        one fixed RAD draw: an audit's figure must not depend on the global random state (a
+        saturation rate near its limit passed or failed with whichever draw came up)."""
         self.observers.append(observer)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), fixed_rad_seed(self, AUDIT_RAD_SEED):
                 self(images)
         finally:
             self.observers.remove(observer)
