@@ -6,6 +6,7 @@ fixed `--images N`, and `--images auto --max-images M`. Prints, per seed and mod
 the images the verdict used, the gates that did not pass, and the wall time.
 
     python bench/verdict_stability.py --demo runs/demo --seeds 5
+    python bench/verdict_stability.py --demo runs/demo --seeds 5 --quick   # the quick demo's attack settings
     python bench/verdict_stability.py --seeds 5            # makes a quick demo first (≈1 min)
 """
 
@@ -42,10 +43,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="fixed mode: images per verdict")
     parser.add_argument("--max-images", type=int, default=8, help="auto mode: the budget")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the quick demo's attack settings (made here: always)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         demo = args.demo
-        quick = demo is None
+        quick = demo is None or args.quick
         if demo is None:
             demo = Path(tmp) / "demo"
             subprocess.run([sys.executable, "-m", "harden", "demo", "--quick", "--out", str(demo), "--no-progress"],
