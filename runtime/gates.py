@@ -43,7 +43,7 @@ import numpy as np
 
 from harden.attacks.checks import Check
 from harden.attacks.threat import format_eps
-from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
+from harden.attacks.worst_case import ImageCounts, WorstCase
 from harden.errors import InputError
 from harden.export.tolerances import ADVERSARIAL_AGREEMENT, TOLERANCES
 from harden.runtime.confidence import (
@@ -109,11 +109,12 @@ class Gates:
             return self
         return replace(self, export_agreement=recorded_agreement)
 
-    def source_agreement(self) -> float:
-        """The clean-agreement threshold for the source twin."""
+    def source_agreement(self, shift: float = 0.0) -> float:
+        """The clean-agreement threshold for the source twin; `shift` widens the margin by how far
+        this machine's engine computes the file differently (`arithmetic_shift`)."""
         if self.export_agreement is None:
             return self.clean_agreement
-        return max(self.clean_agreement, self.export_agreement - EXPORT_PARITY_MARGIN)
+        return max(self.clean_agreement, self.export_agreement - EXPORT_PARITY_MARGIN - shift)
 
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
@@ -292,9 +293,8 @@ def clean_parity_gates(
     this machine's kernels and the file as written that the engine-arithmetic audit measured (the
     export recorded its parity with the file as written, which every machine computes alike)."""
     threshold, why = gates.clean_agreement, ""
-    derived = gates.source_agreement() - shift
-    if twin == "source" and derived > gates.clean_agreement:
-        threshold = derived
+    if twin == "source" and gates.source_agreement(shift) > gates.clean_agreement:
+        threshold = gates.source_agreement(shift)
         why = f"; the export's recorded {gates.export_agreement:.2%} − {EXPORT_PARITY_MARGIN:.0%}"
         why += f" − {shift:.2%} this engine's arithmetic" if shift > 0 else ""
     agreement = _estimated(
@@ -362,7 +362,7 @@ def evaluate_gates(
         for twin in result.twins:
             twin_candidates = result.twin_candidates_at(twin, eps)
             name = f"survival[{twin}]@{format_eps(eps)}"
-            twin_worst = worst_case(twin_candidates) if twin_candidates else None
+            twin_worst = result.twin_worst_at(twin, eps)
             if twin_worst is None or not twin_worst.miou > 0:
                 out.append(GateResult.exact(name, False, f"{twin} twin has no worst-case mIoU above 0 at this ε: "
                                             "nothing to compare the engine's survival with (fail closed)"))  # fmt: skip

@@ -134,17 +134,13 @@ def _scores(worst: WorstCase | None) -> dict[str, float] | None:
     return None if worst is None else {"miou": worst.miou, "pixel_accuracy": worst.pixel_accuracy}
 
 
-def _candidates(result: VerifyResult, eps: float) -> list[ImageCounts]:
-    return [c for r in result.engine.runs if r.eps == eps for c in r.candidates.values()]
-
-
 def _per_image_accuracy(result: VerifyResult, eps: float) -> np.ndarray:
-    return np.stack([c.accuracy_per_image() for c in _candidates(result, eps)]).min(0)
+    return np.stack([c.accuracy_per_image() for c in result.engine_candidates_at(eps)]).min(0)
 
 
 def _class_iou(result: VerifyResult, eps: float, worst: WorstCase) -> list[float | None]:
     """Per-class IoU of the engine under the worst-case mIoU assignment `worst` at ε."""
-    candidates, choice = _candidates(result, eps), worst.miou_choice
+    candidates, choice = result.engine_candidates_at(eps), worst.miou_choice
     rows = np.arange(len(choice))
     tp, fp, fn = (np.stack([getattr(c, k) for c in candidates])[choice, rows].sum(0) for k in ("tp", "fp", "fn"))
     return _iou(tp, fp, fn)

@@ -138,7 +138,8 @@ class VerifyResult:
         return worst_case(self.engine_candidates_at(eps))
 
     def twin_worst_at(self, twin: str, eps: float) -> WorstCase | None:
-        return self.twin_evaluations[twin].worst_at(eps, ("white-box",))
+        candidates = self.twin_candidates_at(twin, eps)
+        return worst_case(candidates) if candidates else None
 
 
 def verify(

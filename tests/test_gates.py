@@ -52,3 +52,16 @@ def test_the_recorded_parity_never_loosens_a_gate_nor_applies_to_the_graph_twin(
 def test_the_derived_threshold_cannot_be_set_as_a_gate() -> None:
     with pytest.raises(InputError, match="unknown gate export_agreement"):
         Gates.for_precision("int8").with_values({"export_agreement": 0.5})
+
+
+def test_the_engines_own_arithmetic_widens_the_derived_margin() -> None:
+    """The export recorded its parity with the file as written; an engine that computes the file
+    differently on this CPU (the engine-arithmetic audit's disagreement) moves agreement by up to
+    that much, so the derived gate allows for it — and never drops below the precision's floor."""
+    gates = Gates.for_precision("int8").derived_from_export(0.995)
+    assert not _gate(clean_parity_gates("source", [_parity(0.97)], gates), "clean-agreement[source]").passed
+    widened = clean_parity_gates("source", [_parity(0.97)], gates, shift=0.02)
+    gate = _gate(widened, "clean-agreement[source]")
+    assert gate.passed and gate.threshold == pytest.approx(0.995 - EXPORT_PARITY_MARGIN - 0.02)
+    assert "2.00% this engine's arithmetic" in gate.detail
+    assert gates.source_agreement(shift=0.5) == gates.clean_agreement
