@@ -7,9 +7,13 @@
 - gates decide from intervals: pass, fail, inconclusive, and --images auto until decided."""
 
 import json
+import shutil
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,14 +23,18 @@ from harden.attacks.evaluate import AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts
 from harden.cli import cli
 from harden.data import open_dataset
+from harden.export.manifest import MANIFEST_FILE, file_entry
 from harden.runtime.confidence import agreement_interval, decide, images_to_decide
 from harden.runtime.engines import Engine, OnnxRuntimeEngine
 from harden.runtime.gates import Gates, evaluate_gates, verdict_of
 from harden.runtime.graph_twin import GraphTwin
+from harden.runtime.structure import rewritten
 from harden.runtime.twins import load_twins, open_deployment
 from harden.runtime.verify import VerifyOptions, verify
 from harden.runtime.verify_checks import transfer_beats_query
 
+FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
+        "--eps", "8/255", "--attack", "pgd", "--no-progress"]  # fmt: skip
 OPTIONS = VerifyOptions(attacks=("fgsm", "pgd"), eps_values=(8 / 255,), steps=2, eot=2, draws=2, queries=5,
                         divergence_steps=2, batch_size=2)  # fmt: skip
 
@@ -193,3 +201,64 @@ def test_an_undecided_gate_is_inconclusive_and_exits_3(fp32_export, ram_run, tmp
     assert gate["outcome"] == "inconclusive" and gate["interval"]["high"] == 1.0
     assert "INCONCLUSIVE" in result.output and 'type="GateInconclusive"' in (out / "junit.xml").read_text()
     assert "INCONCLUSIVE: no gate failed" in (out / "report.html").read_text()
+
+
+def _resign(export, tmp_path, name, model):
+    """A copy of `export` whose fp32 file is `model`, re-hashed in the manifest: what a pipeline
+    that rewrote the file and signed it again produces."""
+    out = tmp_path / name
+    shutil.copytree(export, out)
+    path = out / "model.fp32.onnx"
+    onnx.save(model, str(path))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["onnx"] = [file_entry(path, out, precision=e["precision"]) if e["path"] == path.name else e
+                        for e in manifest["onnx"]]  # fmt: skip
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return out
+
+
+def _with_trigger(model):
+    """A trigger path onto the logits: mean of the red channel > 2 (never on [0, 1] images, so no
+    attack or parity check meets it) replaces every logit by 0."""
+    graph = model.graph
+    logits = graph.output[0].name
+    producer = next(n for n in graph.node if logits in n.output)
+    producer.output[list(producer.output).index(logits)] = "logits_before_trigger"
+    image = graph.input[0].name
+    constants = {"trig_starts": [0], "trig_ends": [1], "trig_axes": [1]}
+    for name, value in constants.items():
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(2.0, dtype=np.float32), "trig_level"))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.0, dtype=np.float32), "trig_fill"))
+    graph.node.extend([
+        onnx.helper.make_node("Slice", [image, "trig_starts", "trig_ends", "trig_axes"], ["red"], name="trigger_slice"),
+        onnx.helper.make_node("ReduceMean", ["red"], ["red_mean"], name="trigger_mean", keepdims=0),
+        onnx.helper.make_node("Greater", ["red_mean", "trig_level"], ["armed"], name="trigger_compare"),
+        onnx.helper.make_node("Where", ["armed", "trig_fill", "logits_before_trigger"], [logits], name="trigger_where"),
+    ])  # fmt: skip
+    return model
+
+
+def test_a_resigned_trigger_path_fails_by_name_and_an_ort_resave_passes(ram_run, fp32_export, tmp_path):
+    model = onnx.load(str(fp32_export / "model.fp32.onnx"))
+    triggered = _resign(fp32_export, tmp_path, "trigger", _with_trigger(model))
+    onnx.checker.check_model(onnx.load(str(triggered / "model.fp32.onnx")))
+    out = tmp_path / "r-trigger"
+    result = CliRunner().invoke(cli, ["verify", str(triggered), "--twin", str(ram_run), "--out", str(out), *FAST])
+    assert result.exit_code == 1, result.output
+    audit = next(a for a in json.loads((out / "verify.json").read_text())["audits"] if a["name"] == "graph-structure")
+    assert audit["status"] == "fail" and "4 nodes not in a fresh export" in audit["detail"]
+    assert "Slice 'trigger_slice'" in audit["detail"]  # the root of the change, by name
+    # the gates alone would not have seen it: clean parity and the attacks never arm the trigger
+    gates = {g["name"]: g["outcome"] for g in json.loads((out / "verify.json").read_text())["gates"]}
+    assert gates["clean-agreement[source]"] == "pass" and gates["deployment-audits"] == "fail"
+
+    with tempfile.TemporaryDirectory() as scratch:
+        resaved = rewritten(fp32_export / "model.fp32.onnx", "basic", Path(scratch))
+    assert sum(n.domain == "harden" for n in resaved.graph.node) == 0  # ORT inlined the MAS/RAD functions
+    faithful = _resign(fp32_export, tmp_path, "resaved", resaved)
+    out = tmp_path / "r-resaved"
+    result = CliRunner().invoke(cli, ["verify", str(faithful), "--twin", str(ram_run), "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    audits = {a["name"]: a for a in json.loads((out / "verify.json").read_text())["audits"]}
+    assert audits["graph-structure"]["status"] == "pass" and "basic optimiser" in audits["graph-structure"]["detail"]
