@@ -8,9 +8,10 @@ the recorded options and compares the two graphs node by node:
 
 - Each value gets a structural signature: a graph input its position; a constant its dtype and
   shape (and its values when it is a small integer tensor or a `Constant` node — shapes, axes,
-  thresholds — but never weights, which the weights audit compares, nor the Q/DQ scales, which
-  the int8-provenance audit re-derives); a node's output the hash of its domain, op type,
-  attributes and its inputs' signatures. Node and tensor names are ignored.
+  thresholds — but never weights, which the weights audit compares, nor a Q/DQ node's inputs —
+  quantised weights, scales, zero points —, which the int8-provenance audit re-derives); a
+  node's output the hash of its domain, op type, attributes and its inputs' signatures. Node and
+  tensor names are ignored.
 - A node added, removed or rewired changes the multiset of signatures; the audit names the first
   deployed nodes that the fresh export does not have (those whose inputs it does have: the roots
   of the change) and the fresh export's nodes that are missing.
@@ -68,14 +69,16 @@ class Structure:
 def structure(model: onnx.ModelProto) -> Structure:
     """The structural signatures of `model`'s main graph (see the module docstring)."""
     graph = model.graph
-    qdq_parameters = {name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-                      for name in node.input[1:]}  # fmt: skip
+    # quantised weights and biases, scales and zero points follow the calibration ranges: compared
+    # by shape only (int8-provenance re-derives their values)
+    quantisation = {name for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    for name in node.input}  # fmt: skip
     initializers = {t.name for t in graph.initializer}
     signature: dict[str, str] = {"": "none"}
     for position, value in enumerate(v for v in graph.input if v.name not in initializers):
         signature[value.name] = f"input:{position}"
     for tensor in graph.initializer:
-        signature[tensor.name] = _constant(tensor, by_value=tensor.name not in qdq_parameters)
+        signature[tensor.name] = _constant(tensor, by_value=tensor.name not in quantisation)
     nodes = []
     for node in graph.node:
         inputs = [signature.get(name, f"unknown:{name}") for name in node.input]

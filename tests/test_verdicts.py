@@ -262,3 +262,29 @@ def test_a_resigned_trigger_path_fails_by_name_and_an_ort_resave_passes(ram_run,
     assert result.exit_code == 0, result.output
     audits = {a["name"]: a for a in json.loads((out / "verify.json").read_text())["audits"]}
     assert audits["graph-structure"]["status"] == "pass" and "basic optimiser" in audits["graph-structure"]["detail"]
+
+
+def _tiny(nodes, initializers=()):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph(nodes, "g", [x], [y], list(initializers))
+    return onnx.helper.make_model(graph)
+
+
+def test_structure_sees_rewiring_and_removal_and_ignores_names():
+    from harden.runtime.structure import compare, structure
+
+    w = onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "w")
+    base = _tiny([onnx.helper.make_node("Relu", ["x"], ["r"], name="a"),
+                  onnx.helper.make_node("Add", ["r", "w"], ["y"], name="b")], [w])  # fmt: skip
+    renamed = _tiny([onnx.helper.make_node("Relu", ["x"], ["t"], name="other"),
+                     onnx.helper.make_node("Add", ["t", "w"], ["y"], name="names")], [w])  # fmt: skip
+    assert compare(structure(renamed), structure(base)).size == 0
+    bypassed = _tiny([onnx.helper.make_node("Relu", ["x"], ["r"], name="a"),
+                      onnx.helper.make_node("Add", ["x", "w"], ["y"], name="b")], [w])  # fmt: skip
+    difference = compare(structure(bypassed), structure(base))
+    assert ("Add", "b") in difference.added and ("Add", "b") in difference.roots  # the Add now reads x, not r
+    removed = _tiny([onnx.helper.make_node("Add", ["x", "w"], ["y"], name="b")], [w])
+    assert ("Relu", "a") in compare(structure(removed), structure(base)).removed
+    other_weights = onnx.numpy_helper.from_array(np.full((1, 4), 3, np.float32), "w")
+    assert compare(structure(_tiny(list(base.graph.node), [other_weights])), structure(base)).size == 0
