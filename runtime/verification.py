@@ -139,6 +139,8 @@ def verify_release(
     The state is saved after every batch to OUT/verify.state (per rank under torchrun) and
     removed once the reports are written; `resume` continues from it.
     """
+    if confidence is not None and confidence.looks and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("--images auto decides after each look in one process: run it without torchrun")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock
     with exclusive(out, "verification") if main_process else nullcontext():
         if device.type == "cuda":
@@ -186,7 +188,7 @@ def _verify_and_judge(
                                 confidence=confidence.record(result.images))  # fmt: skip
         verdict = Verdict([g.name for g in results if not g.passed], results, result.not_judged, written,
                           verdict_of(results), result.images)  # fmt: skip
-    verdict.failed = distributed.broadcast(verdict.failed)
+    verdict.failed, verdict.outcome = distributed.broadcast((verdict.failed, verdict.outcome))
     state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
     return verdict
 
