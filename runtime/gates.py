@@ -207,7 +207,8 @@ def _estimated(
         detail += f", worst of {len(intervals)} RAD draws"
     if outcome == "inconclusive":
         detail += (
-            f" — INCONCLUSIVE: the interval straddles the gate; about {more} more images would decide"
+            f" — INCONCLUSIVE: the interval straddles the gate; about {more} more image{'s' if more != 1 else ''} "
+            "would decide"
             if more is not None
             else " — INCONCLUSIVE: the interval straddles the gate and the estimate sits on it; more images "
             "will not decide, a different threshold or a better deployment would"

@@ -306,8 +306,8 @@ def verdict_meaning(summary: dict[str, Any]) -> str:
                 "preserve the robustness of its reference, or could not be verified.")  # fmt: skip
     if summary["verdict"] == "inconclusive":
         more = [g["more_images"] for g in gates if g["outcome"] == "inconclusive"]
-        hint = (f" About {max(m for m in more if m is not None)} more images would decide."
-                if more and None not in more else "")  # fmt: skip
+        most = max((m for m in more if m is not None), default=0)
+        hint = f" About {most} more image{'s' if most != 1 else ''} would decide." if more and None not in more else ""
         return (f"INCONCLUSIVE: no gate failed, but {undecided} of {len(gates)} could not decide at "
                 f"{summary['confidence']['level']:.0%} confidence (listed first below); the release does not "
                 f"pass.{hint} Run with more --images, or --images auto.")  # fmt: skip
