@@ -24,10 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from harden.ram import ops as _ops  # noqa: F401  (registers torch.ops.harden.*)
-
-Value = torch.Tensor | None
-Attributes = dict[str, Any]
-Op = Callable[[list[Value], Attributes], Sequence[torch.Tensor] | torch.Tensor]
+from harden.runtime.op_table import OPS, Attributes, Op, Value, _ints, _t, op, optional, register  # noqa: F401
 
 # onnx.TensorProto data types → torch dtypes
 DTYPES: dict[int, torch.dtype] = {
@@ -43,27 +40,6 @@ DTYPES: dict[int, torch.dtype] = {
     16: torch.bfloat16,
 }
 QUANT_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
-
-OPS: dict[tuple[str, str], Op] = {}
-
-
-def op(*names: str, domain: str = "") -> Callable[[Op], Op]:
-    def register(fn: Op) -> Op:
-        for name in names:
-            OPS[(domain, name)] = fn
-        return fn
-
-    return register
-
-
-def _t(value: Value) -> torch.Tensor:
-    assert value is not None, "a required input is missing"
-    return value
-
-
-def _ints(value: Value) -> list[int]:
-    return [int(v) for v in _t(value).flatten().tolist()]
-
 
 # -- elementwise --------------------------------------------------------------------------------
 
@@ -129,7 +105,8 @@ def _binary(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
     return lambda x, a: fn(_t(x[0]), _t(x[1]))
 
 
-OPS.update({("", name): _unary(fn) for name, fn in UNARY.items()})
+for _name, _fn in UNARY.items():
+    register("", _name, _unary(_fn))
 
 COMPARE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Equal": torch.eq,
@@ -141,7 +118,8 @@ COMPARE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Or": torch.logical_or,
     "BitwiseAnd": torch.bitwise_and,
 }
-OPS.update({("", name): _binary(fn) for name, fn in COMPARE.items()})
+for _name, _cmp in COMPARE.items():
+    register("", _name, _binary(_cmp))
 
 
 def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
@@ -154,7 +132,9 @@ def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Op:
     return run
 
 
-OPS[("", "Max")], OPS[("", "Min")], OPS[("", "Sum")] = _fold(torch.maximum), _fold(torch.minimum), _fold(torch.add)
+register("", "Max", _fold(torch.maximum))
+register("", "Min", _fold(torch.minimum))
+register("", "Sum", _fold(torch.add))
 
 
 @op("Where")
@@ -198,90 +178,6 @@ def _gemm(x: list[Value], a: Attributes) -> torch.Tensor:
     right = _t(x[1]).T if a.get("transB", 0) else _t(x[1])
     out = a.get("alpha", 1.0) * (left @ right)
     return out + a.get("beta", 1.0) * x[2] if len(x) > 2 and x[2] is not None else out
-
-
-def _spatial_padding(pads: list[int] | None, dims: int) -> tuple[list[int], list[int] | None]:
-    """ONNX pads [b1, b2, …, e1, e2, …] → (symmetric padding per dim, or F.pad list if uneven)."""
-    pads = pads or [0] * (2 * dims)
-    begin, end = pads[:dims], pads[dims:]
-    if begin == end:
-        return begin, None
-    explicit = []
-    for b, e in zip(reversed(begin), reversed(end), strict=True):
-        explicit += [b, e]
-    return [0] * dims, explicit
-
-
-def _check_auto_pad(a: Attributes, name: str) -> None:
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise NotImplementedError(f"{name} with auto_pad={a['auto_pad']}")
-
-
-@op("Conv")
-def _conv(x: list[Value], a: Attributes) -> torch.Tensor:
-    _check_auto_pad(a, "Conv")
-    data, weight = _t(x[0]), _t(x[1])
-    dims = data.dim() - 2
-    padding, explicit = _spatial_padding(a.get("pads"), dims)
-    if explicit is not None:
-        data = F.pad(data, explicit)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
-    return conv(
-        data,
-        weight,
-        x[2] if len(x) > 2 else None,
-        stride=a.get("strides", [1] * dims),
-        padding=padding,
-        dilation=a.get("dilations", [1] * dims),
-        groups=a.get("group", 1),
-    )
-
-
-@op("MaxPool")
-def _max_pool(x: list[Value], a: Attributes) -> torch.Tensor:
-    _check_auto_pad(a, "MaxPool")
-    data = _t(x[0])
-    dims = data.dim() - 2
-    padding, explicit = _spatial_padding(a.get("pads"), dims)
-    if explicit is not None:
-        data = F.pad(data, explicit, value=float("-inf"))
-    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
-    return pool(
-        data,
-        a["kernel_shape"],
-        stride=a.get("strides", [1] * dims),
-        padding=padding,
-        dilation=a.get("dilations", [1] * dims),
-        ceil_mode=bool(a.get("ceil_mode", 0)),
-    )
-
-
-@op("AveragePool")
-def _average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
-    _check_auto_pad(a, "AveragePool")
-    data = _t(x[0])
-    dims = data.dim() - 2
-    padding, explicit = _spatial_padding(a.get("pads"), dims)
-    include_pad = bool(a.get("count_include_pad", 0))
-    if explicit is not None:
-        if not include_pad:
-            raise NotImplementedError("AveragePool with uneven pads and count_include_pad=0")
-        data = F.pad(data, explicit)
-    pool: Callable[..., torch.Tensor] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
-    return pool(
-        data,
-        a["kernel_shape"],
-        stride=a.get("strides", a["kernel_shape"]),
-        padding=padding,
-        ceil_mode=bool(a.get("ceil_mode", 0)),
-        count_include_pad=include_pad,
-    )
-
-
-@op("GlobalAveragePool")
-def _global_average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
-    data = _t(x[0])
-    return data.mean(dim=tuple(range(2, data.dim())), keepdim=True)
 
 
 @op("LayerNormalization")
@@ -350,11 +246,11 @@ def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor]) -> Op:
     return run
 
 
-OPS[("", "ReduceMean")] = _reduce(lambda t, d, k: t.mean(dim=d, keepdim=k))
-OPS[("", "ReduceSum")] = _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k))
-OPS[("", "ReduceMax")] = _reduce(lambda t, d, k: t.amax(dim=d, keepdim=k))
-OPS[("", "ReduceMin")] = _reduce(lambda t, d, k: t.amin(dim=d, keepdim=k))
-OPS[("", "ReduceL2")] = _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k).sqrt())
+register("", "ReduceMean", _reduce(lambda t, d, k: t.mean(dim=d, keepdim=k)))
+register("", "ReduceSum", _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k)))
+register("", "ReduceMax", _reduce(lambda t, d, k: t.amax(dim=d, keepdim=k)))
+register("", "ReduceMin", _reduce(lambda t, d, k: t.amin(dim=d, keepdim=k)))
+register("", "ReduceL2", _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k).sqrt()))
 
 
 # -- shapes and indexing ------------------------------------------------------------------------
@@ -422,7 +318,7 @@ def _concat(x: list[Value], a: Attributes) -> torch.Tensor:
     return torch.cat([t.to(dtype) for t in tensors], dim=a["axis"])
 
 
-@op("Split")
+@op("Split", outputs=1 << 16)
 def _split(x: list[Value], a: Attributes) -> Sequence[torch.Tensor]:
     data, axis = _t(x[0]), a.get("axis", 0)
     if len(x) > 1 and x[1] is not None:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.torch_ops import OPS, Attributes, Op, Value, _check_auto_pad, _ints, _reduce, _t, op
+from harden.runtime.op_table import register
+from harden.runtime.torch_ops import Attributes, Op, Value, _ints, _reduce, _t, op
 
 # -- activations --------------------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ def _log_softmax(x: list[Value], a: Attributes) -> torch.Tensor:
     return torch.log_softmax(_t(x[0]), dim=a.get("axis", -1))
 
 
-@op("Dropout")
+@op("Dropout", outputs=2)
 def _dropout(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
     data = _t(x[0])  # inference: the identity (a training_mode input of true is not supported)
     if len(x) > 2 and x[2] is not None and bool(x[2]):
@@ -110,8 +111,9 @@ ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Acos": torch.acos,
     "Atan": torch.atan,
 }
-OPS.update({("", name): _elementwise(fn) for name, fn in ELEMENTWISE.items()})
-OPS[("", "Xor")] = lambda x, a: torch.logical_xor(_t(x[0]), _t(x[1]))
+for _name, _fn in ELEMENTWISE.items():
+    register("", _name, _elementwise(_fn))
+register("", "Xor", lambda x, a: torch.logical_xor(_t(x[0]), _t(x[1])))
 
 # -- normalisation ------------------------------------------------------------------------------
 
@@ -134,28 +136,6 @@ def _group_norm(x: list[Value], a: Attributes) -> torch.Tensor:
 
 
 # -- layers -------------------------------------------------------------------------------------
-
-
-@op("ConvTranspose")
-def _conv_transpose(x: list[Value], a: Attributes) -> torch.Tensor:
-    _check_auto_pad(a, "ConvTranspose")
-    data, weight = _t(x[0]), _t(x[1])
-    bias = x[2] if len(x) > 2 else None
-    dims = data.dim() - 2
-    strides, dilations = a.get("strides", [1] * dims), a.get("dilations", [1] * dims)
-    pads = a.get("pads", [0] * (2 * dims))
-    extra = a.get("output_padding", [0] * dims)
-    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
-    # ONNX pads may differ at the two ends; torch's are symmetric: transpose unpadded, then crop
-    full = conv(data, weight, bias, stride=strides, padding=0, output_padding=extra, groups=a.get("group", 1),
-                dilation=dilations)  # fmt: skip
-    index = [slice(None), slice(None)]
-    for d in range(dims):
-        index.append(slice(pads[d], full.shape[2 + d] - pads[dims + d]))
-    out = full[tuple(index)]
-    if "output_shape" in a and list(out.shape[2:]) != list(a["output_shape"])[-dims:]:
-        raise NotImplementedError(f"ConvTranspose with output_shape {a['output_shape']} (computed {out.shape[2:]})")
-    return out
 
 
 @op("Upsample")
@@ -207,10 +187,11 @@ def _arg(fn: str) -> object:
     return run
 
 
-OPS[("", "ArgMax")], OPS[("", "ArgMin")] = _arg("argmax"), _arg("argmin")  # type: ignore[assignment]
+register("", "ArgMax", _arg("argmax"))
+register("", "ArgMin", _arg("argmin"))
 
 
-@op("TopK")
+@op("TopK", outputs=2)
 def _top_k(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
     data, k = _t(x[0]), _ints(x[1])[0]
     values, indices = data.topk(k, dim=a.get("axis", -1), largest=bool(a.get("largest", 1)), sorted=True)
@@ -260,11 +241,11 @@ def _trilu(x: list[Value], a: Attributes) -> torch.Tensor:
 
 # -- reductions ---------------------------------------------------------------------------------
 
-OPS[("", "ReduceProd")] = _reduce(lambda t, d, k: _prod(t, d, k))
-OPS[("", "ReduceLogSumExp")] = _reduce(lambda t, d, k: t.logsumexp(dim=d, keepdim=k))
-OPS[("", "ReduceLogSum")] = _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k).log())
-OPS[("", "ReduceL1")] = _reduce(lambda t, d, k: t.abs().sum(dim=d, keepdim=k))
-OPS[("", "ReduceSumSquare")] = _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k))
+register("", "ReduceProd", _reduce(lambda t, d, k: _prod(t, d, k)))
+register("", "ReduceLogSumExp", _reduce(lambda t, d, k: t.logsumexp(dim=d, keepdim=k)))
+register("", "ReduceLogSum", _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k).log()))
+register("", "ReduceL1", _reduce(lambda t, d, k: t.abs().sum(dim=d, keepdim=k)))
+register("", "ReduceSumSquare", _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k)))
 
 
 def _prod(data: torch.Tensor, dims: list[int], keep: bool) -> torch.Tensor:

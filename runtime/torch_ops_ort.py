@@ -21,7 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.torch_ops import OPS, QUANT_RANGE, Attributes, Value, _conv, _round_ste, _t, op, per_axis
+from harden.runtime.op_table import latest, register
+from harden.runtime.torch_ops import QUANT_RANGE, Attributes, Value, _round_ste, _t, op, per_axis
+from harden.runtime.torch_ops_conv import _conv
 
 MS = "com.microsoft"
 
@@ -67,15 +69,15 @@ def _with_bias(x: list[Value]) -> torch.Tensor:
     return data + x[1] if len(x) > 1 and x[1] is not None else data
 
 
-OPS[(MS, "Gelu")] = lambda x, a: F.gelu(_t(x[0]))
-OPS[(MS, "BiasGelu")] = lambda x, a: F.gelu(_with_bias(x))
-OPS[(MS, "FastGelu")] = lambda x, a: F.gelu(_with_bias(x), approximate="tanh")
-OPS[(MS, "QuickGelu")] = lambda x, a: _t(x[0]) * torch.sigmoid(a.get("alpha", 1.702) * _t(x[0]))
-OPS[(MS, "BiasAdd")] = lambda x, a: _t(x[0]) + _t(x[1]) + _t(x[2])
-OPS[(MS, "LayerNormalization")] = OPS[("", "LayerNormalization")]
+register(MS, "Gelu", lambda x, a: F.gelu(_t(x[0])))
+register(MS, "BiasGelu", lambda x, a: F.gelu(_with_bias(x)))
+register(MS, "FastGelu", lambda x, a: F.gelu(_with_bias(x), approximate="tanh"))
+register(MS, "QuickGelu", lambda x, a: _t(x[0]) * torch.sigmoid(a.get("alpha", 1.702) * _t(x[0])))
+register(MS, "BiasAdd", lambda x, a: _t(x[0]) + _t(x[1]) + _t(x[2]))
+register(MS, "LayerNormalization", latest("", "LayerNormalization"))
 
 
-@op("SkipLayerNormalization", domain=MS)
+@op("SkipLayerNormalization", domain=MS, outputs=4)
 def _skip_layer_norm(x: list[Value], a: Attributes) -> tuple[torch.Tensor, ...]:
     data, skip, gamma = _t(x[0]), _t(x[1]), _t(x[2])
     beta = x[3] if len(x) > 3 else None
@@ -153,8 +155,8 @@ def _binary_q(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Calla
     return run
 
 
-OPS[(MS, "QLinearAdd")] = _binary_q(torch.add)
-OPS[(MS, "QLinearMul")] = _binary_q(torch.mul)
+register(MS, "QLinearAdd", _binary_q(torch.add))
+register(MS, "QLinearMul", _binary_q(torch.mul))
 
 
 def _unary_q(fn: Callable[[torch.Tensor, Attributes], torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -165,15 +167,19 @@ def _unary_q(fn: Callable[[torch.Tensor, Attributes], torch.Tensor]) -> Callable
     return run
 
 
-OPS[(MS, "QLinearLeakyRelu")] = _unary_q(lambda t, a: F.leaky_relu(t, a.get("alpha", 0.01)))
-OPS[(MS, "QLinearSigmoid")] = _unary_q(lambda t, a: torch.sigmoid(t))
-OPS[(MS, "QLinearSoftmax")] = _unary_q(lambda t, a: torch.softmax(t, dim=a.get("axis", -1)))
-OPS[(MS, "QLinearGlobalAveragePool")] = _unary_q(
-    lambda t, a: (
-        t.mean(dim=tuple(range(2, t.dim())), keepdim=True)
-        if not a.get("channels_last", 0)
-        else t.mean(dim=tuple(range(1, t.dim() - 1)), keepdim=True)
-    )
+register(MS, "QLinearLeakyRelu", _unary_q(lambda t, a: F.leaky_relu(t, a.get("alpha", 0.01))))
+register(MS, "QLinearSigmoid", _unary_q(lambda t, a: torch.sigmoid(t)))
+register(MS, "QLinearSoftmax", _unary_q(lambda t, a: torch.softmax(t, dim=a.get("axis", -1))))
+register(
+    MS,
+    "QLinearGlobalAveragePool",
+    _unary_q(
+        lambda t, a: (
+            t.mean(dim=tuple(range(2, t.dim())), keepdim=True)
+            if not a.get("channels_last", 0)
+            else t.mean(dim=tuple(range(1, t.dim() - 1)), keepdim=True)
+        )
+    ),
 )
 
 
@@ -181,7 +187,7 @@ OPS[(MS, "QLinearGlobalAveragePool")] = _unary_q(
 def _qlinear_average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
     if a.get("channels_last", 0):
         raise NotImplementedError("QLinearAveragePool with channels_last")
-    pooled = OPS[("", "AveragePool")]([dequantized(x[0], x[1], x[2]).float()], a)
+    pooled = latest("", "AveragePool")([dequantized(x[0], x[1], x[2]).float()], a)
     assert isinstance(pooled, torch.Tensor)
     return requantized(pooled, x[3], x[4])
 
@@ -196,7 +202,7 @@ def _qlinear_concat(x: list[Value], a: Attributes) -> torch.Tensor:
 # -- dynamic quantisation -----------------------------------------------------------------------
 
 
-@op("DynamicQuantizeLinear")
+@op("DynamicQuantizeLinear", outputs=3)
 def _dynamic_quantize(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     data = _t(x[0]).float()
     low = torch.clamp(data.detach().min(), max=0.0)
