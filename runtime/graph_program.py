@@ -27,6 +27,7 @@ from harden.runtime import (  # noqa: F401  (each registers its ops in the table
     torch_ops_more,
     torch_ops_nn,
     torch_ops_ort,
+    torch_ops_resize,
 )
 from harden.runtime.op_table import KNOWN_OPSETS, OPS, Attributes, Op, Value, resolve
 

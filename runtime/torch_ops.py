@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -195,39 +194,6 @@ def _layer_norm(x: list[Value], a: Attributes) -> torch.Tensor:
 def _batch_norm(x: list[Value], a: Attributes) -> torch.Tensor:
     data, scale, bias, mean, var = (_t(v) for v in x[:5])
     return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
-
-
-@op("Resize")
-def _resize(x: list[Value], a: Attributes) -> torch.Tensor:
-    data = _t(x[0])
-    mode = a.get("mode", "nearest")
-    transform = a.get("coordinate_transformation_mode", "half_pixel")
-    if a.get("antialias", 0) or a.get("keep_aspect_ratio_policy", "stretch") != "stretch" or len(a.get("axes", [])):
-        raise NotImplementedError("Resize with antialias, axes or a keep-aspect-ratio policy")
-    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
-    sizes = x[3] if len(x) > 3 and x[3] is not None and x[3].numel() else None
-    spatial = data.dim() - 2
-    if mode == "nearest":
-        if transform != "asymmetric" or a.get("nearest_mode", "round_prefer_floor") != "floor":
-            raise NotImplementedError(f"nearest Resize with {transform}/{a.get('nearest_mode')}")
-        kwargs: dict[str, Any] = {"mode": "nearest"}
-    elif mode in ("linear", "cubic"):
-        if transform not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-            raise NotImplementedError(f"{mode} Resize with coordinate_transformation_mode={transform}")
-        if mode == "cubic" and a.get("cubic_coeff_a", -0.75) != -0.75:
-            raise NotImplementedError("cubic Resize with cubic_coeff_a other than -0.75 (torch's)")
-        name = {("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear", ("cubic", 2): "bicubic"}
-        kwargs = {"mode": name[(mode, spatial)], "align_corners": transform == "align_corners"}
-    else:
-        raise NotImplementedError(f"Resize mode {mode}")
-    if sizes is not None:
-        # with sizes, ONNX's coordinate transform uses the scale out/in, as torch does given a size
-        return F.interpolate(data, size=_ints(sizes)[2:], **kwargs)
-    assert scales is not None, "Resize needs scales or sizes"
-    factors = [float(s) for s in scales.flatten().tolist()]
-    if factors[:2] != [1.0, 1.0]:
-        raise NotImplementedError("Resize of the batch or channel axis")
-    return F.interpolate(data, scale_factor=factors[2:], recompute_scale_factor=False, **kwargs)
 
 
 # -- reductions ---------------------------------------------------------------------------------

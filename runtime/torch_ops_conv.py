@@ -53,8 +53,14 @@ def torch_pad_list(pads: list[tuple[int, int]]) -> list[int]:
     return flat
 
 
-def ceil_extra(sizes: list[int], pads: list[tuple[int, int]], kernel: list[int], strides: list[int],
-               dilations: list[int], ceil: bool) -> list[int]:  # fmt: skip
+def ceil_extra(
+    sizes: list[int],
+    pads: list[tuple[int, int]],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    ceil: bool,
+) -> list[int]:
     """Padding to add at the end of each axis so that torch's floor-mode window count equals ONNX's
     (with ceil_mode, a last window may overhang the end but must start inside the input or its
     begin padding)."""
@@ -162,8 +168,17 @@ def _lp_pool(x: list[Value], a: Attributes) -> torch.Tensor:
     return _window_sum(kernel, strides, dilations)(F.pad(data.abs() ** p, full)) ** (1.0 / p)
 
 
-register("", "GlobalLpPool", lambda x, a: _t(x[0]).abs().pow(float(a.get("p", 2))).sum(
-    dim=tuple(range(2, _t(x[0]).dim())), keepdim=True).pow(1.0 / float(a.get("p", 2))))  # fmt: skip
+register(
+    "",
+    "GlobalLpPool",
+    lambda x, a: (
+        _t(x[0])
+        .abs()
+        .pow(float(a.get("p", 2)))
+        .sum(dim=tuple(range(2, _t(x[0]).dim())), keepdim=True)
+        .pow(1.0 / float(a.get("p", 2)))
+    ),
+)
 
 
 @op("ConvTranspose", refuse=_refuse_auto_pad)

@@ -138,17 +138,6 @@ def _group_norm(x: list[Value], a: Attributes) -> torch.Tensor:
 # -- layers -------------------------------------------------------------------------------------
 
 
-@op("Upsample")
-def _upsample(x: list[Value], a: Attributes) -> torch.Tensor:
-    data = _t(x[0])
-    scales = [float(s) for s in (_t(x[1]).tolist() if len(x) > 1 and x[1] is not None else a["scales"])]
-    if a.get("mode", "nearest") != "nearest":
-        raise NotImplementedError("Upsample with mode linear (asymmetric coordinates)")
-    if scales[:2] != [1.0, 1.0]:
-        raise NotImplementedError("Upsample of the batch or channel axis")
-    return F.interpolate(data, scale_factor=scales[2:], mode="nearest", recompute_scale_factor=False)
-
-
 @op("DepthToSpace")
 def _depth_to_space(x: list[Value], a: Attributes) -> torch.Tensor:
     data, size = _t(x[0]), int(a["blocksize"])
