@@ -29,7 +29,7 @@ from harden.runtime import (  # noqa: F401  (each registers its ops in the table
     torch_ops_ort,
     torch_ops_resize,
 )
-from harden.runtime.op_table import KNOWN_OPSETS, OPS, Attributes, Op, Value, resolve
+from harden.runtime.op_table import KNOWN_OPSETS, OPS, Attributes, NodeInputs, Op, Value, resolve
 
 Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]
 
@@ -217,7 +217,7 @@ def _compile(
     if named > impl.outputs:
         return f"output {named} ({node.output[named - 1]}) is not computed by the twin (it computes {impl.outputs})"
     if impl.refuse is not None:
-        reason = impl.refuse(attrs, constant_inputs)
+        reason = impl.refuse(attrs, NodeInputs(list(node.input), constant_inputs))
         if reason:
             return reason
     return Step(label, domain, node.op_type, impl.fn, list(node.input), list(node.output), attrs)

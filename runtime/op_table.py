@@ -23,9 +23,25 @@ import torch
 Value = torch.Tensor | None
 Attributes = dict[str, Any]
 Op = Callable[[list[Value], Attributes], Sequence[torch.Tensor] | torch.Tensor]
-# A load-time check: why this node cannot be computed (naming the attribute), or None if it can.
-# It sees the attributes and, where they are constants in the graph, the inputs (None otherwise).
-Refusal = Callable[[Attributes, list[Value]], str | None]
+
+
+@dataclass(frozen=True)
+class NodeInputs:
+    """What is known of a node's inputs when the graph is loaded: their names ("" for an omitted
+    optional input) and, for those that are constants of the graph, their values."""
+
+    names: list[str]
+    constants: list[Value]
+
+    def named(self, index: int) -> bool:
+        return len(self.names) > index and bool(self.names[index])
+
+    def constant(self, index: int) -> Value:
+        return self.constants[index] if len(self.constants) > index else None
+
+
+# A load-time check: why this node cannot be computed (naming the attribute or input), or None.
+Refusal = Callable[[Attributes, NodeInputs], str | None]
 
 KNOWN_OPSETS: dict[str, int] = {"": 28, "com.microsoft": 1, "harden": 1}
 

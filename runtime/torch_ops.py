@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from harden.ram import ops as _ops  # noqa: F401  (registers torch.ops.harden.*)
-from harden.runtime.op_table import OPS, Attributes, Op, Value, _ints, _t, op, optional, register  # noqa: F401
+from harden.runtime.op_table import OPS, Attributes, NodeInputs, Op, Value, _ints, _t, op, optional, register  # noqa: F401
 
 # onnx.TensorProto data types → torch dtypes
 DTYPES: dict[int, torch.dtype] = {
@@ -38,7 +38,12 @@ DTYPES: dict[int, torch.dtype] = {
     11: torch.float64,
     16: torch.bfloat16,
 }
-QUANT_RANGE = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+QUANT_RANGE = {
+    torch.int8: (-128, 127),
+    torch.uint8: (0, 255),
+    torch.int16: (-32768, 32767),
+    torch.int32: (-(2**31), 2**31 - 1),
+}
 
 # -- elementwise --------------------------------------------------------------------------------
 
@@ -141,16 +146,43 @@ def _where(x: list[Value], a: Attributes) -> torch.Tensor:
     return torch.where(_t(x[0]), _t(x[1]), _t(x[2]))
 
 
-@op("Clip")
+@op("Clip", since=11)
 def _clip(x: list[Value], a: Attributes) -> torch.Tensor:
-    low = x[1] if len(x) > 1 else None
-    high = x[2] if len(x) > 2 else None
+    low, high = optional(x, 1), optional(x, 2)
+    if low is None and high is None:
+        return _t(x[0])
     return torch.clamp(_t(x[0]), min=low, max=high)
 
 
-@op("Softmax")
-def _softmax(x: list[Value], a: Attributes) -> torch.Tensor:
-    return torch.softmax(_t(x[0]), dim=a.get("axis", -1))
+@op("Clip", until=10)
+def _clip_6(x: list[Value], a: Attributes) -> torch.Tensor:  # bounds were attributes before opset 11
+    return torch.clamp(_t(x[0]), min=a.get("min", -3.4028234663852886e38), max=a.get("max", 3.4028234663852886e38))
+
+
+def along_axis(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> tuple[Op, Op]:
+    """(opset 13+, opsets 1–12) forms of Softmax-like ops: from opset 13 along one axis; before,
+    on the input coerced to 2-D at `axis` (the axis and all after it form one row)."""
+
+    def per_axis(x: list[Value], a: Attributes) -> torch.Tensor:
+        return fn(_t(x[0]), a.get("axis", -1))
+
+    def coerced(x: list[Value], a: Attributes) -> torch.Tensor:
+        data = _t(x[0])
+        axis = a.get("axis", 1) % max(data.dim(), 1)
+        return fn(data.reshape(math.prod(data.shape[:axis]), -1), 1).reshape(data.shape)
+
+    return per_axis, coerced
+
+
+def _hardmax(data: torch.Tensor, axis: int) -> torch.Tensor:
+    first = data.argmax(dim=axis, keepdim=True)  # the first maximum, as ONNX
+    return torch.zeros_like(data).scatter(axis, first, 1.0)
+
+
+for _name, _fn in (("Softmax", torch.softmax), ("LogSoftmax", torch.log_softmax), ("Hardmax", _hardmax)):
+    _new, _old = along_axis(_fn)
+    register("", _name, _new, since=13)
+    register("", _name, _old, until=12)
 
 
 @op("Cast")
@@ -179,27 +211,47 @@ def _gemm(x: list[Value], a: Attributes) -> torch.Tensor:
     return out + a.get("beta", 1.0) * x[2] if len(x) > 2 and x[2] is not None else out
 
 
-@op("LayerNormalization")
-def _layer_norm(x: list[Value], a: Attributes) -> torch.Tensor:
+@op("LayerNormalization", since=17, outputs=3)
+def _layer_norm(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Output, and the optional Mean and InvStdDev over the normalised axes (in the compute type)."""
     data = _t(x[0])
     axis = a.get("axis", -1) % data.dim()
-    compute = torch.float32 if a.get("stash_type", 1) == 1 and data.dtype == torch.float16 else data.dtype
-    scale = _t(x[1]).to(compute)
-    bias = x[2].to(compute) if len(x) > 2 and x[2] is not None else None
-    out = F.layer_norm(data.to(compute), data.shape[axis:], scale, bias, a.get("epsilon", 1e-5))
-    return out.to(data.dtype)
+    compute = (
+        torch.float32 if a.get("stash_type", 1) == 1 and data.dtype in (torch.float16, torch.bfloat16) else data.dtype
+    )
+    dims = tuple(range(axis, data.dim()))
+    value = data.to(compute)
+    mean = value.mean(dim=dims, keepdim=True)
+    inv_std = torch.rsqrt(value.var(dim=dims, unbiased=False, keepdim=True) + a.get("epsilon", 1e-5))
+    out = (value - mean) * inv_std * _t(x[1]).to(compute)
+    bias = optional(x, 2)
+    if bias is not None:
+        out = out + bias.to(compute)
+    return out.to(data.dtype), mean, inv_std
 
 
-@op("BatchNormalization")
+def _refuse_training(a: Attributes, x: NodeInputs) -> str | None:
+    if a.get("training_mode", 0):
+        return "attribute training_mode=1 (batch statistics): the twin computes inference"
+    return None
+
+
+@op("BatchNormalization", refuse=_refuse_training)
 def _batch_norm(x: list[Value], a: Attributes) -> torch.Tensor:
     data, scale, bias, mean, var = (_t(v) for v in x[:5])
-    return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
+    if data.dim() == 2:
+        return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
+    shape = [1, -1] + [1] * (data.dim() - 2)
+    inv_std = torch.rsqrt(var.reshape(shape) + a.get("epsilon", 1e-5))
+    return (data - mean.reshape(shape)) * inv_std * scale.reshape(shape) + bias.reshape(shape)
 
 
 # -- reductions ---------------------------------------------------------------------------------
 
 
-def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor]) -> Op:
+def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor], empty: float = 0.0) -> Op:
+    """A Reduce* op; `empty` is its value over an empty set (ONNX: the reduction's identity)."""
+
     def run(x: list[Value], a: Attributes) -> torch.Tensor:
         data = _t(x[0])
         axes = _ints(x[1]) if len(x) > 1 and x[1] is not None else a.get("axes", [])
@@ -207,15 +259,28 @@ def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor]) -> Op:
             if a.get("noop_with_empty_axes", 0):
                 return data
             axes = list(range(data.dim()))
-        return fn(data, [ax % data.dim() for ax in axes], bool(a.get("keepdims", 1)))
+        dims, keep = [ax % data.dim() for ax in axes], bool(a.get("keepdims", 1))
+        if any(data.shape[d] == 0 for d in dims):
+            shape = [1 if d in dims else n for d, n in enumerate(data.shape) if keep or d not in dims]
+            return torch.full(shape, _identity(empty, data.dtype), dtype=data.dtype, device=data.device)
+        return fn(data, dims, keep)
 
     return run
 
 
-register("", "ReduceMean", _reduce(lambda t, d, k: t.mean(dim=d, keepdim=k)))
+def _identity(value: float, dtype: torch.dtype) -> float | int | bool:
+    if dtype == torch.bool:
+        return value > 0
+    if dtype.is_floating_point or math.isfinite(value):
+        return value
+    info = torch.iinfo(dtype)
+    return info.max if value > 0 else info.min
+
+
+register("", "ReduceMean", _reduce(lambda t, d, k: t.mean(dim=d, keepdim=k), math.nan))
 register("", "ReduceSum", _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k)))
-register("", "ReduceMax", _reduce(lambda t, d, k: t.amax(dim=d, keepdim=k)))
-register("", "ReduceMin", _reduce(lambda t, d, k: t.amin(dim=d, keepdim=k)))
+register("", "ReduceMax", _reduce(lambda t, d, k: t.amax(dim=d, keepdim=k), -math.inf))
+register("", "ReduceMin", _reduce(lambda t, d, k: t.amin(dim=d, keepdim=k), math.inf))
 register("", "ReduceL2", _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k).sqrt()))
 
 
@@ -327,9 +392,17 @@ def _gather(x: list[Value], a: Attributes) -> torch.Tensor:
 
 @op("GatherND")
 def _gather_nd(x: list[Value], a: Attributes) -> torch.Tensor:
-    if a.get("batch_dims", 0):
-        raise NotImplementedError("GatherND with batch_dims")
     data, indices = _t(x[0]), _t(x[1]).long()
+    batch = int(a.get("batch_dims", 0))
+    if batch:  # the leading batch_dims axes pair data and indices one to one
+        shape = data.shape[:batch]
+        flat_data, flat_indices = data.reshape(-1, *data.shape[batch:]), indices.reshape(-1, *indices.shape[batch:])
+        parts = [_gather_nd_plain(d, i) for d, i in zip(flat_data, flat_indices, strict=True)]
+        return torch.stack(parts).reshape(*shape, *parts[0].shape)
+    return _gather_nd_plain(data, indices)
+
+
+def _gather_nd_plain(data: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     depth = indices.shape[-1]
     coords = [torch.where(indices[..., i] < 0, indices[..., i] + data.shape[i], indices[..., i]) for i in range(depth)]
     return data[tuple(coords)]
@@ -346,21 +419,55 @@ def _tile(x: list[Value], a: Attributes) -> torch.Tensor:
     return _t(x[0]).repeat(_ints(x[1]))
 
 
-@op("Pad")
-def _pad(x: list[Value], a: Attributes) -> torch.Tensor:
-    data, pads = _t(x[0]), _ints(x[1])
-    value = float(x[2].item()) if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
-    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(data.dim()))
-    full = [0] * (2 * data.dim())
-    for i, axis in enumerate(axes):
-        full[axis % data.dim()], full[data.dim() + axis % data.dim()] = pads[i], pads[len(axes) + i]
-    explicit = []
-    for d in reversed(range(data.dim())):
-        explicit += [full[d], full[data.dim() + d]]
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
+def _refuse_pad(a: Attributes, x: NodeInputs) -> str | None:
     mode = a.get("mode", "constant")
+    return None if mode in PAD_MODES else f"attribute mode={mode} is not an ONNX Pad mode"
+
+
+@op("Pad", since=11, refuse=_refuse_pad)
+def _pad(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    value = optional(x, 2)
+    axes = _ints(x[3]) if optional(x, 3) is not None else list(range(data.dim()))
+    return padded(
+        data, _ints(x[1]), axes, a.get("mode", "constant"), value.item() if value is not None and value.numel() else 0
+    )
+
+
+@op("Pad", until=10, refuse=_refuse_pad)
+def _pad_2(x: list[Value], a: Attributes) -> torch.Tensor:  # pads and value were attributes before opset 11
+    data = _t(x[0])
+    return padded(data, list(a["pads"]), list(range(data.dim())), a.get("mode", "constant"), a.get("value", 0.0))
+
+
+def padded(data: torch.Tensor, pads: list[int], axes: list[int], mode: str, value: float | int | bool) -> torch.Tensor:
+    """ONNX Pad: pads [begins…, ends…] on `axes` (negative ones crop)."""
+    rank = data.dim()
+    pairs = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        pairs[axis % rank] = (pads[i], pads[len(axes) + i])
     if mode == "constant":
+        explicit: list[int] = []
+        for begin, end in reversed(pairs):
+            explicit += [begin, end]
         return F.pad(data, explicit, value=value)
-    return F.pad(data, explicit[: 2 * (data.dim() - 2)], mode={"reflect": "reflect", "edge": "replicate"}[mode])
+    for axis, (begin, end) in enumerate(pairs):  # reflect, edge, wrap: gather the source cells per axis
+        if begin or end:
+            size = data.shape[axis]
+            where = np.arange(-begin, size + end)
+            if mode == "edge":
+                where = np.clip(where, 0, size - 1)
+            elif mode == "wrap":
+                where = where % size
+            else:  # reflect: mirror without repeating the edge
+                period = 2 * (size - 1) if size > 1 else 1
+                where = np.abs(where) % period
+                where = np.where(where >= size, period - where, where)
+            data = data.index_select(axis, torch.from_numpy(where).to(data.device))
+    return data
 
 
 @op("Range")
@@ -403,24 +510,44 @@ def _round_ste(value: torch.Tensor) -> torch.Tensor:
     return value + (torch.round(value) - value).detach()
 
 
-@op("QuantizeLinear")
+def _blocked(param: torch.Tensor, data: torch.Tensor, axis: int, block: int) -> torch.Tensor:
+    """A scale or zero point for `data`: per tensor, per axis, or (block_size, opset 21) per block."""
+    if not block:
+        return per_axis(param, data, axis)
+    axis = axis % data.dim()
+    return param.repeat_interleave(block, dim=axis).narrow(axis, 0, data.shape[axis])
+
+
+def _refuse_quantize(a: Attributes, x: NodeInputs) -> str | None:
+    zero = x.constant(2)
+    dtype = zero.dtype if zero is not None else DTYPES.get(int(a.get("output_dtype", 0)) or 2)
+    if x.named(2) and zero is None:
+        return None  # a zero point computed in the graph: its type is checked when it runs
+    if dtype not in QUANT_RANGE:
+        return f"output type {dtype or a.get('output_dtype')} (the twin quantises to 8, 16 or 32-bit integers)"
+    return None
+
+
+@op("QuantizeLinear", refuse=_refuse_quantize)
 def _quantize(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0]).float()
-    axis = a.get("axis", 1)
-    scale = per_axis(_t(x[1]).float(), data, axis)
-    zero = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=torch.uint8)
+    axis, block = a.get("axis", 1), int(a.get("block_size", 0))
+    scale = _blocked(_t(x[1]).float(), data, axis, block)
+    zero = optional(x, 2)
+    if zero is None:
+        zero = torch.zeros((), dtype=DTYPES[int(a.get("output_dtype", 0)) or 2])
     low, high = QUANT_RANGE[zero.dtype]
-    q = _round_ste(data / scale) + per_axis(zero.float(), data, axis)
+    q = _round_ste(data / scale) + _blocked(zero.float(), data, axis, block)
     return q.clamp(low, high)  # clamp's gradient is zero where the value saturates
 
 
 @op("DequantizeLinear")
 def _dequantize(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _t(x[0]).float()
-    axis = a.get("axis", 1)
-    scale = per_axis(_t(x[1]).float(), data, axis)
-    zero = per_axis(x[2].float(), data, axis) if len(x) > 2 and x[2] is not None else 0.0
-    return (data - zero) * scale
+    axis, block = a.get("axis", 1), int(a.get("block_size", 0))
+    scale = _blocked(_t(x[1]).float(), data, axis, block)
+    zero = optional(x, 2)
+    return (data - (_blocked(zero.float(), data, axis, block) if zero is not None else 0.0)) * scale
 
 
 # -- the harden domain (export/onnx_ops.py) -------------------------------------------------------

@@ -15,12 +15,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.op_table import Attributes, Value, _t, op, optional, register
+from harden.runtime.op_table import Attributes, NodeInputs, Value, _t, op, optional, register
 
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 
-def _refuse_auto_pad(a: Attributes, x: list[Value]) -> str | None:
+def _refuse_auto_pad(a: Attributes, x: NodeInputs) -> str | None:
     if a.get("auto_pad", "NOTSET") not in AUTO_PADS:
         return f"attribute auto_pad={a['auto_pad']} is not an ONNX value"
     return None

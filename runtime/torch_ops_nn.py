@@ -10,12 +10,13 @@ gradient (tests/test_torch_ops_coverage.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.op_table import register
+from harden.runtime.op_table import NodeInputs, register
 from harden.runtime.torch_ops import Attributes, Op, Value, _ints, _reduce, _t, op
 
 # -- activations --------------------------------------------------------------------------------
@@ -82,16 +83,22 @@ def _thresholded_relu(x: list[Value], a: Attributes) -> torch.Tensor:
     return torch.where(data > a.get("alpha", 1.0), data, torch.zeros_like(data))
 
 
-@op("LogSoftmax")
-def _log_softmax(x: list[Value], a: Attributes) -> torch.Tensor:
-    return torch.log_softmax(_t(x[0]), dim=a.get("axis", -1))
+def _refuse_training_dropout(a: Attributes, x: NodeInputs) -> str | None:
+    """Dropout is the identity only in inference; a training_mode the graph computes (or sets) is refused."""
+    if not x.named(2):
+        return None
+    mode = x.constant(2)
+    if mode is None:
+        return "input training_mode is not a constant of the graph (the twin computes inference only)"
+    ratio = x.constant(1)
+    if bool(mode) and not (ratio is not None and float(ratio) == 0.0):
+        return "input training_mode is true (random dropout): the twin computes inference only"
+    return None
 
 
-@op("Dropout", outputs=2)
+@op("Dropout", outputs=2, refuse=_refuse_training_dropout)
 def _dropout(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
-    data = _t(x[0])  # inference: the identity (a training_mode input of true is not supported)
-    if len(x) > 2 and x[2] is not None and bool(x[2]):
-        raise NotImplementedError("Dropout in training mode")
+    data = _t(x[0])  # inference (or a ratio of 0): the identity, nothing masked
     return data, torch.ones_like(data, dtype=torch.bool)
 
 
@@ -105,7 +112,6 @@ ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Sign": torch.sign,
     "Round": torch.round,  # half to even, as ONNX
     "IsNaN": torch.isnan,
-    "IsInf": torch.isinf,
     "Tan": torch.tan,
     "Asin": torch.asin,
     "Acos": torch.acos,
@@ -148,11 +154,21 @@ def _depth_to_space(x: list[Value], a: Attributes) -> torch.Tensor:
     return out.reshape(b, c // size**2, h * size, w * size)
 
 
+@op("IsInf")
+def _is_inf(x: list[Value], a: Attributes) -> torch.Tensor:
+    data = _t(x[0])
+    positive = torch.isposinf(data) if a.get("detect_positive", 1) else torch.zeros_like(data, dtype=torch.bool)
+    return positive | torch.isneginf(data) if a.get("detect_negative", 1) else positive
+
+
 @op("SpaceToDepth")
 def _space_to_depth(x: list[Value], a: Attributes) -> torch.Tensor:
+    """DCR order (the only one before opset 28): channel = (row offset · blocksize + column offset) · C + c;
+    CRD (opset 28): channel = c · blocksize² + row offset · blocksize + column offset."""
     data, size = _t(x[0]), int(a["blocksize"])
     b, c, h, w = data.shape
-    out = data.reshape(b, c, h // size, size, w // size, size).permute(0, 3, 5, 1, 2, 4)
+    blocks = data.reshape(b, c, h // size, size, w // size, size)
+    out = blocks.permute(0, 1, 3, 5, 2, 4) if a.get("mode", "DCR") == "CRD" else blocks.permute(0, 3, 5, 1, 2, 4)
     return out.reshape(b, c * size * size, h // size, w // size)
 
 
@@ -182,17 +198,35 @@ register("", "ArgMin", _arg("argmin"))
 
 @op("TopK", outputs=2)
 def _top_k(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tensor]:
-    data, k = _t(x[0]), _ints(x[1])[0]
-    values, indices = data.topk(k, dim=a.get("axis", -1), largest=bool(a.get("largest", 1)), sorted=True)
-    return values, indices
+    data = _t(x[0])
+    k = _ints(x[1])[0] if len(x) > 1 else int(a["k"])  # an attribute before opset 10
+    axis, largest = a.get("axis", -1), bool(a.get("largest", 1))
+    # ONNX: among equal values the lower index comes first; a stable sort keeps that order
+    order = torch.sort(data, dim=axis, descending=largest, stable=True).indices.narrow(axis % data.dim(), 0, k)
+    return data.gather(axis, order), order
 
 
-@op("ScatterND")
+REDUCTIONS = {"none": "", "add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _refuse_reduction(a: Attributes, x: NodeInputs) -> str | None:
+    reduction = a.get("reduction", "none")
+    return None if reduction in REDUCTIONS else f"attribute reduction={reduction} is not an ONNX reduction"
+
+
+@op("ScatterND", refuse=_refuse_reduction)
 def _scatter_nd(x: list[Value], a: Attributes) -> torch.Tensor:
-    if a.get("reduction", "none") != "none":
-        raise NotImplementedError(f"ScatterND with reduction={a['reduction']}")
     data, indices, updates = _t(x[0]), _t(x[1]).long(), _t(x[2])
-    return data.index_put(tuple(indices.unbind(-1)), updates)
+    reduction = a.get("reduction", "none")
+    if reduction == "none":
+        return data.index_put(tuple(indices.unbind(-1)), updates)
+    depth = indices.shape[-1]  # flatten the indexed axes into one, then scatter-reduce rows along it
+    rows = data.reshape(-1, *data.shape[depth:])
+    strides = torch.tensor([math.prod(data.shape[i + 1 : depth]) for i in range(depth)], dtype=torch.long)
+    flat = (torch.where(indices < 0, indices + torch.tensor(data.shape[:depth]), indices) * strides).sum(-1)
+    flat_updates = updates.reshape(-1, *data.shape[depth:])
+    index = flat.reshape(-1, *([1] * (rows.dim() - 1))).expand_as(flat_updates)
+    return rows.scatter_reduce(0, index, flat_updates, REDUCTIONS[reduction], include_self=True).reshape(data.shape)
 
 
 @op("GatherElements")
@@ -230,9 +264,9 @@ def _trilu(x: list[Value], a: Attributes) -> torch.Tensor:
 
 # -- reductions ---------------------------------------------------------------------------------
 
-register("", "ReduceProd", _reduce(lambda t, d, k: _prod(t, d, k)))
-register("", "ReduceLogSumExp", _reduce(lambda t, d, k: t.logsumexp(dim=d, keepdim=k)))
-register("", "ReduceLogSum", _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k).log()))
+register("", "ReduceProd", _reduce(lambda t, d, k: _prod(t, d, k), 1.0))
+register("", "ReduceLogSumExp", _reduce(lambda t, d, k: t.logsumexp(dim=d, keepdim=k), -math.inf))
+register("", "ReduceLogSum", _reduce(lambda t, d, k: t.sum(dim=d, keepdim=k).log(), -math.inf))
 register("", "ReduceL1", _reduce(lambda t, d, k: t.abs().sum(dim=d, keepdim=k)))
 register("", "ReduceSumSquare", _reduce(lambda t, d, k: t.square().sum(dim=d, keepdim=k)))
 

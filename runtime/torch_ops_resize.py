@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.op_table import Attributes, Value, _t, op, optional
+from harden.runtime.op_table import Attributes, NodeInputs, Value, _t, op, optional
 
 TRANSFORMS = (
     "half_pixel",
@@ -36,7 +36,7 @@ TRANSFORMS = (
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def _refuse(a: Attributes, x: list[Value]) -> str | None:
+def _refuse(a: Attributes, x: NodeInputs) -> str | None:
     mode = a.get("mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):
         return f"attribute mode={mode} is not an ONNX Resize mode"
@@ -255,7 +255,7 @@ def _legacy(a: Attributes) -> Attributes:
     return {"mode": a.get("mode", "nearest"), "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
 
 
-def _refuse_legacy(a: Attributes, x: list[Value]) -> str | None:
+def _refuse_legacy(a: Attributes, x: NodeInputs) -> str | None:
     mode = a.get("mode", "nearest")
     return (
         None if mode in ("nearest", "linear") else f"attribute mode={mode} (Resize-10/Upsample take nearest or linear)"
