@@ -164,3 +164,81 @@ def _departs(engine: list[np.ndarray], other: list[np.ndarray] | list[torch.Tens
 
 def tally(results: list[CaseResult]) -> Counter[str]:
     return Counter(result.outcome for result in results)
+
+
+STRAIGHT_THROUGH = {"QuantizeLinear", "DynamicQuantizeLinear"}  # the twin's gradient is the STE's by design
+
+
+def gradient_check(case: Any, seed: int = 0) -> str | None:
+    """Compare the twin's directional derivative with ONNX Runtime's finite differences.
+
+    Along the case's first input x (the data an attack moves; the others are weights, scales,
+    bounds), for a random direction v and random output weights w: the twin's ⟨∇(w·f)(x), v⟩
+    against ONNX Runtime's (w·f(x + hv) − w·f(x − hv)) / 2h. Where the forward and backward
+    one-sided differences disagree, a kink, tie or jump lies under the step and the check does
+    not apply. Returns None if they agree, "skip: …" where the check does not apply (no float
+    data input or output, a kink, a straight-through op), or why they disagree.
+    """
+    if not is_plain(case) or any(node.op_type in STRAIGHT_THROUGH for node in case.model.graph.node):
+        return "skip: not a float case with an ordinary gradient"
+    inputs, _ = next(data_sets(case))
+    first = next(iter(inputs), None)
+    floats = (
+        [first] if first is not None and inputs[first].dtype in (np.float32, np.float64) and inputs[first].size else []
+    )
+    names = [o.name for o in case.model.graph.output]
+    program = load(case)
+    leaves = {name: to_torch(array).requires_grad_(name in floats) for name, array in inputs.items()}
+    values: dict[str, torch.Tensor | None] = dict(program.constants)
+    values.update(leaves)
+    outputs = [program.run(values)[name] for name in names]
+    differentiable = [i for i, o in enumerate(outputs) if o is not None and o.is_floating_point() and o.requires_grad]
+    if not floats or not differentiable:
+        return "skip: no float input reaches a float output"
+    rng = np.random.default_rng(seed)
+    direction = {name: rng.standard_normal(inputs[name].shape).astype(inputs[name].dtype) for name in floats}
+    weights = {i: rng.standard_normal(tuple(_require(outputs[i], names[i]).shape)) for i in differentiable}
+    loss = sum((_require(outputs[i], names[i]).double() * torch.from_numpy(weights[i])).sum() for i in differentiable)
+    assert isinstance(loss, torch.Tensor)
+    grads = torch.autograd.grad(loss, [leaves[name] for name in floats], allow_unused=True)
+    twin = sum(
+        float((g.double() * torch.from_numpy(direction[n]).double()).sum())
+        for g, n in zip(grads, floats, strict=True)
+        if g is not None
+    )
+    session = _session(case.model)
+    if session is None:
+        return "skip: ONNX Runtime cannot run the case"
+
+    def weighted(step: float) -> float:
+        moved = {n: np.asarray(a + step * direction[n], a.dtype) if n in floats else a for n, a in inputs.items()}
+        results = session.run(None, moved)
+        return float(sum((np.asarray(results[i], np.float64) * weights[i]).sum() for i in differentiable))
+
+    step = 5e-3 * max(1.0, max(float(np.abs(inputs[n]).max()) for n in floats))
+    here = weighted(0.0)
+    ahead, behind = weighted(step), weighted(-step)
+    near_ahead, near_behind = weighted(step / 2), weighted(-step / 2)
+    bend = (ahead - here) / step - (here - behind) / step  # ≈ f''·h where smooth; a kink's stays as h halves
+    near_bend = (near_ahead - here) / (step / 2) - (here - near_behind) / (step / 2)
+    wide, central = (ahead - behind) / (2 * step), (near_ahead - near_behind) / step
+    noise = 1e-3 + 0.02 * max(abs(central), 1e-2)
+    kink = abs(bend) > noise and abs(near_bend) > 0.6 * abs(bend)
+    jump = abs(central - wide) > noise  # a jump's difference doubles as the step halves
+    if not np.isfinite([wide, central, bend, near_bend]).all() or kink or jump:
+        return "skip: not smooth under the step (a kink, a tie or a jump)"
+    if abs(twin - central) > 0.03 * max(abs(central), abs(twin)) + 1e-3:
+        return f"directional derivative {twin:.6g} in the twin, {central:.6g} by ONNX Runtime's finite difference"
+    return None
+
+
+def _session(model: onnx.ModelProto) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
