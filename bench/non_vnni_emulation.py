@@ -35,8 +35,8 @@ from _runs import harden, small_ram_run
 from harden.attacks.evaluate import DRAW_SEED
 from harden.data import collate_pad, open_dataset
 from harden.ram import fixed_rad_seed
-from harden.runtime import torch_ops
 from harden.runtime.graph_twin import GraphTwin
+from harden.runtime.op_table import latest
 
 INT16 = (-32768, 32767)
 
@@ -118,7 +118,7 @@ def emulated_logits(
     twin = GraphTwin(model)
     with torch.no_grad(), fixed_rad_seed(twin, DRAW_SEED):
         written = twin(images)
-    conv, matmul = torch_ops.OPS[("", "Conv")], torch_ops.OPS[("", "MatMul")]
+    conv, matmul = latest("", "Conv"), latest("", "MatMul")
 
     # The twin's own loop, with the int8 GEMMs replaced (they need the names of their inputs).
     def run_node(domain: str, op_type: str, inputs: list[str], values: dict[str, Any], attrs: dict[str, Any]) -> Any:
@@ -133,7 +133,7 @@ def emulated_logits(
                     return out + bias.view(1, -1, 1, 1) if bias is not None else out
             elif q_w.dim() == 2:
                 return emulator.matmul(x, q_w, s_a, s_w)
-        fn = conv if op_type == "Conv" else matmul if op_type == "MatMul" else torch_ops.OPS[(domain, op_type)]
+        fn = conv if op_type == "Conv" else matmul if op_type == "MatMul" else latest(domain, op_type)
         return fn([values[name] for name in inputs], attrs)
 
     values: dict[str, Any] = {"": None, **twin.constants(), "image": images}

@@ -207,6 +207,8 @@ def _compile(
     if domain not in opsets:
         return f"the graph imports no opset for domain {domain!r}"
     opset = opsets[domain]
+    if domain == "" and not onnx_defines(node.op_type, opset):
+        return f"ONNX defines no {node.op_type} at opset {opset} (ONNX Runtime would refuse the file too)"
     impl = resolve(domain, node.op_type, opset)
     if impl is None:
         covered = ", ".join(f"{i.since}–{i.until or KNOWN_OPSETS.get(domain, '')}" for i in impls)
@@ -221,6 +223,15 @@ def _compile(
         if reason:
             return reason
     return Step(label, domain, node.op_type, impl.fn, list(node.input), list(node.output), attrs)
+
+
+def onnx_defines(op_type: str, opset: int) -> bool:
+    """Whether the standard domain has `op_type` at `opset` (onnx's own operator schemas)."""
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:

@@ -179,10 +179,15 @@ def _hardmax(data: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.zeros_like(data).scatter(axis, first, 1.0)
 
 
-for _name, _fn in (("Softmax", torch.softmax), ("LogSoftmax", torch.log_softmax), ("Hardmax", _hardmax)):
-    _new, _old = along_axis(_fn)
-    register("", _name, _new, since=13)
-    register("", _name, _old, until=12)
+AXIS_OPS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "Softmax": lambda t, axis: torch.softmax(t, axis),
+    "LogSoftmax": lambda t, axis: torch.log_softmax(t, axis),
+    "Hardmax": _hardmax,
+}
+for _axis_name, _axis_fn in AXIS_OPS.items():
+    _new, _old = along_axis(_axis_fn)
+    register("", _axis_name, _new, since=13)
+    register("", _axis_name, _old, until=12)
 
 
 @op("Cast")

@@ -10,11 +10,12 @@ node cases and to ONNX Runtime.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from harden.runtime.op_table import Attributes, NodeInputs, Value, _ints, _t, op, optional, register
+from harden.runtime.op_table import Attributes, NodeInputs, Op, Value, _ints, _t, op, optional, register
 from harden.runtime.torch_ops import DTYPES
 
 # -- transformers (opset 23) --------------------------------------------------------------------
@@ -249,14 +250,21 @@ def _cum_prod(x: list[Value], a: Attributes) -> torch.Tensor:
 
 # -- elementwise --------------------------------------------------------------------------------
 
-for _name, _fn in {
+UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Sinh": torch.sinh,
     "Cosh": torch.cosh,
     "Asinh": torch.asinh,
     "Acosh": torch.acosh,
     "Atanh": torch.atanh,
     "BitwiseNot": torch.bitwise_not,
-}.items():
-    register("", _name, lambda x, a, fn=_fn: fn(_t(x[0])))
+}
+
+
+def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Op:
+    return lambda x, a: fn(_t(x[0]))
+
+
+for _name, _fn in UNARY.items():
+    register("", _name, _unary(_fn))
 register("", "BitwiseOr", lambda x, a: torch.bitwise_or(_t(x[0]), _t(x[1])), since=18)
 register("", "BitwiseXor", lambda x, a: torch.bitwise_xor(_t(x[0]), _t(x[1])), since=18)

@@ -180,7 +180,7 @@ def _einsum(x: list[Value], a: Attributes) -> torch.Tensor:
 # -- indexing -----------------------------------------------------------------------------------
 
 
-def _arg(fn: str) -> object:
+def _arg(fn: str) -> Op:
     def run(x: list[Value], a: Attributes) -> torch.Tensor:
         data = _t(x[0])
         axis, keep = a.get("axis", 0) % data.dim(), bool(a.get("keepdims", 1))

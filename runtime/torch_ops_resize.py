@@ -267,7 +267,7 @@ def _resize_10(x: list[Value], a: Attributes) -> torch.Tensor:
     return resize(_t(x[0]), _legacy(a), _floats(optional(x, 1)), None)
 
 
-@op("Upsample", refuse=_refuse_legacy)
+@op("Upsample", until=10, refuse=_refuse_legacy)  # deprecated at opset 10, gone after
 def _upsample(x: list[Value], a: Attributes) -> torch.Tensor:
     scales = _floats(optional(x, 1)) or [float(s) for s in a["scales"]]  # an attribute before opset 9
     return resize(_t(x[0]), _legacy(a), scales, None)

@@ -21,6 +21,7 @@ from harden.export.ort_session import ort_session
 from harden.runtime import conformance
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.interface import ModelInterface
+from harden.runtime.op_table import KNOWN_OPSETS, OPS, Impl
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +166,18 @@ def test_an_opset_newer_than_the_table_is_refused_at_load() -> None:
         GraphTwin(model, interface=ModelInterface(input="x", output="y"))
 
 
-def test_an_op_used_outside_its_opset_range_is_refused_naming_node_and_range() -> None:
-    node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="up")
-    model = _one_node(node, (1, 1, 2, 2), 9, {"s": np.array([1, 1, 2, 2], np.float32)})
-    with pytest.raises(InputError, match=r"Resize ×1 \(up\): not defined at opset 9 .*covers opsets 11–28, 10–10"):
+def test_an_op_version_the_table_lacks_is_refused_naming_node_and_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph's opset picks the implementation; a version no implementation covers is refused."""
+    monkeypatch.setitem(OPS, ("", "Relu"), [Impl(lambda x, a: torch.relu(x[0]), since=14)])
+    model = _one_node(helper.make_node("Relu", ["x"], ["y"], name="act"), (1, 4), 13)
+    with pytest.raises(
+        InputError, match=r"Relu ×1 \(act\): not defined at opset 13 in the twin's table \(it covers opsets 14–28\)"
+    ):
         GraphTwin(model, interface=ModelInterface(input="x", output="y"))
+    resize = helper.make_node("Resize", ["x", "", "s"], ["y"], name="up")
+    old = _one_node(resize, (1, 1, 2, 2), 9, {"s": np.array([1, 1, 2, 2], np.float32)})
+    with pytest.raises(InputError, match=r"Resize ×1 \(up\): ONNX defines no Resize at opset 9"):
+        GraphTwin(old, interface=ModelInterface(input="x", output="y"))
 
 
 def test_a_graph_the_twin_cannot_compute_exits_2_from_verify(tmp_path: Path) -> None:
@@ -184,3 +192,41 @@ def test_a_graph_the_twin_cannot_compute_exits_2_from_verify(tmp_path: Path) -> 
     )
     assert result.exit_code == 2, result.output
     assert "odd_resize" in result.output and "mode=lanczos" in result.output
+
+
+# -- the op table's opset ranges ------------------------------------------------------------------
+
+
+def _onnx_range(name: str) -> tuple[int, int] | None:
+    """(first, last) opset at which ONNX defines `name` and has not removed it (a deprecated
+    version ends the range; GroupNormalization-18's deprecation still leaves it valid in 18–20)."""
+    versions = []
+    for opset in range(1, KNOWN_OPSETS[""] + 1):
+        try:
+            schema = onnx.defs.get_schema(name, opset, "")
+        except onnx.defs.SchemaError:
+            continue
+        if schema.deprecated and schema.since_version == opset and versions and name != "GroupNormalization":
+            break
+        versions.append(opset)
+    return (versions[0], versions[-1]) if versions else None
+
+
+def test_the_op_table_covers_every_opset_of_each_op_without_gaps() -> None:
+    """Like onnx2torch's per-version converters, without their gaps: every opset at which ONNX
+    defines an op the table claims resolves to exactly one implementation."""
+    gaps = []
+    for (domain, name), impls in OPS.items():
+        span = _onnx_range(name) if domain == "" else None
+        if span is None:
+            continue
+        for opset in range(span[0], span[1] + 1):
+            if sum(impl.covers(opset) for impl in impls) != 1:
+                gaps.append(f"{name}@{opset}")
+    assert not gaps, gaps
+
+
+def test_an_op_before_onnx_defines_it_is_refused() -> None:
+    model = _one_node(helper.make_node("Gelu", ["x"], ["y"], name="act"), (1, 4), 18)
+    with pytest.raises(InputError, match=r"Gelu ×1 \(act\): ONNX defines no Gelu at opset 18"):
+        GraphTwin(model, interface=ModelInterface(input="x", output="y"))

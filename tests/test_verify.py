@@ -296,10 +296,10 @@ def test_a_white_box_run_without_gradients_fails_the_gradient_check():
 def test_a_failing_parity_names_the_first_diverging_node(fp32_export, tmp_path, monkeypatch):
     """A twin op that computes something else (here GELU's Erf, off by 0.5) makes engine and
     graph twin disagree; the report must name the first Erf node, not only say FAIL."""
-    from harden.runtime import torch_ops
+    from harden.runtime.op_table import OPS, Impl, latest
 
-    erf = torch_ops.OPS[("", "Erf")]
-    monkeypatch.setitem(torch_ops.OPS, ("", "Erf"), lambda inputs, attrs: erf(inputs, attrs) + 0.5)
+    erf = latest("", "Erf")
+    monkeypatch.setitem(OPS, ("", "Erf"), [Impl(lambda inputs, attrs: erf(inputs, attrs) + 0.5)])
     first_erf = next(n.name for n in onnx.load(str(fp32_export / "model.fp32.onnx")).graph.node if n.op_type == "Erf")
     result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST)
     assert result.exit_code == 1, result.output
