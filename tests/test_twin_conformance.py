@@ -230,3 +230,36 @@ def test_an_op_before_onnx_defines_it_is_refused() -> None:
     model = _one_node(helper.make_node("Gelu", ["x"], ["y"], name="act"), (1, 4), 18)
     with pytest.raises(InputError, match=r"Gelu ×1 \(act\): ONNX defines no Gelu at opset 18"):
         GraphTwin(model, interface=ModelInterface(input="x", output="y"))
+
+
+# -- what torch 2.13's exporter writes for transformers at opset 23 --------------------------------
+
+
+def test_a_segformer_exported_at_opset_23_runs_in_the_twin_with_its_attention_ops(tmp_path: Path) -> None:
+    """The dynamo exporter turns scaled_dot_product_attention into ONNX `Attention` and GELU into
+    `Gelu` at opset 23 (RotaryEmbedding it does not write). The twin gives ONNX Runtime's logits
+    and the source model's input gradient."""
+    pytest.importorskip("transformers")
+    import foreign_models as fm
+
+    torch.manual_seed(0)
+    model = fm.tiny_segformer().eval()
+    path = tmp_path / "segformer23.onnx"
+    example = torch.rand(1, 3, *fm.SIZE)
+    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"], dynamo=True,
+                      external_data=False, opset_version=23)  # fmt: skip
+    written = onnx.load(str(path))
+    ops = {node.op_type for node in written.graph.node}
+    assert {"Attention", "Gelu", "LayerNormalization"} <= ops
+    images = torch.rand(1, 3, *fm.SIZE)  # the dynamo export has a static batch of one
+    twin = GraphTwin(written, interface=ModelInterface(input="input", output="output"))
+    engine = ort_session(path, as_written=True).run(["output"], {"input": images.numpy()})[0]
+    inputs = images.clone().requires_grad_(True)
+    logits = twin.intermediates(inputs)["output"]
+    assert logits is not None
+    np.testing.assert_allclose(logits.detach().numpy(), engine, rtol=1e-4, atol=1e-5)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    (twin_grad,) = torch.autograd.grad((logits * weights).sum(), inputs)
+    source_inputs = images.clone().requires_grad_(True)
+    (source_grad,) = torch.autograd.grad((model(source_inputs) * weights).sum(), source_inputs)
+    torch.testing.assert_close(twin_grad, source_grad, rtol=1e-3, atol=1e-5)
