@@ -93,15 +93,19 @@ def _cubic(offsets: np.ndarray, cubic_a: float) -> np.ndarray:
 def _source(
     transform: str, size: int, out: int, scale: float, roi: tuple[float, float] | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Source coordinate of every output index, and (tf_crop_and_resize) which fall outside."""
+    """Source coordinate of every output index, and (tf_crop_and_resize) which fall outside.
+
+    Where ONNX's formulas divide by the output length (align_corners, tf_crop_and_resize), the
+    reference takes scale · size, ONNX Runtime the whole output size: they differ when a scale
+    does not divide the size evenly, and the twin follows ONNX Runtime, the engine."""
     y = np.arange(out, dtype=np.float64)
-    length = scale * size  # the unrounded output length, as ONNX's formulas use it
+    length = scale * size  # the unrounded output length (half_pixel_symmetric's adjustment)
     if transform == "align_corners":
-        return (np.zeros(out) if length == 1 else y * (size - 1) / (length - 1)), None
+        return (np.zeros(out) if out == 1 else y * (size - 1) / (out - 1)), None
     if transform == "asymmetric":
         return y / scale, None
     if transform == "pytorch_half_pixel":
-        return (np.full(out, -0.5) if length == 1 else (y + 0.5) / scale - 0.5), None
+        return (np.full(out, -0.5) if out == 1 else (y + 0.5) / scale - 0.5), None
     if transform == "half_pixel":
         return (y + 0.5) / scale - 0.5, None
     if transform == "half_pixel_symmetric":
@@ -109,7 +113,7 @@ def _source(
         return offset + (y + 0.5) / scale - 0.5, None
     low, high = roi if roi is not None else (0.0, 1.0)  # tf_crop_and_resize
     centre = np.full(out, (high - low) * (size - 1) / 2)
-    x = (centre if length == 1 else y * (high - low) * (size - 1) / (length - 1)) + low * (size - 1)
+    x = (centre if out == 1 else y * (high - low) * (size - 1) / (out - 1)) + low * (size - 1)
     return x, (x < 0) | (x > size - 1)
 
 

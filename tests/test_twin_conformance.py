@@ -263,3 +263,28 @@ def test_a_segformer_exported_at_opset_23_runs_in_the_twin_with_its_attention_op
     source_inputs = images.clone().requires_grad_(True)
     (source_grad,) = torch.autograd.grad((model(source_inputs) * weights).sum(), source_inputs)
     torch.testing.assert_close(twin_grad, source_grad, rtol=1e-3, atol=1e-5)
+
+
+ALIGN, SYMMETRIC = (
+    {"coordinate_transformation_mode": "align_corners"},
+    {"coordinate_transformation_mode": "half_pixel_symmetric"},
+)
+RESIZES = [
+    ("linear-align-corners-axes", {"mode": "linear", **ALIGN, "axes": [2, 3]}, [0.6, 0.7]),
+    ("nearest-ceil-align-corners", {"mode": "nearest", **ALIGN, "nearest_mode": "round_prefer_ceil"}, [1, 1, 1.7, 0.6]),
+    ("cubic-antialias", {"mode": "cubic", "antialias": 1, "exclude_outside": 1}, [1, 1, 0.45, 0.6]),
+    ("linear-antialias-symmetric", {"mode": "linear", "antialias": 1, **SYMMETRIC}, [1, 1, 0.55, 0.8]),
+]
+
+
+@pytest.mark.parametrize(("attrs", "scales"), [r[1:] for r in RESIZES], ids=[r[0] for r in RESIZES])
+def test_resize_off_torchs_fast_path_matches_onnx_runtime(
+    attrs: dict[str, Any], scales: list[float], tmp_path: Path
+) -> None:
+    """Scales that do not divide the image evenly, on the gather path (not F.interpolate)."""
+    x = np.random.default_rng(6).standard_normal((1, 2, 11, 13)).astype(np.float32)
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], **attrs)
+    model = _one_node(node, x.shape, 19, {"s": np.array(scales, np.float32)})
+    twin, engine = _twin_and_engine(model, x, tmp_path)
+    assert twin.shape == engine.shape
+    np.testing.assert_allclose(twin, engine, rtol=1e-4, atol=1e-5)
