@@ -215,13 +215,13 @@ def _compile(
         return f"not defined at opset {opset} in the twin's table (it covers opsets {covered})"
     if node.op_type == "Split" and domain == "" and "num_outputs" not in attrs:
         attrs["num_outputs"] = len(node.output)  # before opset 18: as many parts as outputs
-    named = max((i + 1 for i, output in enumerate(node.output) if output), default=0)
-    if named > impl.outputs:
-        return f"output {named} ({node.output[named - 1]}) is not computed by the twin (it computes {impl.outputs})"
     if impl.refuse is not None:
         reason = impl.refuse(attrs, NodeInputs(list(node.input), constant_inputs))
         if reason:
             return reason
+    named = max((i + 1 for i, output in enumerate(node.output) if output), default=0)
+    if named > impl.outputs:
+        return f"output {named} ({node.output[named - 1]}) is not computed by the twin (it computes {impl.outputs})"
     return Step(label, domain, node.op_type, impl.fn, list(node.input), list(node.output), attrs)
 
 
