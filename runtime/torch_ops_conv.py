@@ -45,6 +45,16 @@ def window_pads(
     return [(flat[i], flat[dims + i]) for i in range(dims)]
 
 
+def symmetric(pads: list[tuple[int, int]], kernel: list[int] | None = None) -> list[int] | None:
+    """The per-axis padding torch's layers take, where `pads` are the same at both ends (and, for
+    the pools, at most half the kernel, torch's limit); None where they are not."""
+    if any(begin != end for begin, end in pads):
+        return None
+    if kernel is not None and any(2 * begin > k for (begin, _), k in zip(pads, kernel, strict=True)):
+        return None
+    return [begin for begin, _ in pads]
+
+
 def torch_pad_list(pads: list[tuple[int, int]]) -> list[int]:
     """[(b1, e1), (b2, e2), …] → F.pad's list, which starts at the last axis."""
     flat: list[int] = []
@@ -89,10 +99,13 @@ def _conv(x: list[Value], a: Attributes) -> torch.Tensor:
     data, weight = _t(x[0]), _t(x[1])
     dims = data.dim() - 2
     _, strides, dilations, pads = _window(a, data, list(weight.shape[2:]))
-    if any(p for pair in pads for p in pair):
+    padding: list[int] | int = symmetric(pads) or 0
+    if not padding and any(p for pair in pads for p in pair):  # uneven: pad first (a copy torch avoids otherwise)
         data = F.pad(data, torch_pad_list(pads))
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
-    return conv(data, weight, optional(x, 2), stride=strides, padding=0, dilation=dilations, groups=a.get("group", 1))
+    return conv(
+        data, weight, optional(x, 2), stride=strides, padding=padding, dilation=dilations, groups=a.get("group", 1)
+    )
 
 
 def _as_float(data: torch.Tensor) -> torch.Tensor:
@@ -105,11 +118,15 @@ def _max_pool(x: list[Value], a: Attributes) -> torch.Tensor:
     data = _as_float(original)
     dims = data.dim() - 2
     kernel, strides, dilations, pads = _window(a, data)
-    extra = ceil_extra(list(data.shape[2:]), pads, kernel, strides, dilations, bool(a.get("ceil_mode", 0)))
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+    ceil = bool(a.get("ceil_mode", 0))
+    padding = symmetric(pads, kernel)
+    if padding is not None and all(d == 1 for d in dilations):  # torch's own padding: the common, faster case
+        return pool(data, kernel, stride=strides, padding=padding, ceil_mode=ceil).to(original.dtype)
+    extra = ceil_extra(list(data.shape[2:]), pads, kernel, strides, dilations, ceil)
     padded = [(begin, end + more) for (begin, end), more in zip(pads, extra, strict=True)]
     if any(p for pair in padded for p in pair):
         data = F.pad(data, torch_pad_list(padded), value=float("-inf"))
-    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
     return pool(data, kernel, stride=strides, padding=0, dilation=dilations).to(original.dtype)
 
 
@@ -119,6 +136,17 @@ def _average_pool(x: list[Value], a: Attributes) -> torch.Tensor:
     input, plus those of the explicit pads when count_include_pad (never ceil_mode's overhang)."""
     data = _t(x[0])
     kernel, strides, dilations, pads = _window(a, data)
+    padding, ceil = symmetric(pads, kernel), bool(a.get("ceil_mode", 0))
+    if padding is not None and all(d == 1 for d in dilations):  # torch's own padding: the common, faster case
+        pool: Callable[..., torch.Tensor] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[data.dim() - 2]
+        return pool(
+            data,
+            kernel,
+            stride=strides,
+            padding=padding,
+            ceil_mode=ceil,
+            count_include_pad=bool(a.get("count_include_pad", 0)),
+        )
     extra = ceil_extra(list(data.shape[2:]), pads, kernel, strides, dilations, bool(a.get("ceil_mode", 0)))
     full = torch_pad_list([(begin, end + more) for (begin, end), more in zip(pads, extra, strict=True)])
     ones = torch.ones((1, 1, *data.shape[2:]), dtype=data.dtype, device=data.device)
