@@ -4,15 +4,17 @@
 
 Exports two foreign models once (tests/foreign_models.py: a UNet CNN and a tiny HF SegFormer,
 TorchScript exporter, opset 17) into a temporary folder, then times one forward and backward
-pass of each graph twin on random images (median of --repeats after two warm-up passes), here
-and — in a subprocess importing harden from a git worktree of the baseline — there, in the same
-run. Prints seconds and the ratio here ÷ baseline per model.
+pass of each graph twin on random images (median of --repeats after two warm-up passes), in a
+fresh process importing harden from this checkout and one importing it from a git worktree of
+the baseline, alternating --rounds times. Prints the median seconds and here ÷ baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", default="128x256")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each side (medians taken)")
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
 
@@ -72,10 +75,20 @@ def main() -> None:
         }
         here, there = work / "here.json", work / "there.json"
         code = MEASURE.format(result=str(here), **settings)
-        exec(compile(code, "measure", "exec"), {})  # this checkout, in this process
-        run_at_revision(args.baseline, MEASURE.format(result=str(there), **settings))
-        now, before = json.loads(here.read_text()), json.loads(there.read_text())
-    print(f"forward + backward of the graph twin, batch {args.batch} at {args.size}, median of {args.repeats}")
+        rounds_here: list[dict[str, float]] = []
+        rounds_there: list[dict[str, float]] = []
+        # both sides in a fresh process of their own, alternating, so neither inherits the exports' state
+        for _ in range(args.rounds):
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+            run_at_revision(args.baseline, MEASURE.format(result=str(there), **settings))
+            rounds_here.append(json.loads(here.read_text()))
+            rounds_there.append(json.loads(there.read_text()))
+        now = {name: statistics.median(r[name] for r in rounds_here) for name in files}
+        before = {name: statistics.median(r[name] for r in rounds_there) for name in files}
+    print(
+        f"forward + backward of the graph twin, batch {args.batch} at {args.size}: median over {args.rounds} "
+        f"alternating processes of the median of {args.repeats} passes"
+    )
     print("| model | seconds at the baseline | seconds here | here ÷ baseline |")
     print("|---|---|---|---|")
     for name in files:

@@ -29,7 +29,7 @@ from harden.runtime import (  # noqa: F401  (each registers its ops in the table
     torch_ops_ort,
     torch_ops_resize,
 )
-from harden.runtime.op_table import KNOWN_OPSETS, OPS, Attributes, NodeInputs, Op, Value, resolve
+from harden.runtime.op_table import KNOWN_OPSETS, OPS, WANTED_OUTPUTS, Attributes, NodeInputs, Op, Value, resolve
 
 Observer = Callable[[str, list[torch.Tensor | None], list[torch.Tensor], dict[str, Any]], None]
 
@@ -222,6 +222,8 @@ def _compile(
     named = max((i + 1 for i, output in enumerate(node.output) if output), default=0)
     if named > impl.outputs:
         return f"output {named} ({node.output[named - 1]}) is not computed by the twin (it computes {impl.outputs})"
+    if impl.outputs > 1:
+        attrs[WANTED_OUTPUTS] = named
     return Step(label, domain, node.op_type, impl.fn, list(node.input), list(node.output), attrs)
 
 

@@ -45,6 +45,10 @@ Refusal = Callable[[Attributes, NodeInputs], str | None]
 
 KNOWN_OPSETS: dict[str, int] = {"": 28, "com.microsoft": 1, "harden": 1}
 
+# Set in the attributes of a node whose op computes several outputs: how many the node names,
+# so an op skips the work of optional outputs nobody reads (LayerNormalization's Mean/InvStdDev).
+WANTED_OUTPUTS = "__wanted_outputs"
+
 
 @dataclass(frozen=True)
 class Impl:

@@ -23,7 +23,19 @@ import torch
 import torch.nn.functional as F
 
 from harden.ram import ops as _ops  # noqa: F401  (registers torch.ops.harden.*)
-from harden.runtime.op_table import OPS, Attributes, NodeInputs, Op, Value, _ints, _t, op, optional, register  # noqa: F401
+from harden.runtime.op_table import (  # noqa: F401
+    OPS,
+    WANTED_OUTPUTS,
+    Attributes,
+    NodeInputs,
+    Op,
+    Value,
+    _ints,
+    _t,
+    op,
+    optional,
+    register,
+)
 
 # onnx.TensorProto data types → torch dtypes
 DTYPES: dict[int, torch.dtype] = {
@@ -224,15 +236,17 @@ def _layer_norm(x: list[Value], a: Attributes) -> tuple[torch.Tensor, torch.Tens
     compute = (
         torch.float32 if a.get("stash_type", 1) == 1 and data.dtype in (torch.float16, torch.bfloat16) else data.dtype
     )
-    dims = tuple(range(axis, data.dim()))
-    value = data.to(compute)
-    mean = value.mean(dim=dims, keepdim=True)
-    inv_std = torch.rsqrt(value.var(dim=dims, unbiased=False, keepdim=True) + a.get("epsilon", 1e-5))
-    out = (value - mean) * inv_std * _t(x[1]).to(compute)
-    bias = optional(x, 2)
-    if bias is not None:
-        out = out + bias.to(compute)
-    return out.to(data.dtype), mean, inv_std
+    value, epsilon = data.to(compute), a.get("epsilon", 1e-5)
+    scale, bias = _t(x[1]).to(compute), optional(x, 2)
+    shape = data.shape[axis:]
+    out = F.layer_norm(
+        value, shape, scale.expand(shape), bias.to(compute).expand(shape) if bias is not None else None, epsilon
+    )
+    if a.get(WANTED_OUTPUTS, 1) == 1:  # the usual node: Mean and InvStdDev are not read
+        empty = torch.empty(0, dtype=compute)
+        return out.to(data.dtype), empty, empty
+    variance, mean = torch.var_mean(value, dim=tuple(range(axis, data.dim())), unbiased=False, keepdim=True)
+    return out.to(data.dtype), mean, torch.rsqrt(variance + epsilon)
 
 
 def _refuse_training(a: Attributes, x: NodeInputs) -> str | None:
@@ -244,11 +258,7 @@ def _refuse_training(a: Attributes, x: NodeInputs) -> str | None:
 @op("BatchNormalization", refuse=_refuse_training)
 def _batch_norm(x: list[Value], a: Attributes) -> torch.Tensor:
     data, scale, bias, mean, var = (_t(v) for v in x[:5])
-    if data.dim() == 2:
-        return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
-    shape = [1, -1] + [1] * (data.dim() - 2)
-    inv_std = torch.rsqrt(var.reshape(shape) + a.get("epsilon", 1e-5))
-    return (data - mean.reshape(shape)) * inv_std * scale.reshape(shape) + bias.reshape(shape)
+    return F.batch_norm(data, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5))
 
 
 # -- reductions ---------------------------------------------------------------------------------

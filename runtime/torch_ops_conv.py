@@ -241,7 +241,10 @@ def _conv_transpose(x: list[Value], a: Attributes) -> torch.Tensor:
     # the pads come off each end; output_padding (or an output_shape beyond the full result) adds
     # cells at the end that no input reaches: F.pad's negative widths crop, positive ones add zeros
     crop = [(begin, end - more) for (begin, end), more in zip(pads, extra, strict=True)]
-    if any(c for pair in crop for c in pair):
+    if all(c >= 0 for pair in crop for c in pair):  # the usual case: a view, no copy
+        index = [slice(None), slice(None)] + [slice(b, n - e) for (b, e), n in zip(crop, full.shape[2:], strict=True)]
+        full = full[tuple(index)]
+    else:
         full = F.pad(full, [-c for c in torch_pad_list(crop)])
     bias = optional(x, 2)
     return full if bias is None else full + bias.reshape(1, -1, *([1] * dims))
