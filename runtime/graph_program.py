@@ -167,8 +167,9 @@ class GraphProgram:
     def run(
         self, values: dict[str, torch.Tensor | None], observers: list[Observer] | tuple[Observer, ...] = ()
     ) -> dict[str, torch.Tensor | None]:
-        """Run every step on `values` (graph inputs and constants by name); returns all values."""
-        values = {"": None, **values}
+        """Run every step on `values` (graph inputs and constants by name, filled in place); returns
+        all values."""
+        values[""] = None  # an omitted optional input
         for step in self.steps:
             inputs = [values[name] for name in step.inputs]
             try:
