@@ -105,7 +105,10 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         if not target.is_file():
             raise InputError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
     if any(True for _ in _tensors_with_external_data(model)):
-        onnx.load_external_data_for_model(model, str(root))
+        try:
+            onnx.load_external_data_for_model(model, str(root))
+        except Exception as err:  # a truncated data file: onnx raises ValueError, OSError or its own errors
+            raise InputError(f"{path}: its external data cannot be read ({err}); re-export or restore it") from err
     return model
 
 

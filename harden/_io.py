@@ -49,6 +49,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         yield f
 
 
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """A safetensors file's bytes. Serialised in memory and written with `atomic_open`, a full disk
+    raises Python's own OSError (ENOSPC), which the CLI reports as exit 2; safetensors' `save_file`
+    wraps it in an error of its own that names no errno."""
+    from safetensors.torch import save
+
+    return save(tensors, metadata=metadata)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented, standard JSON, atomically. A NaN or infinite float (an IoU ratio
     when clean mIoU is 0, a score of no image) is written as null: Python's NaN token is not JSON,

@@ -3,7 +3,7 @@ write for that purpose (issue "Hostile inputs and faults").
 
 - `exclusive(directory, what)`: an advisory lock (fcntl) held for a command's whole run; a second
   process is refused at once, naming the holder's PID. The lock dies with its process, so a
-  killed run never leaves a stale lock.
+  killed run never leaves a stale lock; the lock file itself is removed when the command ends.
 - `report_file(path, schema, default_name)`: an output file may replace only a harden report of
   the same kind (its JSON `schema`), or a file of its default name; never a run's config,
   weights or anything else.
@@ -31,26 +31,61 @@ PROTECTED_SUFFIXES = {".safetensors", ".onnx", ".engine", ".plan", ".data"}
 
 @contextlib.contextmanager
 def exclusive(directory: Path, what: str) -> Iterator[None]:
-    """Hold `directory`'s lock for the block; InputError (exit 2) if another process holds it."""
+    """Hold `directory`'s lock for the block; InputError (exit 2) if another process holds it.
+
+    The lock file is removed when the block ends (while still locked), and a directory this call
+    created is removed again when the block leaves it empty: a refused command leaves nothing new.
+    A process that opened the file just before its removal finds, once it holds the lock, that the
+    path no longer names its file, and takes the lock again on the new one.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    created = _make_directories(directory)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise InputError(
-            f"{directory} is in use by another harden {what} (PID {holder}); wait for it to finish, stop it, "
-            "or choose another output"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        fd = _lock(directory / LOCK_FILE, what)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            (directory / LOCK_FILE).unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        for made in created:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only when empty
+
+
+def _lock(path: Path, what: str) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(
+                f"{path.parent} is in use by another harden {what} (PID {holder}); wait for it to finish, stop it, "
+                "or choose another output"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+
+
+def _make_directories(directory: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created, deepest first."""
+    missing = []
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def report_file(path: Path, schema: str, default_name: str) -> Path:

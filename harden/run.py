@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
-from harden._io import atomic_path, write_json
+from harden._io import atomic_open, safetensors_bytes, write_json
 from harden.config import ModelConfig, TrainConfig
 from harden.errors import InputError
 from harden.models import SegmentationModel, create_model
@@ -44,6 +44,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+EPOCH_KEY = "harden_epoch"  # model.safetensors' metadata: epochs trained
 RUN_MARKERS = {CONFIG_FILE, MODEL_FILE, STATE_FILE, METRICS_FILE}  # a directory holding one of these is a run
 
 
@@ -83,10 +84,29 @@ def build_model(config: ModelConfig) -> SegmentationModel:
     )
 
 
-def save_model(path: Path, model: nn.Module, config: ModelConfig) -> None:
+def save_model(path: Path, model: nn.Module, config: ModelConfig, epoch: int | None = None) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(model_bytes(model, config, epoch))
+
+
+def model_bytes(model: nn.Module, config: ModelConfig, epoch: int | None = None) -> bytes:
+    """`model.safetensors`'s content: the weights, the model configuration and (in a run) the
+    number of epochs they were trained for, which ties them to the run's resume state."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"harden_model_config": config.to_json()})
+    metadata = {"harden_model_config": config.to_json()}
+    if epoch is not None:
+        metadata[EPOCH_KEY] = str(epoch)
+    return safetensors_bytes(tensors, metadata)
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch `model.safetensors` records (None for files written before it was recorded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get(EPOCH_KEY)
+        return int(value) if value is not None else None
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def load_model(path_or_run: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModel, ModelConfig]:

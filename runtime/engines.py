@@ -47,6 +47,11 @@ class Engine:
         raise NotImplementedError
 
 
+# ONNX Runtime's exceptions that mean "this file cannot run this input" (a static shape, a type,
+# an op the build lacks), not a bug in harden: exit 2 naming the file
+ORT_INPUT_ERRORS = {"InvalidArgument", "InvalidGraph", "NotImplemented", "Fail", "RuntimeException"}
+
+
 class OnnxRuntimeEngine(Engine):
     """An ONNX file in ONNX Runtime: the CPU provider, or CUDA when onnxruntime-gpu has it.
 
@@ -83,7 +88,15 @@ class OnnxRuntimeEngine(Engine):
             raise RuntimeError("open the engine with `with` before running it")
         if self.interface.batch == 1 and images.shape[0] != 1:  # a static export: one image per call
             return torch.cat([self._run(image, seed) for image in images.split(1)])
-        (logits,) = self._session.run([self.interface.output], self.interface.feed(images, seed))
+        try:
+            (logits,) = self._session.run([self.interface.output], self.interface.feed(images, seed))
+        except Exception as err:  # ONNX Runtime's own exception types, raised on what the file or input holds
+            if type(err).__module__.startswith("onnxruntime") and type(err).__name__ in ORT_INPUT_ERRORS:
+                raise InputError(
+                    f"{self.path}: ONNX Runtime refused a batch of shape {tuple(images.shape)} "
+                    f"({type(err).__name__}: {str(err).strip()[:300]}); check the file's input shape and --image-size"
+                ) from err
+            raise
         return self.interface.postprocess(torch.from_numpy(logits), (images.shape[-2], images.shape[-1])).float()
 
 

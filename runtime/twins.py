@@ -51,7 +51,7 @@ class Deployment:
     interface: ModelInterface = field(default_factory=ModelInterface)
     reference_file: Path | None = None
     num_classes: int | None = None
-    image_size: tuple[int, int] | None = None  # a bare file's static input size (H, W), if static
+    image_size: tuple[int, int] | None = None  # the ONNX input's static size (H, W), if static
 
     @property
     def signed(self) -> bool:
@@ -117,8 +117,9 @@ def open_deployment(
     if "model.fp32.onnx" not in onnx_files:
         raise InputError(f"{path}: model.fp32.onnx, the reference graph, is missing from the manifest")
     model = load_onnx(path / source_onnx)
-    return Deployment(path, manifest, path / artefact, path / source_onnx, precision, find_interface(model),
-                      path / "model.fp32.onnx", manifest.num_classes)  # fmt: skip
+    found = find_interface(model)
+    return Deployment(path, manifest, path / artefact, path / source_onnx, precision, found,
+                      path / "model.fp32.onnx", manifest.num_classes, fixed_image_size(model, found))  # fmt: skip
 
 
 @dataclass(frozen=True)

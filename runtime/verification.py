@@ -62,6 +62,7 @@ def verification_data(
 ) -> SegmentationDataset:  # fmt: skip
     """The images to verify on: `data`, else the data of the trained run (a run-directory twin,
     else the run the export recorded), at that run's image size."""
+    asked = image_size
     recorded_run = Path(deployment.manifest.run_dir) if deployment.manifest else None
     run_dir = next((Path(s) for s in twin_specs if s != GRAPH and not is_external(s)), None) or recorded_run
     if run_dir is not None and (run_dir / "config.json").is_file():
@@ -72,6 +73,14 @@ def verification_data(
         raise InputError(f"the exported run {run_dir} is not here to say which data it used: pass --data")
     elif data is None:
         raise InputError(f"{deployment.artefact.name} is a bare file: pass --data (the images and labels to verify on)")
+    static = deployment.image_size
+    if static is not None and image_size is not None and tuple(image_size) != static:
+        given = "--image-size" if asked is not None else f"the run {run_dir}"
+        raise InputError(
+            f"{deployment.onnx.name} takes only {static[0]}x{static[1]} images (its input has a static size) but "
+            f"{given} asks for {image_size[0]}x{image_size[1]}: pass --image-size {static[0]}x{static[1]}, or "
+            "export the model with a dynamic input size"
+        )
     dataset = open_dataset(data, split, size=image_size or deployment.image_size, num_images=images, seed=seed,
                            classes=deployment.num_classes)  # fmt: skip
     classes = deployment.num_classes

@@ -221,8 +221,11 @@ def load_state(path: Path, run_fingerprint: str) -> VerifyState:
         return VerifyState.from_dict(saved["state"])
     except InputError:
         raise
-    except Exception as err:  # a truncated or foreign file: torch raises many kinds
-        raise InputError(f"cannot resume from {path}: {err}; delete it, or run without --resume") from err
+    except Exception as err:  # a truncated, pickled or foreign file: torch raises many kinds, in its own words
+        raise InputError(
+            f"{path} is not a harden verify state (unreadable as one: {type(err).__name__}); delete it, "
+            "or run without --resume to start afresh"
+        ) from err
 
 
 def _extend(counts: ImageCounts | None, more: ImageCounts | None) -> ImageCounts | None:

@@ -93,9 +93,20 @@ def test_resume_refuses_another_run_and_a_corrupt_state(ram_run, fp32_export, tm
     assert other.exit_code == 2 and "different verification" in other.output
     assert state.read_bytes() == saved  # nothing lost: the interrupted run can still be resumed
 
+    listing = sorted(p.name for p in report.iterdir())
+    assert ".harden.lock" not in listing  # the lock file goes with the command that held it
     state.write_bytes(saved[: len(saved) // 2])
     corrupt = _run("verify", fp32_export, "--out", report, "--resume", *ARGS)
-    assert corrupt.exit_code == 2 and "cannot resume" in corrupt.output
+    assert corrupt.exit_code == 2 and "is not a harden verify state" in corrupt.output, corrupt.output
+    assert sorted(p.name for p in report.iterdir()) == listing  # a refused resume leaves nothing new
+
+    import pickle
+
+    state.write_bytes(pickle.dumps(ValueError("not tensors")))  # a pickle weights_only refuses
+    pickled = _run("verify", fp32_export, "--out", report, "--resume", *ARGS)
+    assert pickled.exit_code == 2 and "is not a harden verify state" in pickled.output, pickled.output
+    assert "Weights only load failed" not in pickled.output  # harden's words, not PyTorch's internals
+    assert sorted(p.name for p in report.iterdir()) == listing
 
 
 def test_torchrun_shards_give_the_one_process_figures(ram_run, fp32_export, tmp_path, uninterrupted):

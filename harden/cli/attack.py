@@ -108,6 +108,7 @@ def attack_command(
     from harden.attacks.protocols import robustness_protocol
     from harden.attacks.report import format_table, write_attack_report
     from harden.cli import Failed
+    from harden.memory import require_model_fits
     from harden.run import load_model, open_run
     from harden.visualize import palette_for
 
@@ -123,6 +124,9 @@ def attack_command(
     attacks = check_attack_names(attack_names or tuple(L_INF_DEFAULT_ATTACKS.split(",")))
     device = resolve_device(device)
     run = open_run(run_dir, device, data=data, split=split, image_size=image_size, images=images)
+    height, width = run.dataset[0][0].shape[-2:]
+    require_model_fits({"model": run.model}, batch_size, height, width, what="attacking the model", backward=True,
+                       classes=run.model_config.num_classes, device=device)  # fmt: skip
     result = robustness_protocol(
         run, attacks, list(eps_values), iters=iters, eot=eot, draws=draws, allow_random=allow_random, seed=seed,
         source=(source, load_model(source, device)[0]) if source is not None else None, batch_size=batch_size,

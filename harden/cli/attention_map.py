@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -85,7 +86,9 @@ def attention_map_command(
     if not (0 <= query[0] < height and 0 <= query[1] < width):
         raise InputError(f"--query {query[0]},{query[1]} lies outside the {height}×{width} image")
     baseline, ram = ram_comparison(model, RAMConfig(threshold=mas_threshold, drop_p=rad_p))
-    image = image.to(next(model.parameters()).device)
+    model_device = next(model.parameters()).device
+    _require_memory(baseline, ram, height, width, rad_seed, model_device)
+    image = image.to(model_device)
     base_maps, skipped = query_attention(baseline, image, query, rad_seed)
     ram_maps, _ = query_attention(ram, image, query, rad_seed)
     if layer is not None:
@@ -101,3 +104,20 @@ def attention_map_command(
     for name in skipped:
         click.echo(f"not drawn (windowed or not on the image grid): {name}")
     click.echo(f"wrote {out}")
+
+
+def _require_memory(baseline: Any, ram: Any, height: int, width: int, rad_seed: int, device: Any) -> None:
+    """Refuse, before drawing, an image whose N×N attention maps do not fit (exit 2, with a size that does)."""
+    import torch
+
+    from harden.memory import fit_memory, require_fits
+    from harden.ram.attention_maps import query_attention
+
+    def step(batch: int, h: int, w: int) -> None:
+        probe = torch.rand(3, h, w, device=device)
+        query_attention(baseline, probe, (h // 2, w // 2), rad_seed)
+        query_attention(ram, probe, (h // 2, w // 2), rad_seed)
+
+    estimate = fit_memory(step, height, width, device=device)
+    require_fits(estimate, 1, height, width, "drawing the attention maps", device=device,
+                 size_option="an image downscaled to", batch_option=None)  # fmt: skip

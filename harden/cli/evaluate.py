@@ -54,6 +54,7 @@ def eval_command(
     """
     from harden._io import write_json
     from harden.evaluation import evaluate
+    from harden.memory import require_model_fits
     from harden.outputs import report_file
     from harden.ram import fixed_rad_seed, has_rad
     from harden.run import open_run
@@ -63,6 +64,9 @@ def eval_command(
     report_file(json_path, EVAL_SCHEMA, "eval.json")  # before any work: never overwrite what harden did not write
     device = resolve_device(device)
     run = open_run(run_dir, device, data=data, split=split, image_size=image_size, images=images)
+    height, width = run.dataset[0][0].shape[-2:]
+    require_model_fits({"model": run.model}, batch_size, height, width, what="evaluating the model", backward=False,
+                       classes=run.model_config.num_classes, device=device)  # fmt: skip
     with fixed_rad_seed(run.model, rad_seed):
         confusion = evaluate(run.model, run.dataset, batch_size=batch_size, device=device,
                              progress=progress and sys.stderr.isatty())  # fmt: skip

@@ -165,6 +165,7 @@ def verify_command(
     from harden.cli import Failed, Inconclusive
     from harden.cli.attack import check_attack_names
     from harden.devices import local_rank_from_environment, resolve_device
+    from harden.memory import require_model_fits
     from harden.runtime.twins import InterfaceOptions, load_twins, open_deployment
     from harden.runtime.verification import (
         Confidence,
@@ -187,9 +188,14 @@ def verify_command(
     level = Confidence(confidence) if images is not None else Confidence.auto(confidence, batch_size, max_images)
     dataset = verification_data(deployment, list(twin_specs), data=data, split=split, images=images or max_images,
                                    image_size=image_size, seed=seed)  # fmt: skip
+    target = resolve_device(device, local_rank=local_rank_from_environment())
+    height, width = dataset[0][0].shape[-2:]
+    static = deployment.image_size is not None
+    require_model_fits(twins, batch_size, height, width, what="attacking the twins", backward=True,
+                       classes=dataset.num_classes, device=target, exact_size=static)  # fmt: skip
     verdict = verify_release(
         deployment, twins, dataset, options, gates, out or deployment.root / "verify",
-        device=resolve_device(device, local_rank=local_rank_from_environment()), resume=resume,
+        device=target, resume=resume,
         progress=progress and sys.stderr.isatty(), command=command_line(), log=click.echo, confidence=level,
     )  # fmt: skip
     shown = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}

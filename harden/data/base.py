@@ -8,6 +8,8 @@ file, because a silently wrong label poisons every number computed from it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,44 +87,55 @@ class FileSegmentationDataset(SegmentationDataset):
 
 def read_image(path: Path) -> np.ndarray:
     """An RGB image file as (H, W, 3) uint8; any decoding failure names the file."""
-    try:
-        with Image.open(path) as img:  # reads the header only: the size is known before decoding
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise InputError(
-                    f"{path}: {img.width}×{img.height} pixels exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit "
-                    "(a decompression bomb, or an image to downscale first)"
-                )
-            if img.mode.startswith("I") or img.mode == "F":
-                raise InputError(
-                    f"{path}: a {img.mode} (16-bit or float) image; convert it to 8-bit RGB first — reading it as "
-                    "8-bit would clip it"
-                )
-            return np.array(img.convert("RGB"))
-    except Image.DecompressionBombError as err:  # PIL's own guard, far beyond ours, fires while opening
-        raise InputError(f"{path}: exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit ({err})") from err
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"{path}: cannot read image ({err}); replace or remove the file") from err
+    with _open_bounded(path, "image") as img:
+        if img.mode.startswith("I") or img.mode == "F":
+            raise InputError(
+                f"{path}: a {img.mode} (16-bit or float) image; convert it to 8-bit RGB first — reading it as "
+                "8-bit would clip it"
+            )
+        return _decoded(path, "image", lambda: np.array(img.convert("RGB")))
 
 
 def read_label(path: Path) -> np.ndarray:
     """A single-channel or palette label file as (H, W) uint8 raw values."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I;16", "I"):
-                raise InputError(
-                    f"{path}: label image has mode {img.mode}; expected a single-channel or "
-                    "palette PNG of class ids (colour-coded labels must be converted to ids first)"
-                )
-            raw = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"{path}: cannot read label ({err}); replace or remove the file") from err
+    with _open_bounded(path, "label") as img:
+        if img.mode not in ("L", "P", "I;16", "I"):
+            raise InputError(
+                f"{path}: label image has mode {img.mode}; expected a single-channel or "
+                "palette PNG of class ids (colour-coded labels must be converted to ids first)"
+            )
+        raw = _decoded(path, "label", lambda: np.asarray(img))
     if raw.max(initial=0) > 255:
         raise InputError(f"{path}: label values up to {int(raw.max())} exceed 255")
     return raw.astype(np.uint8)
+
+
+@contextlib.contextmanager
+def _open_bounded(path: Path, what: str) -> Iterator[Image.Image]:
+    """The file opened by PIL (the header only), refused before decoding when it is larger than
+    MAX_IMAGE_PIXELS — a decompression bomb — or not an image; every failure names the file."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as err:  # PIL's own guard, far beyond ours, fires while opening
+        raise InputError(f"{path}: {what} exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit ({err})") from err
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err}); replace or remove the file") from err
+    with img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise InputError(
+                f"{path}: {what} of {img.width}×{img.height} pixels exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+                "limit (a decompression bomb, or an image to downscale first)"
+            )
+        yield img
+
+
+def _decoded(path: Path, what: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+    try:
+        return decode()
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: {what} exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit ({err})") from err
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # truncated or corrupt data
+        raise InputError(f"{path}: cannot read {what} ({err}); replace or remove the file") from err
 
 
 def require_dir(path: Path, what: str, hint: str) -> Path:

@@ -16,14 +16,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
-from harden._io import atomic_path
+from harden._io import atomic_open, safetensors_bytes
+from harden.config import ModelConfig
 from harden.errors import InputError
 from harden.models import SegmentationModel
 from harden.models.compose import network_of
-from harden.run import load_weights_into, weights_path
+from harden.run import MODEL_FILE, STATE_FILE, load_weights_into, model_bytes, saved_epoch, weights_path
 
 
 @dataclass
@@ -117,6 +118,43 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def save_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, extra: dict[str, Any]
 ) -> None:
+    """Commit the resume state alone (a checkpoint inside an epoch, `--save-every`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(state_bytes(model, optimizer, progress, extra))
+
+
+def commit_epoch(
+    run_dir: Path, model: nn.Module, config: ModelConfig, trained: nn.Module, optimizer: torch.optim.Optimizer,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """Publish the weights and the resume state of a finished epoch as one set.
+
+    Both files are serialised and written to temporaries first, so a full disk or a crash while
+    writing leaves the previous pair untouched. Then the state (the commit point) is renamed over
+    its file, and the weights over theirs. Only a kill between those two renames can leave the
+    state one epoch ahead of `model.safetensors`; the weights record their epoch, and a resume
+    republishes them from the state (`republish_weights`).
+    """
+    weights = model_bytes(model, config, progress.epoch)
+    state = state_bytes(trained, optimizer, progress, {})
+    with atomic_open(run_dir / MODEL_FILE, "wb") as weights_file:  # renamed second
+        weights_file.write(weights)
+        with atomic_open(run_dir / STATE_FILE, "wb") as state_file:  # renamed first: the commit point
+            state_file.write(state)
+
+
+def republish_weights(run_dir: Path, model: nn.Module, config: ModelConfig, progress: Progress) -> bool:
+    """After a resume: rewrite `model.safetensors` from the state's weights when it records another
+    epoch than the state (a kill between `commit_epoch`'s two renames). True when it did."""
+    recorded = saved_epoch(run_dir / MODEL_FILE)
+    if recorded is None or recorded == progress.epoch:
+        return False
+    with atomic_open(run_dir / MODEL_FILE, "wb") as f:
+        f.write(model_bytes(model, config, progress.epoch))
+    return True
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, extra: dict[str, Any]) -> bytes:
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
@@ -135,8 +173,7 @@ def save_state(
         "optimizer_scalars": json.dumps(scalars),
         "extra": json.dumps(extra),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    return safetensors_bytes(tensors, metadata)
 
 
 def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Progress, dict[str, Any]]:

@@ -14,10 +14,11 @@ normalises by its own share of the batch (models without batch norm, e.g. segmen
 unaffected). Validation is split the same way and its confusion matrices added on rank 0,
 which alone writes the run directory. A run may resume with another number of processes.
 
-Crash safety: after each epoch the metrics line is appended, then `model.safetensors`, then
-`state.safetensors` — the commit point — are replaced atomically; `--save-every N` also commits
-the state every N steps inside an epoch. On resume, metrics lines past the committed epoch (a
-crash between the two writes) are dropped.
+Crash safety: after each epoch the metrics line is appended, then `model.safetensors` and
+`state.safetensors` are committed as a pair (`checkpoint.commit_epoch`: both written in full to
+temporaries, then the state — the commit point — and the weights renamed); `--save-every N` also
+commits the state every N steps inside an epoch. On resume, metrics lines past the committed
+epoch are dropped, and weights left one epoch behind the state are republished from it.
 """
 
 from __future__ import annotations
@@ -53,10 +54,17 @@ from harden.run import (
     STATE_FILE,
     build_model,
     read_config,
-    save_model,
     write_config,
 )
-from harden.training.checkpoint import Progress, init_backbone, init_weights, load_state, save_state
+from harden.training.checkpoint import (
+    Progress,
+    commit_epoch,
+    init_backbone,
+    init_weights,
+    load_state,
+    republish_weights,
+    save_state,
+)
 from harden.training.methods import adversarial_positions, create_method
 from harden.training.plots import plot_curves
 
@@ -246,6 +254,8 @@ def _train(
             running = _Running(**extra.get("running", {}))
         if main:
             _truncate_metrics(run_dir / METRICS_FILE, done.epoch)
+            if republish_weights(run_dir, model, model_config, done):
+                log(f"{MODEL_FILE} was one epoch behind the resume state (interrupted while saving): rewritten")
         log(f"resuming {run_dir} after epoch {done.epoch} (step {done.step})")
     forward: nn.Module = trained
     if distributed.active:
@@ -330,8 +340,7 @@ def _train(
             }
             rows.append(row)
             _append_metrics(run_dir / METRICS_FILE, row)
-            save_model(run_dir / MODEL_FILE, model, model_config)
-            save_state(run_dir / STATE_FILE, trained, optimizer, done, extra={})
+            commit_epoch(run_dir, model, model_config, trained, optimizer, done)
             plot_curves(rows, run_dir / CURVES_FILE, title=f"{model_config.name} on {config.data}")
             extras = "".join(f"  {k} {v:.4f}" for k, v in running.mean_stats().items())
             log(
