@@ -1,6 +1,6 @@
 """Verification reports, each written atomically: JSON, JUnit XML and one self-contained HTML page.
 
-- `verify.json` (schema `harden-verify-report-v2`): deployment and its sha256s, twins, seeds,
+- `verify.json` (schema `harden-verify-report-v3`): deployment and its sha256s, twins, seeds,
   tool versions, clean and robust scores on the engine and on each twin, parity, divergence,
   per-image worst cases, audits, sanity checks, gates and the verdict.
 - `junit.xml`: one test case per gate (a failure carries the gate's detail), for CI systems.
@@ -29,9 +29,10 @@ from harden.attacks.worst_case import ImageCounts, WorstCase
 from harden.export.arithmetic import machine_facts
 from harden.export.manifest import versions
 from harden.runtime.gates import METHOD, GateResult, verdict_of
+from harden.runtime.traceability import harden_source
 from harden.runtime.verify import CHECKS_AND_AUDITS, ENGINE_INFERENCE, TWIN_INFERENCE, VerifyResult
 
-SCHEMA = "harden-verify-report-v2"
+SCHEMA = "harden-verify-report-v3"
 
 
 def summarise(
@@ -41,9 +42,13 @@ def summarise(
     class_names: list[str],
     command: str = "",
     confidence: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report (see the module docstring); `command`: the command line that asked for it;
-    `confidence`: the level the gates decided at and, with --images auto, the looks taken."""
+    `confidence`: the level the gates decided at and, with --images auto, the looks taken;
+    `data`: the images verified (`harden.runtime.traceability.data_record`); `evidence`: the
+    evidence set's manifest and sha256 (None: --no-evidence)."""
     manifest = result.deployment.manifest
     eps_values = sorted({r.eps for r in result.engine.runs})
     engine_miou, engine_acc = result.engine.clean_scores()
@@ -101,6 +106,9 @@ def summarise(
         "seeds": {"attack": options.get("seed"), "evaluation_draws": [DRAW_SEED + d for d in range(result.draws)]},
         "options": options,
         "versions": versions(),
+        "harden_source": harden_source(),
+        "data": data or {"source": None, "num_classes": None, "images": [], "calibration": {"disjoint": None}},
+        "evidence": evidence,
         "clean": {
             "engine": {"miou": engine_miou, "pixel_accuracy": engine_acc},
             **{
@@ -606,10 +614,11 @@ def _stack(*pngs: bytes) -> bytes:
 def write_reports(
     result: VerifyResult, gates: list[GateResult], options: dict[str, Any], class_names: list[str],
     out: Path, palette: np.ndarray, command: str = "", confidence: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None, evidence: dict[str, Any] | None = None,
 ) -> list[Path]:  # fmt: skip
     """verify.json, junit.xml and report.html in `out`; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(result, gates, options, class_names, command, confidence)
+    summary = summarise(result, gates, options, class_names, command, confidence, data, evidence)
     write_json(out / "verify.json", summary)
     write_junit(summary, out / "junit.xml")
     write_html(summary, result, out / "report.html", palette)

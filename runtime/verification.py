@@ -27,9 +27,12 @@ from harden.outputs import exclusive
 from harden.run import read_config
 from harden.runtime.confidence import Outcome
 from harden.runtime.engines import Engine, open_engine
+from harden.runtime.evidence import FOLDER as EVIDENCE_FOLDER
+from harden.runtime.evidence import EvidenceWriter
 from harden.runtime.gates import METHOD, GateResult, Gates, evaluate_gates, read_gate_file, verdict_of
 from harden.runtime.localise import localise_failed_parity
 from harden.runtime.report import write_reports
+from harden.runtime.traceability import data_record
 from harden.runtime.twins import GRAPH, Deployment
 from harden.runtime.verify import VerifyOptions, VerifyResult, verify
 from harden.visualize import palette_for
@@ -141,9 +144,11 @@ def verify_release(
     deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
     gates: Gates, out: Path, *, device: torch.device, resume: bool = False, progress: bool = False,
     command: str = "", log: Callable[[str], None] = print, confidence: Confidence | None = None,
+    evidence: bool = True,
 ) -> Verdict:  # fmt: skip
     """Run the verification into `out` (one verification per directory: it is locked) and judge it
-    at `confidence` (default 0.95, one look on every image).
+    at `confidence` (default 0.95, one look on every image). `evidence`: leave the evidence set
+    in OUT/evidence (`harden.runtime.evidence`) for `harden replay`.
 
     The state is saved after every batch to OUT/verify.state (per rank under torchrun) and
     removed once the reports are written; `resume` continues from it.
@@ -157,13 +162,13 @@ def verify_release(
         with Distributed.from_environment("nccl" if device.type == "cuda" else "gloo") as distributed:
             return _verify_and_judge(deployment, twins, dataset, options, gates, out, distributed, device=device,
                                      resume=resume, progress=progress, command=command, log=log,
-                                     confidence=confidence or Confidence())  # fmt: skip
+                                     confidence=confidence or Confidence(), evidence=evidence)  # fmt: skip
 
 
 def _verify_and_judge(
     deployment: Deployment, twins: dict[str, Any], dataset: SegmentationDataset, options: VerifyOptions,
     gates: Gates, out: Path, distributed: Distributed, *, device: torch.device, resume: bool, progress: bool,
-    command: str, log: Callable[[str], None], confidence: Confidence,
+    command: str, log: Callable[[str], None], confidence: Confidence, evidence: bool,
 ) -> Verdict:  # fmt: skip
     state_file = out / ("verify.state" if not distributed.active else f"verify.state.rank{distributed.rank}")
     if resume and not state_file.is_file():
@@ -180,26 +185,46 @@ def _verify_and_judge(
         log(f"  look at {partial.images} images: {outcome}")
         return outcome != "inconclusive"
 
+    writer = None
+    if evidence:
+        writer = EvidenceWriter(out / EVIDENCE_FOLDER, eps_values, dataset.num_classes)
+        writer.start()
     with open_engine(deployment.artefact, str(device), deployment.interface) as engine:
         if deployment.num_classes is None:  # the output's channels are not static: ask the model
             _check_classes(engine, dataset)
         result = verify(deployment, engine, twins, dataset, options, progress=progress and distributed.is_main,
                         state_file=state_file, resume=resume, distributed=distributed, device=device,
-                        looks=list(confidence.looks) or None, decided=decided)  # fmt: skip
+                        looks=list(confidence.looks) or None, decided=decided, evidence=writer)  # fmt: skip
     verdict = Verdict([])
     if result is not None:  # rank 0: judge and report
         results = evaluate_gates(result, gates, eps_values, confidence.per_look)
         results = localise_failed_parity(result, results, twins.get(GRAPH), dataset, str(device))
         class_names = deployment.manifest.class_names if deployment.manifest else list(dataset.class_names)
         settings = {**dataclasses.asdict(options), "gates": gates.to_dict()}
+        data = data_record(dataset, result.images, deployment)
+        evidence_record = None
+        if writer is not None:
+            first_ids = list(range(0, result.images, options.batch_size))
+            manifest_path, digest = writer.finish(first_ids, result.draws, evidence_deployment(result), class_names,
+                                                  data)  # fmt: skip
+            evidence_record = {"manifest": str(manifest_path.relative_to(out)), "sha256": digest,
+                               "bytes": sum(p.stat().st_size for p in manifest_path.parent.iterdir())}  # fmt: skip
         written = write_reports(result, results, settings, class_names, out,
                                 palette_for(dataset.name, dataset.num_classes), command=command,
-                                confidence=confidence.record(result.images))  # fmt: skip
+                                confidence=confidence.record(result.images), data=data,
+                                evidence=evidence_record)  # fmt: skip
         verdict = Verdict([g.name for g in results if not g.passed], results, result.not_judged, written,
                           verdict_of(results), result.images)  # fmt: skip
     verdict.failed, verdict.outcome = distributed.broadcast((verdict.failed, verdict.outcome))
     state_file.unlink(missing_ok=True)  # the reports are written: nothing left to resume
     return verdict
+
+
+def evidence_deployment(result: VerifyResult) -> dict[str, Any]:
+    """The evidence manifest's record of the deployment whose engine predicted it."""
+    deployment = result.deployment
+    return {"artefact": deployment.artefact.name, "engine": result.engine_name, "precision": deployment.precision,
+            "files": deployment.file_hashes()}  # fmt: skip
 
 
 def _check_classes(engine: Engine, dataset: SegmentationDataset) -> None:

@@ -45,6 +45,7 @@ from harden.ram import fixed_rad_seed, has_rad
 from harden.runtime import audits, provenance, structure
 from harden.runtime.divergence import Divergence
 from harden.runtime.engines import Engine, EngineModule, OnnxRuntimeEngine
+from harden.runtime.evidence import EvidenceWriter, WorstImages
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.twins import GRAPH, Deployment, reference_model
 from harden.runtime.verify_checks import verify_checks
@@ -60,6 +61,7 @@ TWIN_INFERENCE = "twin_inference"  # the twins' forward passes when scoring (not
 ATTACK_CRAFTING = "attack_crafting"  # white-box attacks on the twins, black-box and divergence search
 STATE_SAVING = "state_saving"  # the resumable state written after every batch
 CHECKS_AND_AUDITS = "checks_and_audits"  # sanity checks, deployment audits, engine arithmetic
+EVIDENCE = "evidence"  # the evidence set: re-scoring the stored images on the engine, compressing, writing
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def verify(
     device: torch.device | None = None,
     looks: list[int] | None = None,
     decided: Callable[[VerifyResult], bool] | None = None,
+    evidence: EvidenceWriter | None = None,
 ) -> VerifyResult | None:
     """Run everything of the module docstring; `engine` must be open (inside `with`).
 
@@ -169,6 +172,8 @@ def verify(
     looks, decided: sequential verification (`--images auto`): after the batch that completes
         each number of images in `looks`, the result so far is judged by `decided`; the first
         look it calls decided ends the run (one process only; looks are multiples of the batch).
+    evidence: where each batch's clean and worst adversarial images go, with the engine's class
+        maps of them (`harden.runtime.evidence`); None: kept nowhere (--no-evidence).
     """
     if len(dataset) == 0:
         raise InputError("the verification dataset is empty: nothing would be verified (fail closed)")
@@ -191,6 +196,7 @@ def verify(
     else:
         state = VerifyState(list(twins), dataset.num_classes, plan.draws)
     scorer = _Scorer(engine, twins, state, options.examples, device)
+    scorer.evidence = evidence
     size = options.batch_size
     todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
     loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
@@ -260,6 +266,7 @@ def _verify_batch(
     divergence search, for one batch at every ε."""
     scorer.clean(images, labels, ids)
     engine_module = EngineModule(scorer.engine)
+    worst_images: dict[float, WorstImages] = {}
     for eps in options.eps_values:
         threat = ThreatModel(eps)
         batch = _Batch(images, labels, ids, eps)
@@ -299,6 +306,10 @@ def _verify_batch(
         worst = batch.worst
         keep_lowest(scorer.state.examples, eps, options.examples, acc=worst.score, ids=ids, clean=images, labels=labels,
                     adversarial=worst["adversarial"], prediction=worst["prediction"])  # fmt: skip
+        worst_images[eps] = WorstImages(worst["adversarial"], [batch.sources[int(i)] for i in worst["source"]])
+    if scorer.evidence is not None:
+        with scorer.timer(EVIDENCE):
+            scorer.evidence.add_batch(scorer.on_engine_classes, scorer.draws, ids, images, labels, worst_images)
 
 
 def _finish(
@@ -376,11 +387,19 @@ class _Batch:
     # per image, the adversarial image with the engine's lowest pAcc over attacks and draws, and
     # the engine's prediction on it in that draw
     worst: LowestPerImage = field(init=False)
+    sources: list[str] = field(default_factory=list)  # what produced each candidate: "attack/member on twin, draw d"
 
     def __post_init__(self) -> None:
         # kept on the images' device: every attack, member and draw offers its images, and only
         # the batch's final worst ones move to the host (keep_lowest)
-        self.worst = LowestPerImage({"adversarial": self.images, "prediction": torch.zeros_like(self.labels)})
+        self.sources = ["clean image (no candidate scored lower)"]
+        self.worst = LowestPerImage({"adversarial": self.images, "prediction": torch.zeros_like(self.labels),
+                                     "source": torch.zeros_like(self.ids)})  # fmt: skip
+
+    def offer(self, accuracy: torch.Tensor, adversarial: torch.Tensor, prediction: torch.Tensor, source: str) -> None:
+        self.sources.append(source)
+        index = torch.full_like(self.ids, len(self.sources) - 1)
+        self.worst.offer(accuracy, adversarial=adversarial, prediction=prediction, source=index)
 
 
 class _Scorer:
@@ -393,6 +412,11 @@ class _Scorer:
         self.engine, self.twins, self.state, self.limit, self.device = engine, twins, state, examples, device
         self.num_classes, self.draws = state.num_classes, state.draws
         self.timer = _Timer(state.seconds)
+        self.evidence: EvidenceWriter | None = None
+
+    def on_engine_classes(self, images: torch.Tensor, draw: int) -> torch.Tensor:
+        """The engine's class map of `images` in `draw` (what the evidence set records)."""
+        return self.on_engine(images, draw).argmax(1)
 
     def on_engine(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         with self.timer(ENGINE_INFERENCE):
@@ -428,7 +452,8 @@ class _Scorer:
             engine_prediction = engine_logits.argmax(1)
             counts = run.add(key, engine_prediction, batch.labels, self.num_classes)
             accuracy = torch.from_numpy(counts.accuracy_per_image()).float()
-            batch.worst.offer(accuracy, adversarial=adversarial, prediction=engine_prediction)
+            source = f"{run.attack}/{member} on {run.crafted_on}, draw {d}"
+            batch.offer(accuracy, adversarial, engine_prediction, source)
             if twin is None:
                 continue
             twin_logits = self.on_twin(self.twins[twin], adversarial, d)

@@ -116,16 +116,16 @@ def test_ddcat_resumes_with_its_branches(tmp_path, monkeypatch):
     import harden.training.loop as loop
 
     _train(tmp_path / "straight", epochs=2, adv="ddcat")
-    real_save_state = loop.save_state
+    real_commit = loop.commit_epoch
 
-    def save_then_die(*args, **kwargs):
-        real_save_state(*args, **kwargs)
+    def commit_then_die(*args, **kwargs):
+        real_commit(*args, **kwargs)
         raise KeyboardInterrupt("killed after epoch 1")
 
-    monkeypatch.setattr(loop, "save_state", save_then_die)
+    monkeypatch.setattr(loop, "commit_epoch", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed", epochs=2, adv="ddcat")
-    monkeypatch.setattr(loop, "save_state", real_save_state)
+    monkeypatch.setattr(loop, "commit_epoch", real_commit)
     _train(tmp_path / "resumed", epochs=2, adv="ddcat", resume=True)
     a, b = load_file(str(tmp_path / "straight" / STATE_FILE)), load_file(str(tmp_path / "resumed" / STATE_FILE))
     assert any(k.startswith("model.auxiliary.") for k in a)
@@ -212,19 +212,25 @@ def test_resume_after_a_kill_mid_epoch_continues_from_the_last_step_checkpoint(t
     settings = dict(adv="pgd", train_images=16, save_every=1)  # 4 steps per epoch, a checkpoint after each
     _train(tmp_path / "straight", epochs=2, **settings)
 
-    real_save_state = loop.save_state
+    real_save_state, real_commit = loop.save_state, loop.commit_epoch
     saved_steps = []
 
-    def save_then_die(path, model, optimizer, progress, extra):
+    def save_then_die(path, model, optimizer, progress, extra):  # inside an epoch
         real_save_state(path, model, optimizer, progress, extra)
         saved_steps.append(progress.step)
         if progress.step == 6:  # step 2 of epoch 2
             raise KeyboardInterrupt("killed mid-epoch")
 
+    def commit_and_count(run_dir, model, config, trained, optimizer, progress):  # at an epoch's end
+        real_commit(run_dir, model, config, trained, optimizer, progress)
+        saved_steps.append(progress.step)
+
     monkeypatch.setattr(loop, "save_state", save_then_die)
+    monkeypatch.setattr(loop, "commit_epoch", commit_and_count)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed", epochs=2, **settings)
     monkeypatch.setattr(loop, "save_state", real_save_state)
+    monkeypatch.setattr(loop, "commit_epoch", real_commit)
     assert saved_steps == [1, 2, 3, 4, 5, 6]  # steps 1-3 mid-epoch, 4 at the epoch's end, then 5 and 6
 
     trained_steps = []

@@ -50,14 +50,14 @@ def test_same_seed_same_weights_different_seed_different_weights(tmp_path):
 def _interrupt_after_first_checkpoint(monkeypatch):
     import harden.training.loop as loop
 
-    real_save_state = loop.save_state
+    real_commit = loop.commit_epoch  # the first checkpoint: the end of epoch 1
 
-    def save_then_die(*args, **kwargs):
-        real_save_state(*args, **kwargs)
+    def commit_then_die(*args, **kwargs):
+        real_commit(*args, **kwargs)
         raise KeyboardInterrupt("killed after the first checkpoint")
 
-    monkeypatch.setattr(loop, "save_state", save_then_die)
-    return lambda: monkeypatch.setattr(loop, "save_state", real_save_state)
+    monkeypatch.setattr(loop, "commit_epoch", commit_then_die)
+    return lambda: monkeypatch.setattr(loop, "commit_epoch", real_commit)
 
 
 def test_resume_ends_exactly_where_the_uninterrupted_run_ends(tmp_path, monkeypatch):

@@ -150,6 +150,8 @@ Examples:
                "everywhere.")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/verify.state (saved after "
               "every batch; the same arguments are required).")  # fmt: skip
+@click.option("--no-evidence", is_flag=True, help="Do not keep the evidence set (OUT/evidence: the clean and worst "
+              "adversarial images with the engine's predictions) that `harden replay` judges rebuilds on.")  # fmt: skip
 @progress_option
 def verify_command(
     deployed: Path, twin_specs: tuple[str, ...], reference: Path | None, input_name: str | None,
@@ -158,7 +160,7 @@ def verify_command(
     max_images: int, confidence: float, image_size: tuple[int, int] | None, attack_names: tuple[str, ...],
     eps_values: tuple[float, ...], iters: int | None, queries: int, divergence_steps: int, eot: int | None,
     draws: int | None, seed: int, batch_size: int, gate_file: Path | None, gate_pairs: tuple[str, ...],
-    out: Path | None, device: str, resume: bool, progress: bool,
+    out: Path | None, device: str, resume: bool, no_evidence: bool, progress: bool,
 ) -> None:  # fmt: skip
     """Parse → `verify_release` (runtime/verification.py) → print the gates; exit 1 if one failed, 3 if
     one could not decide."""
@@ -197,6 +199,7 @@ def verify_command(
         deployment, twins, dataset, options, gates, out or deployment.root / "verify",
         device=target, resume=resume,
         progress=progress and sys.stderr.isatty(), command=command_line(), log=click.echo, confidence=level,
+        evidence=not no_evidence,
     )  # fmt: skip
     shown = {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     for gate in verdict.gates:

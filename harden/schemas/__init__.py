@@ -18,7 +18,9 @@ from importlib import resources
 from typing import Any
 
 REPORT_SCHEMAS = {
-    "harden-verify-report-v2": "verify.schema.json",
+    "harden-verify-report-v3": "verify.schema.json",
+    "harden-replay-report-v1": "replay.schema.json",
+    "harden-evidence-v1": "evidence.schema.json",
     "harden-attack-report-v1": "attack.schema.json",
     "harden-patch-attack-report-v1": "patch-attack.schema.json",
     "harden-eval-report-v1": "eval.schema.json",
