@@ -224,7 +224,7 @@ def evidence_deployment(result: VerifyResult) -> dict[str, Any]:
     """The evidence manifest's record of the deployment whose engine predicted it."""
     deployment = result.deployment
     return {"artefact": deployment.artefact.name, "engine": result.engine_name, "precision": deployment.precision,
-            "files": deployment.file_hashes()}  # fmt: skip
+            "files": deployment.file_hashes(), "interface": deployment.interface.to_dict()}  # fmt: skip
 
 
 def _check_classes(engine: Engine, dataset: SegmentationDataset) -> None:

@@ -131,6 +131,7 @@ def cli() -> None:
       harden attack runs/demo --attack sea --eps 4/255,8/255
       harden export runs/demo --out exports/demo
       harden verify exports/demo --twin graph --twin runs/demo
+      harden replay exports/demo/verify exports/demo   # re-judge a rebuild on verify's evidence
       harden study crf runs/demo          # experiments from the papers
       harden models                       # what can be trained
 
@@ -139,7 +140,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from harden.cli import attack, attention_map, demo, erf, evaluate, export, models, study, train, verify
+    from harden.cli import attack, attention_map, demo, erf, evaluate, export, models, replay, study, train, verify
 
     cli.add_command(train.train_command)
     cli.add_command(evaluate.eval_command)
@@ -148,6 +149,7 @@ def _register() -> None:
     cli.add_command(attack.attack_command)
     cli.add_command(export.export_command)
     cli.add_command(verify.verify_command)
+    cli.add_command(replay.replay_command)
     cli.add_command(demo.demo_command)
     cli.add_command(erf.erf_command)
     cli.add_command(study.study_group)
