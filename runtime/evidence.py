@@ -46,12 +46,13 @@ from harden.attacks.threat import format_eps
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
 from harden.export.manifest import sha256_file
+from harden.memory import available_bytes
 
 SCHEMA = "harden-evidence-v1"
 FOLDER = "evidence"
 MANIFEST = "evidence.json"
 GRID_TOLERANCE = 1e-4  # |x·255 − round(x·255)| below this: the image lies on the 8-bit grid
-MAX_EXPANSION = 4096  # a batch file may not decompress to more than this × its compressed size
+MAX_EXPANSION = 1100  # deflate cannot expand more than 1032-fold: the bound when no size is recorded
 
 Predict = Callable[[torch.Tensor, int], torch.Tensor]  # (images, draw) → the engine's class map (B, H, W)
 
@@ -168,8 +169,9 @@ class EvidenceWriter:
             if not path.is_file():
                 raise RuntimeError(f"{path}: a verified batch left no evidence file")
             batch = read_batch(path, len(self.eps_values))
-            files.append({"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
-                          "storage": batch.storage, "ids": batch.ids.tolist()})  # fmt: skip
+            files.append({"path": path.name, "bytes": path.stat().st_size, "raw_bytes": batch.raw_bytes,
+                          "sha256": sha256_file(path), "storage": batch.storage,
+                          "ids": batch.ids.tolist()})  # fmt: skip
             for i, image_id in enumerate(batch.ids.tolist()):
                 images.append({"id": image_id, "sha256": batch.image_sha256[i],
                                "worst": {format_eps(eps): batch.sources[str(k)][i]
@@ -203,18 +205,22 @@ class EvidenceBatch:
     storage: str
     sources: dict[str, list[str]]
     image_sha256: list[str]
+    raw_bytes: int  # the safetensors file's size, uncompressed
 
 
-def read_batch(path: Path, eps_count: int | None, expected_bytes: int | None = None) -> EvidenceBatch:
-    """One batch file, decompressed with a bound (a crafted file cannot exhaust memory) and
-    checked for every tensor it must hold; InputError (exit 2) naming the file otherwise."""
+def read_batch(
+    path: Path, eps_count: int | None, expected_bytes: int | None = None, raw_bytes: int | None = None
+) -> EvidenceBatch:
+    """One batch file, decompressed to at most `raw_bytes` (what the manifest records; a crafted
+    file cannot inflate beyond it) and checked for every tensor it must hold; InputError (exit 2)
+    naming the file otherwise."""
     try:
         raw = path.read_bytes()
-        limit = MAX_EXPANSION * max(len(raw), 1)
+        limit = raw_bytes if raw_bytes is not None else MAX_EXPANSION * max(len(raw), 1)
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         data = inflater.decompress(raw, limit)
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError("truncated, or expands beyond any real batch")
+        if inflater.unconsumed_tail or not inflater.eof or (raw_bytes is not None and len(data) != raw_bytes):
+            raise ValueError(f"truncated, or inflating to other than the {limit} bytes recorded")
         tensors = load_safetensors(data)
         with io.BytesIO(data) as buffer:
             header = json.loads(buffer.read(int.from_bytes(buffer.read(8), "little")))
@@ -249,6 +255,7 @@ def read_batch(path: Path, eps_count: int | None, expected_bytes: int | None = N
         storage=storage,
         sources=sources,
         image_sha256=hashes,
+        raw_bytes=len(data),
     )
 
 
@@ -283,7 +290,7 @@ class Evidence:
                 raise InputError(f"{path}: listed in {self.folder / MANIFEST} but missing; the evidence is incomplete")
             if sha256_file(path) != entry["sha256"]:
                 raise InputError(f"{path}: its sha256 differs from the one {MANIFEST} records: the file was changed")
-            batch = read_batch(path, len(self.eps_values), entry["bytes"])
+            batch = read_batch(path, len(self.eps_values), entry["bytes"], entry["raw_bytes"])
             if batch.ids.tolist() != entry["ids"]:
                 raise InputError(f"{path}: holds images {batch.ids.tolist()}, the manifest lists {entry['ids']}")
             if batch.clean_predictions.shape[1] != self.draws:
@@ -314,12 +321,20 @@ def open_evidence(path: Path) -> Evidence:
         draws = int(manifest["draws"])
         classes = int(manifest["num_classes"])
         files = manifest["files"]
-        if not files or any(not isinstance(f, dict) or {"path", "sha256", "bytes", "ids"} - set(f) for f in files):
-            raise ValueError("files must list path, sha256, bytes and ids")
+        if not files or any(not isinstance(f, dict) or {"path", "sha256", "bytes", "raw_bytes", "ids"} - set(f)
+                            for f in files):  # fmt: skip
+            raise ValueError("files must list path, sha256, bytes, raw_bytes and ids")
+        largest = max(int(f["raw_bytes"]) for f in files)
         if any("/" in str(f["path"]) or str(f["path"]).startswith(".") for f in files):
             raise ValueError("a file path leaves the evidence folder")
         if not eps or draws < 1 or classes < 1 or not all(math.isfinite(e) and e > 0 for e in eps):
             raise ValueError("eps, draws and num_classes must be positive")
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{manifest_path}: incomplete or tampered manifest ({err})") from err
+    room, source = available_bytes()
+    if largest > room // 4:  # a batch is inflated, then held as tensors twice over
+        raise InputError(
+            f"{manifest_path}: a batch file inflates to {largest / 2**30:.1f} GB, more than a quarter of the "
+            f"{room / 2**30:.1f} GB free ({source}); a tampered manifest, or a machine too small for this evidence"
+        )
     return Evidence(manifest_path.parent, manifest, sha256_file(manifest_path))

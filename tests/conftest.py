@@ -51,6 +51,19 @@ def _reports_match_their_schemas(tmp_path_factory: pytest.TempPathFactory):  # t
 
 
 @pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`harden demo --quick`, run once (tests/test_demo.py checks it; tests/test_replay.py replays
+    its evidence): (its folder, the command's result)."""
+    from click.testing import CliRunner
+
+    from harden.cli import cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out), "--no-progress"], catch_exceptions=False)
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A pspnet_tiny trained for a few seconds on 32×64 synthetic scenes (pAcc ≈ 0.6): something
     attacks can break. Session-scoped: trained once for all attack tests."""

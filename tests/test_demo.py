@@ -11,9 +11,8 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_demo_runs_the_whole_pipeline_and_verifies_both_precisions(tmp_path):
-    out = tmp_path / "demo"
-    result = _run("demo", "--quick", "--out", out, "--no-progress")
+def test_demo_runs_the_whole_pipeline_and_verifies_both_precisions(demo):
+    out, result = demo
     assert result.exit_code == 0, result.output
     assert "[4/4] harden verify" in result.output and "--artefact model.int8.onnx" in result.output
     config = json.loads((out / "run" / "config.json").read_text())
