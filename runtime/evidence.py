@@ -198,10 +198,10 @@ class EvidenceWriter:
 class EvidenceBatch:
     ids: torch.Tensor
     clean: torch.Tensor  # float in [0, 1]
-    labels: torch.Tensor  # int64
-    clean_predictions: torch.Tensor  # (B, D, H, W) int64
+    labels: torch.Tensor  # (B, H, W) class ids as stored (uint8, or int16 beyond 254 classes)
+    clean_predictions: torch.Tensor  # (B, D, H, W) as stored
     adversarial: list[torch.Tensor]  # per ε index: (B, 3, H, W) float
-    predictions: list[torch.Tensor]  # per ε index: (B, D, H, W) int64
+    predictions: list[torch.Tensor]  # per ε index: (B, D, H, W) as stored
     storage: str
     sources: dict[str, list[str]]
     image_sha256: list[str]
@@ -248,10 +248,10 @@ def read_batch(
     return EvidenceBatch(
         ids=tensors["ids"].long(),
         clean=image(tensors["clean"]),
-        labels=tensors["labels"].long(),
-        clean_predictions=tensors["clean.pred"].long(),
+        labels=tensors["labels"],
+        clean_predictions=tensors["clean.pred"],
         adversarial=[image(tensors[f"adv.{k}"]) for k in range(count)],
-        predictions=[tensors[f"pred.{k}"].long() for k in range(count)],
+        predictions=[tensors[f"pred.{k}"] for k in range(count)],
         storage=storage,
         sources=sources,
         image_sha256=hashes,

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from tqdm import tqdm
 
 from harden.attacks.evaluate import DRAW_SEED
@@ -32,6 +33,7 @@ from harden.attacks.threat import format_eps
 from harden.attacks.worst_case import ImageCounts, worst_case
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
+from harden.metrics import class_map
 from harden.runtime.engines import Engine
 from harden.runtime.evidence import Evidence
 from harden.runtime.gates import (
@@ -113,27 +115,29 @@ def replay(
             sets = [(clean, batch.clean, batch.clean_predictions)]
             sets += [(adversarial[eps], batch.adversarial[k], batch.predictions[k])
                      for k, eps in enumerate(evidence.eps_values)]  # fmt: skip
-            valid = batch.labels != IGNORE_INDEX
-            pixels = valid.flatten(1).sum(1)
+            labels = batch.labels.numpy()
+            valid = labels != IGNORE_INDEX
+            pixels = torch.from_numpy(valid.reshape(len(labels), -1).sum(1))
             for side, images, recorded in sets:
                 for d in range(draws):
                     start = time.perf_counter()
-                    predicted = engine.logits(images, DRAW_SEED + d).argmax(1)
+                    predicted = class_map(engine.logits(images, DRAW_SEED + d))
                     inference += time.perf_counter() - start
                     forwards += images.shape[0]
-                    if predicted.shape != recorded[:, d].shape:
+                    before = recorded[:, d]
+                    if predicted.shape != before.shape:
                         raise InputError(
                             f"{engine.name} predicts {tuple(predicted.shape[1:])} class maps for the evidence's "
-                            f"{tuple(recorded.shape[2:])} images: not the verified model's output size"
+                            f"{tuple(before.shape[1:])} images: not the verified model's output size"
                         )
                     side.recorded[d] = side.recorded[d].extend(
-                        ImageCounts.from_predictions(recorded[:, d], batch.labels, classes)
+                        ImageCounts.from_predictions(before, batch.labels, classes)
                     )
                     side.replayed[d] = side.replayed[d].extend(
                         ImageCounts.from_predictions(predicted, batch.labels, classes)
                     )
-                    agree = ((predicted == recorded[:, d]) & valid).flatten(1).sum(1)
-                    side.agreement[d].add(batch.ids, agree, pixels)
+                    same = (predicted.numpy() == before.numpy()) & valid
+                    side.agreement[d].add(batch.ids, torch.from_numpy(same.reshape(len(same), -1).sum(1)), pixels)
             bar.update(batch.ids.shape[0])
     finally:
         bar.close()

@@ -41,6 +41,7 @@ from harden.devices import place
 from harden.distributed import Distributed
 from harden.errors import InputError
 from harden.export.arithmetic import audit_file
+from harden.metrics import class_map
 from harden.ram import fixed_rad_seed, has_rad
 from harden.runtime import audits, provenance, structure
 from harden.runtime.divergence import Divergence
@@ -416,7 +417,7 @@ class _Scorer:
 
     def on_engine_classes(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         """The engine's class map of `images` in `draw` (what the evidence set records)."""
-        return self.on_engine(images, draw).argmax(1)
+        return class_map(self.on_engine(images, draw))
 
     def on_engine(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         with self.timer(ENGINE_INFERENCE):
@@ -427,7 +428,7 @@ class _Scorer:
             return twin(images.to(self.device))
 
     def counts(self, logits: torch.Tensor, labels: torch.Tensor) -> ImageCounts:
-        return ImageCounts.from_predictions(logits.argmax(1), labels, self.num_classes)
+        return ImageCounts.from_predictions(class_map(logits), labels, self.num_classes)
 
     def engine_run(self, attack: str, eps: float, kind: str, crafted_on: str) -> AttackRun:
         return self.state.engine_runs.setdefault(
@@ -449,7 +450,7 @@ class _Scorer:
         for d in range(self.draws):
             key = f"{member}@{d}"
             engine_logits = self.on_engine(adversarial, d)
-            engine_prediction = engine_logits.argmax(1)
+            engine_prediction = class_map(engine_logits)
             counts = run.add(key, engine_prediction, batch.labels, self.num_classes)
             accuracy = torch.from_numpy(counts.accuracy_per_image()).float()
             source = f"{run.attack}/{member} on {run.crafted_on}, draw {d}"
@@ -460,7 +461,7 @@ class _Scorer:
             twin_run = self.state.twin_runs[twin].setdefault(
                 (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
             )
-            twin_run.add(key, twin_logits.argmax(1), batch.labels, self.num_classes)
+            twin_run.add(key, class_map(twin_logits), batch.labels, self.num_classes)
             self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes,
                                                     batch.ids)  # fmt: skip
 
