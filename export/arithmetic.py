@@ -108,6 +108,9 @@ def machine_facts() -> dict[str, Any]:
         "cpu": model,
         "cpu_features": [f for f in _KERNEL_FLAGS if f in flags],
         "python": sys.version.split()[0],
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else [],
         "libraries": {
             "numpy": numpy.__version__,
             "torch": torch.__version__,

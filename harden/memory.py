@@ -37,13 +37,14 @@ from torch.utils._pytree import tree_flatten
 
 from harden.errors import InputError
 
-# measured resident memory ÷ peak tensor bytes on CPU was 1.01–1.19 for the models in
-# docs/benchmarks.md; the rest of a refusal's margin is the estimate's extrapolation error
-OVERHEAD = 1.3
+# what a step's resident memory adds to its tensors (allocator slack, oneDNN's convolution
+# workspaces, which no dispatch mode sees): measured 1.09–1.38 × the estimate on CPU for three
+# models at two sizes (docs/benchmarks.md, "Memory estimates"); a refusal allows this much
+OVERHEAD = 1.45
 LIMIT_VARIABLE = "HARDEN_MEMORY_LIMIT"
 # probe heights are multiples of this (the coarsest stride of the models here: 32)
 PROBE_MULTIPLE = 32
-PROBE_STEPS = (2, 3, 4, 5)  # probe heights: PROBE_MULTIPLE × these
+PROBE_STEPS = (2, 3, 4)  # probe heights: PROBE_MULTIPLE × these (three points fit the two terms)
 
 Step = Callable[[int, int, int], Any]  # (batch, height, width) → runs one step at that size
 

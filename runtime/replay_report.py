@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harden._io import atomic_open, write_json
+from harden.attacks.evaluate import DRAW_SEED
 from harden.attacks.threat import format_eps
 from harden.export.arithmetic import machine_facts
 from harden.export.manifest import versions
@@ -43,6 +44,7 @@ def summarise(result: ReplayResult, gates: list[GateResult], settings: dict[str,
             "recorded": evidence.manifest["deployment"],
             "images": result.images,
             "draws": result.draws,
+            "draw_seeds": [DRAW_SEED + d for d in range(result.draws)],
             "eps": evidence.eps_values,
         },
         "deployment": {
