@@ -190,7 +190,7 @@ def verify(
         checkpoint=deployment.manifest.checkpoint_sha256 if deployment.manifest else None,
         artefact=deployment.artefact.name, twins=list(twins), options=asdict(options), eot=plan.eot,
         draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, _first_image_sha(dataset)],
-        shard=[distributed.rank, distributed.world_size],
+        shard=[distributed.rank, distributed.world_size], evidence=evidence is not None,
     )  # fmt: skip
     if resume and state_file is not None and state_file.is_file():
         state = load_state(state_file, identity)

@@ -30,7 +30,7 @@ def test_one_name_per_concept_across_commands() -> None:
         options = _visible_options(command)
         assert not RETIRED & set(options), f"harden {command.name} still shows {RETIRED & set(options)}"
         if "--device" in options:
-            default = "cpu" if command.name == "verify" else "auto"  # a release verdict: the same on any CI machine
+            default = "cpu" if command.name in ("verify", "replay") else "auto"  # a release verdict: any CI machine
             assert options["--device"].type is DEVICE and options["--device"].default == default, command.name
         if "--batch-size" in options:
             assert options["--batch-size"].default == 8, command.name

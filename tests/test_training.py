@@ -86,15 +86,15 @@ def test_crash_between_metrics_and_checkpoint_is_repaired_on_resume(tmp_path, mo
     import harden.training.loop as loop
 
     _train(tmp_path / "run", epochs=1)
-    real_save_state = loop.save_state
+    real_commit = loop.commit_epoch
 
     def crash_on_second(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(loop, "save_state", crash_on_second)
+    monkeypatch.setattr(loop, "commit_epoch", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "run", epochs=2, resume=True)
-    monkeypatch.setattr(loop, "save_state", real_save_state)
+    monkeypatch.setattr(loop, "commit_epoch", real_commit)
     # metrics.jsonl now holds epoch 2 but the state still says 1: resume must re-run epoch 2 once
     _train(tmp_path / "run", epochs=2, resume=True)
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -43,8 +43,7 @@ def replay_command(
     Writes OUT/replay.json, OUT/junit.xml and OUT/replay.html.
 
     \b
-    Examples:
-      harden verify exports/demo --twin graph --out reports/demo
+    Examples (after `harden verify exports/demo --twin graph --out reports/demo`):
       harden replay reports/demo exports/demo --artefact model.int8.onnx
       harden replay reports/demo/evidence rebuilt/model.fp32.onnx --out reports/rebuild
     """
