@@ -18,6 +18,7 @@ from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
 from harden.attacks.apgd import APGD
 from harden.attacks.base import Attack
 from harden.attacks.dag import DAG
+from harden.attacks.padam import PAdam
 from harden.attacks.patch_attack import PatchAttack
 from harden.attacks.patch_autoattack import PatchAutoAttack
 from harden.attacks.patch_objectives import (
@@ -160,8 +161,19 @@ for _loss, _name in (
     ("mask-ce", "apgd-maskce"),
     ("jsd", "apgd-jsd"),
     ("mask-sph", "apgd-masksph"),
+    ("mask-ce-bal", "apgd-maskce-bal"),
 ):
     _register_apgd(_loss, _name)
+
+
+@register_attack("padam-ce")
+def _padam_ce(threat: ThreatModel, **common: Any) -> Attack:
+    return PAdam(threat, loss="ce", name="padam-ce", **common)
+
+
+@register_attack("padam-cos")
+def _padam_cos(threat: ThreatModel, **common: Any) -> Attack:
+    return PAdam(threat, loss="cosine", name="padam-cos", **common)
 
 
 @register_attack("sea")

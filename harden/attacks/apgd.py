@@ -31,7 +31,7 @@ from harden.errors import InputError
 
 CONSTANT_RADIUS = ((1.0, 1.0),)
 REDUCED_RADIUS = ((2.0, 0.3), (1.5, 0.3), (1.0, 0.4))  # (radius / ε, share of the iterations)
-TRACKED_BY_CROSS_ENTROPY = frozenset({"mask-ce", "bal-ce"})  # see APGD.tracks_cross_entropy
+TRACKED_BY_CROSS_ENTROPY = frozenset({"mask-ce", "bal-ce", "mask-ce-bal"})  # see APGD.tracks_cross_entropy
 
 
 def checkpoints(steps: int) -> list[int]:

@@ -93,6 +93,31 @@ def masked_spherical(logits: torch.Tensor, labels: torch.Tensor, progress: float
     return valid * _correct(logits, safe).detach() * spherical
 
 
+def cosine_distance(logits: torch.Tensor, labels: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    """1 − cos(u, e_y): the angle between the logit vector and the label's one-hot vector
+    (PAdam-Cos, Halmosi et al. 2024). Scale-free, and it keeps pulling on a fooled pixel until its
+    logits point away from y."""
+    safe, valid = _split(logits, labels)
+    u_y = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
+    return valid * (1 - u_y / logits.norm(dim=1).clamp_min(1e-12))
+
+
+def balanced_masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    """Mask-CE with every class of the image weighted equally: each still-correct pixel's CE
+    times (labelled pixels) / (classes present × pixels of its class), so a small object's few
+    pixels pull as hard as the road's many (Croce et al.'s class-balanced member; small objects
+    are what a data-set mIoU counts as much as large ones)."""
+    safe, valid = _split(logits, labels)
+    classes = logits.shape[1]
+    one_hot = F.one_hot(safe, classes).to(logits.dtype) * valid.unsqueeze(-1)  # (B, H, W, K)
+    counts = one_hot.flatten(1, 2).sum(1)  # (B, K) pixels per class
+    present = (counts > 0).sum(1).clamp_min(1).to(logits.dtype)  # (B,)
+    labelled = valid.flatten(1).sum(1).to(logits.dtype)  # (B,)
+    weight_of_class = labelled.unsqueeze(1) / (present.unsqueeze(1) * counts.clamp_min(1))  # (B, K)
+    weight = weight_of_class.gather(1, safe.flatten(1)).view_as(safe) * valid
+    return weight.detach() * _correct(logits, safe).detach() * cross_entropy(logits, labels)
+
+
 LOSSES: dict[str, PixelLoss] = {
     "ce": cross_entropy,
     "bal-ce": balanced_cross_entropy,
@@ -100,6 +125,8 @@ LOSSES: dict[str, PixelLoss] = {
     "mask-ce": masked_cross_entropy,
     "jsd": jensen_shannon,
     "mask-sph": masked_spherical,
+    "cosine": cosine_distance,
+    "mask-ce-bal": balanced_masked_cross_entropy,
 }
 
 
