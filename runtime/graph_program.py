@@ -171,7 +171,7 @@ class GraphProgram:
         all values."""
         values[""] = None  # an omitted optional input
         for step in self.steps:
-            inputs = [values[name] for name in step.inputs]
+            inputs = on_one_device([values[name] for name in step.inputs])
             try:
                 result = step.fn(inputs, step.attrs)
             except Exception as err:
@@ -187,6 +187,31 @@ class GraphProgram:
                 if name:
                     values[name] = value
         return values
+
+
+# an integer tensor this small on an accelerator is shape arithmetic (a constant index, a size)
+SHAPE_LIKE_NUMEL = 64
+
+
+def on_one_device(inputs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """The node's inputs on one device (`device_for`); unchanged when they already are."""
+    target = device_for(inputs)
+    return inputs if target is None else [t.to(target) if t is not None else None for t in inputs]
+
+
+def device_for(inputs: list[torch.Tensor | None]) -> torch.device | None:
+    """Where a node whose inputs sit on several devices runs (None: they share one). On a GPU the
+    graph's constants are buffers on the GPU while Shape, Size and Range give CPU tensors (shape
+    arithmetic stays on the host, without a synchronisation per shape value), so a node may meet
+    both: when every accelerator input is a small integer tensor the node is shape arithmetic and
+    runs on the CPU, else everything moves to the accelerator."""
+    devices = {t.device for t in inputs if t is not None}
+    if len(devices) <= 1:
+        return None
+    accelerated = [t for t in inputs if t is not None and t.device.type != "cpu"]
+    if all(not t.is_floating_point() and t.numel() <= SHAPE_LIKE_NUMEL for t in accelerated):
+        return torch.device("cpu")
+    return accelerated[0].device
 
 
 def _compile(

@@ -288,3 +288,17 @@ def test_resize_off_torchs_fast_path_matches_onnx_runtime(
     twin, engine = _twin_and_engine(model, x, tmp_path)
     assert twin.shape == engine.shape
     np.testing.assert_allclose(twin, engine, rtol=1e-4, atol=1e-5)
+
+
+def test_a_node_meeting_two_devices_runs_on_one() -> None:
+    """On a GPU, constants are GPU buffers while Shape gives CPU tensors: shape arithmetic goes to
+    the CPU, anything else to the accelerator ("meta" stands in for the accelerator here)."""
+    from harden.runtime.graph_program import device_for, on_one_device
+
+    shape = torch.tensor([1, 64], dtype=torch.int64)
+    index = torch.tensor([0], dtype=torch.int64, device="meta")
+    assert device_for([shape, index]) == torch.device("cpu")
+    assert device_for([torch.empty(2, 3, device="meta"), shape, None]) == torch.device("meta")
+    assert device_for([torch.empty(70, dtype=torch.int64, device="meta"), shape]) == torch.device("meta")
+    same = [shape, torch.ones(2), None]
+    assert device_for(same) is None and on_one_device(same) is same
