@@ -183,7 +183,7 @@ class GateResult:
                 "more_images": self.more_images}  # fmt: skip
 
 
-def _estimated(
+def estimated_gate(
     name: str, intervals: list[Interval], threshold: float, *, at_least: bool, describe: str, percent: bool = False
 ) -> GateResult:
     """A gate decided from one interval per RAD draw: it passes when every draw's interval is on
@@ -298,13 +298,13 @@ def clean_parity_gates(
         threshold = gates.source_agreement(shift)
         why = f"; the export's recorded {gates.export_agreement:.2%} − {EXPORT_PARITY_MARGIN:.0%}"
         why += f" − {shift:.2%} this engine's arithmetic" if shift > 0 else ""
-    agreement = _estimated(
+    agreement = estimated_gate(
         f"clean-agreement[{twin}]", agreement_intervals([p.agreement_counts for p in parities], confidence),
         threshold, at_least=True, percent=True,
         describe=f"engine vs {twin} twin on clean images (max |Δlogit| "
         f"{max(p.max_abs for p in parities):.3g}{why}): argmax agreement",
     )  # fmt: skip
-    delta = _estimated(
+    delta = estimated_gate(
         f"clean-miou-delta[{twin}]", [miou_delta_interval(p, confidence) for p in parities], gates.clean_miou_delta,
         at_least=False, describe=f"|mIoU(engine) − mIoU({twin})|",
     )  # fmt: skip
@@ -343,7 +343,7 @@ def evaluate_gates(
     for twin, parities in result.clean_parity.items():
         out += clean_parity_gates(twin, parities, gates, confidence, shift)
     for twin, parity in result.adversarial_parity.items():
-        gate = _estimated(
+        gate = estimated_gate(
             f"adversarial-agreement[{twin}]", agreement_intervals([parity.agreement_counts], confidence),
             gates.adversarial_agreement, at_least=True, percent=True,
             describe=f"engine vs {twin} twin on the images attacks crafted on it (adversarial inputs sit near "
@@ -351,7 +351,7 @@ def evaluate_gates(
         )  # fmt: skip
         out.append(gate)
     if result.divergence["ran"]:
-        gate = _estimated(
+        gate = estimated_gate(
             "divergence", agreement_intervals([result.divergence_counts], confidence), gates.adversarial_agreement,
             at_least=True, percent=True, describe="on divergence-search images the engine agrees with the fp32 "
             "reference on",
@@ -369,14 +369,14 @@ def evaluate_gates(
                                             "nothing to compare the engine's survival with (fail closed)"))  # fmt: skip
                 continue
             interval = survival_interval(engine_candidates, engine, twin_candidates, twin_worst, confidence)
-            gate = _estimated(
+            gate = estimated_gate(
                 name, [interval], gates.survival, at_least=True,
                 describe=f"engine worst-case mIoU {engine.miou:.4f} vs {twin} twin {twin_worst.miou:.4f}: "
                 "survival ratio",
             )  # fmt: skip
             out.append(gate)
         if gates.min_robust_miou > 0:
-            gate = _estimated(
+            gate = estimated_gate(
                 f"robust-miou@{format_eps(eps)}", [miou_interval(engine_candidates, engine, confidence)],
                 gates.min_robust_miou, at_least=True, describe="engine worst-case mIoU",
             )  # fmt: skip

@@ -39,8 +39,8 @@ from harden.runtime.evidence import Evidence
 from harden.runtime.gates import (
     GateResult,
     Gates,
-    _estimated,
     agreement_intervals,
+    estimated_gate,
     miou_interval,
     survival_interval,
 )
@@ -102,7 +102,7 @@ def replay(
             f"was recorded for {evidence.num_classes}: not a rebuild of the verified model"
         )
     draws, classes = evidence.draws, evidence.num_classes
-    if engine.takes_seed != (draws > 1) and draws > 1:
+    if draws > 1 and not engine.takes_seed:
         log(f"note: the evidence holds {draws} RAD draws but {engine.name} takes no seed: every draw is the same pass")
     clean = Side.empty(draws, classes)
     adversarial = {eps: Side.empty(draws, classes) for eps in evidence.eps_values}
@@ -151,26 +151,26 @@ def replay_gates(result: ReplayResult, gates: Gates, confidence: float) -> list[
     images = result.images
     out = [GateResult.exact("evidence", images > 0, f"{images} images in {len(result.evidence.manifest['files'])} "
                             "files, each file's sha256 as the manifest records")]  # fmt: skip
-    out.append(_estimated(
+    out.append(estimated_gate(
         "clean-agreement[recorded]", agreement_intervals(result.clean.agreement, confidence), gates.clean_agreement,
         at_least=True, describe="replayed vs recorded engine on the clean evidence images: argmax agreement",
         percent=True,
     ))  # fmt: skip
     for eps, side in result.adversarial.items():
         text = format_eps(eps)
-        out.append(_estimated(
+        out.append(estimated_gate(
             f"adversarial-agreement[recorded]@{text}", agreement_intervals(side.agreement, confidence),
             gates.adversarial_agreement, at_least=True, percent=True,
             describe="replayed vs recorded engine on the worst adversarial images: argmax agreement",
         ))  # fmt: skip
         replayed, recorded = worst_case(side.replayed), worst_case(side.recorded)
         interval = survival_interval(side.replayed, replayed, side.recorded, recorded, confidence)
-        gate = _estimated(f"survival[recorded]@{text}", [interval], gates.survival, at_least=True,
+        gate = estimated_gate(f"survival[recorded]@{text}", [interval], gates.survival, at_least=True,
                           describe=f"replayed worst-case mIoU {replayed.miou:.4f} vs recorded {recorded.miou:.4f}: "
                           "survival ratio")  # fmt: skip
         out.append(gate)
         if gates.min_robust_miou > 0:
             floor = [miou_interval(side.replayed, replayed, confidence)]
-            out.append(_estimated(f"robust-miou@{text}", floor, gates.min_robust_miou, at_least=True,
+            out.append(estimated_gate(f"robust-miou@{text}", floor, gates.min_robust_miou, at_least=True,
                                   describe="replayed worst-case mIoU"))  # fmt: skip
     return out

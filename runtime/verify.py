@@ -16,7 +16,6 @@ deployment audits (`harden.runtime.audits`) and the sanity checks (`harden.attac
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from harden.ram import fixed_rad_seed, has_rad
 from harden.runtime import audits, provenance, structure
 from harden.runtime.divergence import Divergence
 from harden.runtime.engines import Engine, EngineModule, OnnxRuntimeEngine
-from harden.runtime.evidence import EvidenceWriter, WorstImages
+from harden.runtime.evidence import EvidenceWriter, WorstImages, image_sha256
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.twins import GRAPH, Deployment, reference_model
 from harden.runtime.verify_checks import verify_checks
@@ -189,15 +188,14 @@ def verify(
         files=deployment.file_hashes(),
         checkpoint=deployment.manifest.checkpoint_sha256 if deployment.manifest else None,
         artefact=deployment.artefact.name, twins=list(twins), options=asdict(options), eot=plan.eot,
-        draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, _first_image_sha(dataset)],
+        draws=plan.draws, data=[dataset.name, len(dataset), dataset.num_classes, image_sha256(*dataset[0])],
         shard=[distributed.rank, distributed.world_size], evidence=evidence is not None,
     )  # fmt: skip
     if resume and state_file is not None and state_file.is_file():
         state = load_state(state_file, identity)
     else:
         state = VerifyState(list(twins), dataset.num_classes, plan.draws)
-    scorer = _Scorer(engine, twins, state, options.examples, device)
-    scorer.evidence = evidence
+    scorer = _Scorer(engine, twins, state, options.examples, device, evidence)
     size = options.batch_size
     todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
     loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
@@ -372,11 +370,6 @@ def _finish(
     )
 
 
-def _first_image_sha(dataset: SegmentationDataset) -> str:
-    image, labels = dataset[0]
-    return hashlib.sha256(image.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
-
-
 @dataclass
 class _Batch:
     """One batch at one ε, and the per-image worst adversarial image on the engine so far."""
@@ -388,7 +381,7 @@ class _Batch:
     # per image, the adversarial image with the engine's lowest pAcc over attacks and draws, and
     # the engine's prediction on it in that draw
     worst: LowestPerImage = field(init=False)
-    sources: list[str] = field(default_factory=list)  # what produced each candidate: "attack/member on twin, draw d"
+    sources: list[str] = field(init=False)  # what produced each candidate: "attack/member on twin, draw d"
 
     def __post_init__(self) -> None:
         # kept on the images' device: every attack, member and draw offers its images, and only
@@ -408,12 +401,13 @@ class _Scorer:
     counts, parity and worst images to the state. Attacks are crafted by `_verify_batch`."""
 
     def __init__(
-        self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int, device: torch.device
-    ) -> None:
+        self, engine: Engine, twins: dict[str, nn.Module], state: VerifyState, examples: int, device: torch.device,
+        evidence: EvidenceWriter | None = None,
+    ) -> None:  # fmt: skip
         self.engine, self.twins, self.state, self.limit, self.device = engine, twins, state, examples, device
         self.num_classes, self.draws = state.num_classes, state.draws
         self.timer = _Timer(state.seconds)
-        self.evidence: EvidenceWriter | None = None
+        self.evidence = evidence  # where each batch's evidence goes (None: --no-evidence)
 
     def on_engine_classes(self, images: torch.Tensor, draw: int) -> torch.Tensor:
         """The engine's class map of `images` in `draw` (what the evidence set records)."""

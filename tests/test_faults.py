@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from harden.cli import cli
-from harden.data.base import read_image
+from harden.data.base import read_image, read_label
 from harden.errors import InputError
 
 
@@ -76,9 +76,9 @@ def test_weights_of_the_wrong_type_or_not_finite_are_refused(run, fault) -> None
     _refused(CliRunner().invoke(cli, ["eval", str(run), "--images", "1"]), "model.safetensors", name)
 
 
-def _png_declaring(path: Path, width: int, height: int) -> None:
+def _png_declaring(path: Path, width: int, height: int, mode: str = "RGB") -> None:
     """A valid 1×1 PNG whose header claims width × height (a decompression bomb's signature)."""
-    Image.new("RGB", (1, 1)).save(path)
+    Image.new(mode, (1, 1)).save(path)
     data = bytearray(path.read_bytes())
     ihdr = data[12:29]
     ihdr[4:12] = struct.pack(">II", width, height)
@@ -96,6 +96,14 @@ def test_decompression_bombs_and_16_bit_images_are_refused(tmp_path) -> None:  #
     Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(deep)
     with pytest.raises(InputError, match="16-bit or float"):
         read_image(deep)
+
+
+@pytest.mark.parametrize("size", [(60000, 60000), (10000, 6000)])  # PIL's own guard; then harden's 50 MP
+def test_a_label_decompression_bomb_is_refused_naming_the_file(tmp_path: Path, size: tuple[int, int]) -> None:
+    bomb = tmp_path / "frankfurt_000000_000294_gtFine_labelIds.png"
+    _png_declaring(bomb, *size, mode="L")
+    with pytest.raises(InputError, match=r"labelIds\.png: label .*exceeds the 50 MP limit"):
+        read_label(bomb)
 
 
 def test_absurd_sizes_and_iteration_counts_are_refused_before_any_work(run) -> None:  # type: ignore[no-untyped-def]

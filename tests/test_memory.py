@@ -1,6 +1,6 @@
 """Know the cost before spending it (harden.memory), and the faults that used to end in a
-traceback: a label decompression bomb, a static ONNX input against --image-size, a full disk
-while a training epoch commits, weights left behind their resume state."""
+traceback: a static ONNX input against --image-size, a full disk while a training epoch commits,
+weights left behind their resume state. (A label decompression bomb: tests/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import errno
 import os
 import re
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from harden.cli import cli
-from harden.data.base import read_label
 from harden.errors import InputError
 from harden.memory import (
     LIMIT_VARIABLE,
@@ -139,25 +136,6 @@ def test_eval_and_attack_refuse_a_batch_that_cannot_fit_and_the_suggestion_runs(
 
 
 # ---------------------------------------------------------------- library exceptions in harden's words
-
-
-def _png_declaring(path: Path, width: int, height: int, mode: str = "L") -> None:
-    """A valid 1×1 PNG whose header claims width × height (a decompression bomb's signature)."""
-    Image.new(mode, (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = data[12:29]
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    path.write_bytes(bytes(data))
-
-
-@pytest.mark.parametrize("size", [(60000, 60000), (10000, 6000)])  # PIL's own guard; then harden's 50 MP
-def test_a_label_decompression_bomb_is_refused_naming_the_file(tmp_path: Path, size: tuple[int, int]) -> None:
-    bomb = tmp_path / "frankfurt_000000_000294_gtFine_labelIds.png"
-    _png_declaring(bomb, *size)
-    with pytest.raises(InputError, match=r"labelIds\.png: label .*exceeds the 50 MP limit"):
-        read_label(bomb)
 
 
 def test_a_static_onnx_input_against_another_image_size_is_refused_up_front(fp32_export: Path, tmp_path: Path) -> None:
