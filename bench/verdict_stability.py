@@ -27,7 +27,7 @@ QUICK = ["--eps", "8/255", "--iters", "2", "--queries", "10", "--divergence-step
 def verify(demo: Path, out: Path, seed: int, images: list[str], quick: bool) -> tuple[dict, float]:
     args = [sys.executable, "-m", "harden", "verify", str(demo / "export"), "--artefact", "model.int8.onnx",
             "--twin", "graph", "--twin", str(demo / "run"), "--seed", str(seed), "--no-progress", "--out", str(out),
-            *images, *(QUICK if quick else [])]  # fmt: skip
+            "--attack", "fgsm,pgd", *images, *(QUICK if quick else [])]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -59,7 +59,7 @@ def main() -> None:
             deployment = open_deployment(out)
             twins = load_twins(["graph", str(run)], deployment)
             dataset = open_dataset("synthetic", "val", size=(64, 128), num_images=args.images, seed=0)
-            options = VerifyOptions(steps=args.iters, queries=args.queries)
+            options = VerifyOptions(attacks=("fgsm", "pgd"), steps=args.iters, queries=args.queries)
             phases: dict[str, list[float]] = {}
             for _ in range(args.repeats):
                 with open_engine(deployment.artefact) as engine:

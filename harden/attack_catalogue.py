@@ -24,6 +24,8 @@ ATTACK_SUMMARIES: Final = {
     "padam-ce": "Projected Adam on CE, lr 2/255, 200 iterations, step-size-free (Halmosi et al., ECCV 2024)",
     "padam-cos": "Projected Adam on the logits' cosine distance to the label, 200 iterations (Halmosi et al.)",
     "sea": "SEA: red-ε APGD with Mask-CE, Bal-CE, JS, Mask-Sph; worst case per image (300 it. each)",
+    "strongest": "adaptive ensemble: APGD on both SEA protocols' losses (red-ε and full ε) and PAdam-Cos, each "
+    "member from the worst image so far, only on images with a pixel still right (100 it. each)",
     "rppgd": "RP-PGD: True/Boundary/False region weights + prototype loss, β = 0.75",
     "dag": "DAG: dense adversary generation towards random wrong labels, projected (Xie et al.)",
     "dag-targeted": "DAG towards each pixel's least likely class",

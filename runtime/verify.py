@@ -1,4 +1,4 @@
-"""`verify`: does the robustness we trained survive deployment? (DESIGN.md §5, §6)
+"""`verify`: does the robustness we trained survive deployment? (docs/design.md §5, §6)
 
 For every batch of the verification data:
 1. clean parity — the engine and every twin on the same images and the same RAD seeds
@@ -77,7 +77,7 @@ class VerifyOptions:
         second model to diverge from).
     """
 
-    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    attacks: tuple[str, ...] = ("fgsm", "strongest")
     eps_values: tuple[float, ...] = (4 / 255, 8 / 255)
     steps: int | None = None
     eot: int | None = None
@@ -541,7 +541,7 @@ def _audits(
 
 
 def not_judged(deployment: Deployment, twins: dict[str, nn.Module]) -> list[str]:
-    """What the verdict cannot see with these twins (DESIGN.md §6): a graph twin rebuilt from a
+    """What the verdict cannot see with these twins (docs/design.md §6): a graph twin rebuilt from a
     broken file is the broken model, so without the source checkpoint export faults are invisible;
     an unsigned file has no recorded provenance at all."""
     blind = []

@@ -2,7 +2,7 @@
 
 A factory takes the threat model and the common options (steps, eot, allow_random, seed) and
 returns an `Attack`. `kind` says what the attack may use: "white-box" (gradients) or
-"black-box" (outputs only) — the sanity checks compare the two (DESIGN.md §6) — or that it is a
+"black-box" (outputs only) — the sanity checks compare the two (docs/design.md §6) — or that it is a
 "patch" attack (RAM paper Appendix A: only the pixels under a patch change, towards targets).
 Patch attacks share names with ε-ball attacks (pgd, dag), so they are registered in
 `PATCH_ATTACKS`, the others in `ATTACKS`; both by the same decorator, and both are `Attack`s.
@@ -36,6 +36,7 @@ from harden.attacks.pgd import PGD, kurakin_steps
 from harden.attacks.rppgd import RPPGD
 from harden.attacks.sea import SEA
 from harden.attacks.square import RandomNoise, Square
+from harden.attacks.strongest import Strongest
 from harden.attacks.threat import ThreatModel
 from harden.errors import InputError
 
@@ -179,6 +180,11 @@ def _padam_cos(threat: ThreatModel, **common: Any) -> Attack:
 @register_attack("sea")
 def _sea(threat: ThreatModel, **common: Any) -> Attack:
     return SEA(threat, **common)
+
+
+@register_attack("strongest")
+def _strongest(threat: ThreatModel, **common: Any) -> Attack:
+    return Strongest(threat, **common)
 
 
 @register_attack("rppgd")

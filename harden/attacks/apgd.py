@@ -100,7 +100,7 @@ class APGD(Attack):
         total, done = sum(n for _, n in stages), 0
         for radius, steps in stages:
             threat = self.threat.with_eps(radius)
-            x0 = threat.random_start(images) if start is None else threat.project(start, images)
+            x0 = self.start_point(images, threat) if start is None else threat.project(start, images)
             start = self._stage(model, images, labels, threat, x0, steps, done, total)
             done += steps
         assert start is not None

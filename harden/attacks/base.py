@@ -9,7 +9,7 @@ input only: an attack never writes `.grad` of a parameter nor changes a weight.
 `loss_and_grad` is the one place gradients come from: it averages them over the EOT draws of a
 randomised model (Athalye et al.'s Expectation over Transformation; for RAD the transformation
 is the random attention mask) and counts zero and NaN gradients for the sanity checks
-(DESIGN.md §6).
+(docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def is_randomised(model: nn.Module) -> bool:
 
 
 # A randomised model (RAD) is attacked with gradients averaged over EOT draws and evaluated as the
-# worst over several fixed-seed draws (DESIGN.md §6); a deterministic model needs one of each.
+# worst over several fixed-seed draws (docs/design.md §6); a deterministic model needs one of each.
 RANDOMISED_EOT = 8
 RANDOMISED_DRAWS = 3
 
@@ -131,6 +131,9 @@ class Attack:
         self.seed = seed
         self.targeted = targeted
         self._stats = GradientStats()
+        # where an iterative attack starts instead of a random point of the ball: set by an
+        # ensemble that continues from its worst image so far (harden.attacks.strongest)
+        self.start_from: torch.Tensor | None = None
 
     # -- the template -------------------------------------------------------------------------
 
@@ -155,6 +158,14 @@ class Attack:
             model.train(was_training)
         adversarial = self.threat.project(adversarial.detach(), images)
         return AttackOutput(adversarial, self._stats)
+
+    def start_point(self, images: torch.Tensor, threat: ThreatModel | None = None) -> torch.Tensor:
+        """The first iterate in `threat` (default: the attack's): `start_from` when an ensemble set
+        it, else a uniform point of the ball."""
+        threat = threat or self.threat
+        if self.start_from is not None:
+            return threat.project(self.start_from.to(images.device), images)
+        return threat.random_start(images)
 
     def run_members(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, AttackOutput]:
         """Every candidate the attack produces; an ensemble (SEA) returns one per member."""
@@ -212,7 +223,7 @@ class Attack:
         if not torch.isfinite(images).all():
             raise InputError("images contain NaN or infinite values")
         if images.min() < 0 or images.max() > 1:
-            raise InputError("images must be in [0, 1] (DESIGN.md §2); normalisation happens inside the model")
+            raise InputError("images must be in [0, 1] (docs/design.md §2); normalisation happens inside the model")
 
 
 def checked_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -225,6 +236,6 @@ def check_logits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 4 or logits.shape[0] != x.shape[0] or logits.shape[-2:] != x.shape[-2:]:
         raise InputError(
             f"the model returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; attacks need "
-            "logits (B, K, H, W) at input resolution (DESIGN.md §2)"
+            "logits (B, K, H, W) at input resolution (docs/design.md §2)"
         )
     return logits

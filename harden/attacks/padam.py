@@ -45,7 +45,7 @@ class PAdam(Attack):
         self.lr = lr
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        delta = self.threat.random_start(images) - images
+        delta = self.start_point(images) - images
         delta.requires_grad_(True)
         adam = torch.optim.Adam([delta], lr=self.lr, amsgrad=True, maximize=True)
 
