@@ -3,7 +3,7 @@
 #               (fp32 + int8 ONNX) and verify both (`harden demo`)
 #   make test   run the test suite
 # Both create .venv on first use. torch==2.13.0 is installed first, on its own, so that pip finds
-# the CPU build and never resolves an unpinned torch with GBs of CUDA packages (DESIGN.md §7).
+# the CPU build and never resolves an unpinned torch with GBs of CUDA packages (docs/design.md §7).
 
 PYTHON ?= python3
 VENV   := .venv

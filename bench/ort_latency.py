@@ -7,7 +7,7 @@ drifts of a noisy machine hit all of them alike, and reported as ratios to the v
 measured in the same run. Targets for the demo model (segformer_tiny): MAS ≤ 1.15×,
 MAS+RAD ≤ 1.5×. A second table isolates one attention block (N = 1024 tokens, 4 heads, head
 dim 32: softmax(QKᵀ)V with an explicit softmax, then with MAS, then MAS+RAD), the set-up of
-DESIGN.md §4 where a naive RAD body measured 23×. Prints Markdown for docs/benchmarks.md.
+docs/design.md §4 where a naive RAD body measured 23×. Prints Markdown for docs/benchmarks.md.
 
     python bench/ort_latency.py [--size 128x256] [--threads 2] [--repeats 20] [--models a,b]
 """

@@ -1,4 +1,4 @@
-"""Does this engine, on this hardware, compute what the file says? (DESIGN.md §6b)
+"""Does this engine, on this hardware, compute what the file says? (docs/design.md §6b)
 
 An ONNX file has one meaning — each node as the ONNX spec defines it, which ONNX Runtime runs
 with its graph optimisations off ("as written"). A deployment runs ONNX Runtime's fused

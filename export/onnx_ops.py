@@ -1,6 +1,6 @@
 """The `harden` ONNX domain: MAS and RAD as custom nodes with standard-op function bodies.
 
-Each PyTorch custom op becomes ONE bare node of the `harden` domain (DESIGN.md §4):
+Each PyTorch custom op becomes ONE bare node of the `harden` domain (docs/design.md §4):
 
     harden::Mas(logits)                 attributes threshold, plugin_namespace, plugin_version
     harden::MaskedMas(logits, mask)     the same with a boolean keep-mask (Swin's shifted windows)

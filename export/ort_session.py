@@ -3,7 +3,7 @@
 ONNX Runtime rewrites a graph before running it. At `ORT_ENABLE_ALL` (its default, what a
 deployment runs) it fuses QuantizeLinear/DequantizeLinear pairs around Conv and MatMul into
 integer kernels whose arithmetic depends on the CPU: on x86-64 without VNNI, the u8s8 kernels
-sum pairs of products in saturating int16 (DESIGN.md §6b). At `ORT_DISABLE_ALL` every node runs
+sum pairs of products in saturating int16 (docs/design.md §6b). At `ORT_DISABLE_ALL` every node runs
 as the ONNX spec defines it — Q/DQ in float — so the result is the file's own semantics on any
 CPU, to float rounding. Parity ("is the file the model?") uses the second; the engine-arithmetic
 audit ("does this engine on this hardware compute the file?") compares the two.

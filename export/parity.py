@@ -5,7 +5,7 @@ judges the file, on any CPU. Whether this machine's fused int8 kernels compute t
 separate question (`harden.export.arithmetic`).
 
 Polygraphy's Comparator runs both sides on the same feeds — ONNX Runtime through its own
-runner, PyTorch through `TorchRunner` (Polygraphy's PyTorch runner hard-codes CUDA, DESIGN.md
+runner, PyTorch through `TorchRunner` (Polygraphy's PyTorch runner hard-codes CUDA, docs/design.md
 §4) — and compares the logits elementwise with the precision's tolerances. On top of that we
 measure what a segmentation engineer cares about: the fraction of pixels whose predicted class
 agrees, and the mIoU of each side against the labels. A model with RAD is compared on the

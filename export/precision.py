@@ -1,4 +1,4 @@
-"""Precision variants made at the ONNX level (TensorRT 11 is strongly typed, DESIGN.md §4).
+"""Precision variants made at the ONNX level (TensorRT 11 is strongly typed, docs/design.md §4).
 
 fp16: ONNX Runtime's float16 converter, with inputs and outputs kept float32 (so every variant
 takes the same feeds) and these ops kept in float32, Casts around them:

@@ -1,6 +1,6 @@
 """TensorRT: strongly typed engines from our ONNX files, MAS/RAD as Python plugins. Optional.
 
-TensorRT cannot be installed on CPU machines (DESIGN.md §7), so this file stays thin: every
+TensorRT cannot be installed on CPU machines (docs/design.md §7), so this file stays thin: every
 import of `tensorrt` is lazy, `require_tensorrt` says what to install and where, and the
 plugins are small wrappers around the Triton kernels of `harden.export.triton_kernels`, which are
 tested on their own (interpreter mode on CPU, natively on a GPU).

@@ -1,6 +1,6 @@
 """harden: adversarially harden semantic-segmentation models and prove it survives deployment.
 
-The package is the training side of the pipeline (DESIGN.md §1): datasets (`harden.data`),
+The package is the training side of the pipeline (docs/design.md §1): datasets (`harden.data`),
 segmentation models with a common attention interface (`harden.models`), metrics
 (`harden.metrics`) and training (`harden.training`). The command line is `harden.cli`.
 

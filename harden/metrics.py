@@ -1,7 +1,7 @@
 """Segmentation metrics from a confusion matrix accumulated over a whole dataset.
 
 mIoU is always computed from the dataset-level confusion matrix, never as a mean of per-batch
-or per-image mIoUs (DESIGN.md §2). Classes that appear neither in the labels nor in the
+or per-image mIoUs (docs/design.md §2). Classes that appear neither in the labels nor in the
 predictions have an undefined IoU (NaN) and are left out of the mean, as in mmsegmentation.
 """
 

@@ -1,4 +1,4 @@
-"""harden.runtime: deployed engines, their gradient-enabled twins, re-attacks and verdicts (DESIGN.md §5).
+"""harden.runtime: deployed engines, their gradient-enabled twins, re-attacks and verdicts (docs/design.md §5).
 
 - `engines`: ONNX Runtime and TensorRT behind one context-managed interface;
 - `graph_twin`, `torch_ops`, `twins`: PyTorch twins of the deployed graph (and of its precision);

@@ -1,7 +1,7 @@
 """Deployed models behind one interface: ONNX Runtime, TensorRT, and PyTorch as the reference.
 
 An `Engine` is a context manager (the session or engine lives inside `with`) that maps images
-(B, 3, H, W) float32 in [0, 1] to logits (B, K, H, W) (DESIGN.md §2), feeding `rad_seed` when
+(B, 3, H, W) float32 in [0, 1] to logits (B, K, H, W) (docs/design.md §2), feeding `rad_seed` when
 the graph takes one. `EngineModule` wraps an open engine as an `nn.Module` without gradients,
 so score-based attacks (Square, noise) and the evaluation code run on it unchanged.
 """
@@ -115,7 +115,7 @@ class TorchEngine(Engine):
 
 
 class TensorRTEngine(Engine):
-    """A serialized TensorRT engine (needs TensorRT and a CUDA GPU; DESIGN.md §7).
+    """A serialized TensorRT engine (needs TensorRT and a CUDA GPU; docs/design.md §7).
 
     The harden plugins are registered before deserialising, so engines with harden::Mas/Rad load.
     """

@@ -264,13 +264,13 @@ def miou_interval(candidates: list[ImageCounts], worst: WorstCase, confidence: f
 def _sanity_gate(checks: list[Check]) -> GateResult:
     """Fails on a failed check. A check whose premise this run lacks by the user's choice (e.g.
     iterative>single without a single-step attack) is "n/a": it says why and does not decide
-    the verdict (DESIGN.md §6). A check whose premise was there but that measured nothing says
+    the verdict (docs/design.md §6). A check whose premise was there but that measured nothing says
     "fail" itself (see `harden.attacks.checks`), so it fails closed here."""
     failed = [c for c in checks if c.status == "fail"]
     absent = [c for c in checks if c.status == "n/a"]
     if failed:
         return GateResult.exact("sanity-checks", False, "; ".join(f"{c.name} fail: {c.detail}" for c in failed))
-    detail = f"{len(checks) - len(absent)} sanity checks passed (DESIGN.md §6)"
+    detail = f"{len(checks) - len(absent)} sanity checks passed (docs/design.md §6)"
     if absent:
         detail += "; n/a, premise not in this run: " + "; ".join(f"{c.name} ({c.detail})" for c in absent)
     return GateResult.exact("sanity-checks", True, detail)

@@ -2,7 +2,7 @@
 
 It interprets the ONNX graph node by node with the torch operations of `harden.runtime.torch_ops`,
 including `harden::Mas`/`MaskedMas`/`Rad` (run by the same custom ops as training), so it is
-the deployed graph itself — not the training code — that attacks differentiate (DESIGN.md §5).
+the deployed graph itself — not the training code — that attacks differentiate (docs/design.md §5).
 Interpreting an fp16 or int8 variant gives the precision twin: fp16 casts compute in fp16,
 Q/DQ pairs fake-quantise with straight-through gradients using the scales in the graph.
 

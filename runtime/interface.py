@@ -3,7 +3,7 @@ is the logits, what the input expects (pixel range, normalisation) and what come
 a lower resolution).
 
 harden's threat model lives in pixel space: images are float32 in [0, 1], (B, 3, H, W), and ε is
-a budget on those pixels (DESIGN.md §2). A user's model may expect [0, 255] or mean/std
+a budget on those pixels (docs/design.md §2). A user's model may expect [0, 255] or mean/std
 normalisation done outside the model, and may return logits at H/4 (HF SegFormer). The
 interface applies that preprocessing before the graph and upsamples the logits to the image size
 after it, identically for the engine and every twin, so attacks, metrics and parity all stay in

@@ -262,7 +262,7 @@ def write_html(summary: dict[str, Any], result: VerifyResult, path: Path, palett
         _arithmetic_table(summary["engine_arithmetic"]),
         "<h2>Deployment audits</h2>",
         _table(["audit", "status", "detail"], [(c["name"], c["status"], c["detail"]) for c in summary["audits"]]),
-        "<h2>Sanity checks (DESIGN.md §6)</h2>",
+        "<h2>Sanity checks (docs/design.md §6)</h2>",
         _table(["check", "status", "detail"], [(c["name"], c["status"], c["detail"]) for c in summary["checks"]]),
         "<h2>Deployment</h2>",
         _deployment_table(summary),

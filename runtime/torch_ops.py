@@ -1,4 +1,4 @@
-"""ONNX operators written with torch operations, for the graph twin (DESIGN.md §5).
+"""ONNX operators written with torch operations, for the graph twin (docs/design.md §5).
 
 Each entry of `OPS` takes the node's inputs (tensors, or None for an omitted optional input)
 and its attributes, and returns the node's outputs. Semantics follow opset 18, the opset the

@@ -4,7 +4,7 @@
   engine if one was built, else the ONNX variant of the exported precision) and the ONNX file
   that artefact came from. Every file's sha256 is checked against the manifest first. Or a bare
   ONNX file from any toolchain (unsigned): its interface is found or stated by the user.
-- Twins (DESIGN.md §5): "graph" is the deployed ONNX file interpreted by `GraphTwin` — with the
+- Twins (docs/design.md §5): "graph" is the deployed ONNX file interpreted by `GraphTwin` — with the
   deployed precision, so for fp16/int8 it is the precision twin; a run directory is the source
   twin, refused unless its checkpoint is the one the manifest records.
 """

@@ -1,4 +1,4 @@
-"""The sanity checks of DESIGN.md §6 as their premises hold in `verify`.
+"""The sanity checks of docs/design.md §6 as their premises hold in `verify`.
 
 `harden attack` evaluates ONE differentiable model; its checks (`harden.attacks.checks`) compare
 that model's white-box attacks with black-box, transfer and single-step ones. In verify the model

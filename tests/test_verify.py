@@ -271,7 +271,7 @@ def test_tampered_file_and_bad_gates_are_bad_input(fp32_export, tmp_path):
 @pytest.mark.parametrize("attacks", ["pgd", "pgd,apgd-ce", "fgsm"])
 def test_a_faithful_export_passes_whatever_the_attack_list(fp32_export, tmp_path, attacks):
     """A sanity check whose premise the attack list leaves out (iterative>single needs a
-    single-step AND an iterative attack) is n/a with its reason, not a failure (DESIGN.md §6)."""
+    single-step AND an iterative attack) is n/a with its reason, not a failure (docs/design.md §6)."""
     result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST, "--attack", attacks)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())

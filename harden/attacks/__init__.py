@@ -1,4 +1,4 @@
-"""Adversarial attacks on segmentation models and their evaluation (DESIGN.md §2, §6).
+"""Adversarial attacks on segmentation models and their evaluation (docs/design.md §2, §6).
 
 - `threat`: the threat model (norm, ε, box) and `parse_eps`.
 - `losses`: pixel-wise attack objectives (CE, Bal-CE, CosSim-CE, Mask-CE, JS, Mask-Sph).

@@ -1,4 +1,4 @@
-"""Sanity checks run with every robustness evaluation (DESIGN.md §6; Carlini et al., AutoAttack).
+"""Sanity checks run with every robustness evaluation (docs/design.md §6; Carlini et al., AutoAttack).
 
 Each check returns a `Check` with a status — "pass", "fail", or "n/a" when its premise is absent
 by the user's choice (e.g. no single-step attack was run to compare iterative ones with) — and a

@@ -4,7 +4,7 @@ For every batch, ε and attack, the attack's candidates (one per member; SEA has
 crafted on the source model (the evaluated model itself, or another one for a transfer attack)
 and predicted by the evaluated model. A randomised model (RAD) is predicted over several fixed
 draws, and every (candidate, draw) pair is a candidate of the worst case: the robustness of a
-random model is what its unluckiest draw gives the attacker (DESIGN.md §6).
+random model is what its unluckiest draw gives the attacker (docs/design.md §6).
 """
 
 from __future__ import annotations

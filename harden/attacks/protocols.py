@@ -1,7 +1,7 @@
 """The two attack protocols of `harden attack`, each one call from a trained run to a summary.
 
 - `robustness_protocol`: every L∞ attack at every ε, the worst case, the sanity checks
-  (DESIGN.md §6); its summary is `attack.json`.
+  (docs/design.md §6); its summary is `attack.json`.
 - `patch_protocol`: the RAM paper's patch attacks (§5.1, Appendix A) with their checks; its
   summary is `patch_attack.json`.
 

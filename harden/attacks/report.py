@@ -81,7 +81,7 @@ def format_table(summary: dict[str, Any]) -> str:
         for name, m in r.get("members", {}).items():
             lines.append(f"{'  ' + name:<16} {r['eps_text']:>7} {m['pixel_accuracy']:>7.4f} {m['miou']:>7.4f}")
     lines.append("")
-    lines.append("sanity checks (DESIGN.md §6):")
+    lines.append("sanity checks (docs/design.md §6):")
     for c in summary["checks"]:
         lines.append(f"  [{c['status']:>4}] {c['name']:<17} {c['detail']}")
     lines.append("evaluation is SOUND" if summary["sound"] else "evaluation is NOT SOUND: a sanity check failed")

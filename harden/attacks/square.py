@@ -2,7 +2,7 @@
 
 It uses only the model's outputs, never its gradients, so it is the attack that can later run
 directly against a deployed engine, and the black-box reference of the sanity checks: if it
-beats the white-box attacks, gradients are masked (DESIGN.md §6).
+beats the white-box attacks, gradients are masked (docs/design.md §6).
 
 The score to lower is the mean over labelled pixels of the correct-class margin
 z_y − max_{k≠y} z_k clipped to [0, 1]: 0 once every pixel is wrong, and the clip keeps far,

@@ -1,4 +1,4 @@
-"""The threat model: which perturbations an attacker may add (DESIGN.md §2).
+"""The threat model: which perturbations an attacker may add (docs/design.md §2).
 
 Images live in the box [0, 1]; a perturbation δ is allowed when ‖δ‖ ≤ ε in the chosen norm and
 x + δ stays in the box. ε is written in pixel units on [0, 1]: `4/255` and `0.0157` alike.

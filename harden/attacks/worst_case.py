@@ -1,7 +1,7 @@
-"""Per-image counts and worst cases over attacks (SEA paper §3.3; DESIGN.md §6).
+"""Per-image counts and worst cases over attacks (SEA paper §3.3; docs/design.md §6).
 
 Pixel accuracy's worst case is per image: the attack with the lowest accuracy on each image.
-mIoU is a dataset-level quantity (one confusion matrix over all images, DESIGN.md §2), so its
+mIoU is a dataset-level quantity (one confusion matrix over all images, docs/design.md §2), so its
 worst case is an ASSIGNMENT of one attack to every image that minimises the dataset mIoU. That
 is a combinatorial problem; `worst_case` starts from the best of the obvious assignments (every
 image to the same attack, or every image to its lowest-accuracy attack) and improves it by

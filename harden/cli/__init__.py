@@ -1,6 +1,6 @@
 """The `harden` command line: a click group of thin commands over library functions.
 
-This package is the only place allowed to compose `harden`, `export` and `runtime` (DESIGN.md
+This package is the only place allowed to compose `harden`, `export` and `runtime` (docs/design.md
 §1); commands import heavy or optional modules inside the command function, so `harden --help`
 stays fast and a missing optional backend only affects the command that needs it.
 

@@ -427,7 +427,7 @@ def crf_settings(
 
 
 def randomness_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--eot and --draws: how a randomised (RAD) model is attacked and predicted (DESIGN.md §6;
+    """--eot and --draws: how a randomised (RAD) model is attacked and predicted (docs/design.md §6;
     the defaults are `harden.attacks.base.eot_default` and `draws_default`)."""
     options = [
         click.option("--eot", type=click.IntRange(min=1), default=None,

@@ -88,7 +88,7 @@ def attack_command(
     random at evaluation: it is attacked with EOT and predicted over several draws, and every
     draw counts towards the worst case.
 
-    Sanity checks (DESIGN.md §6) run with every evaluation; if one fails the command exits 1.
+    Sanity checks (docs/design.md §6) run with every evaluation; if one fails the command exits 1.
     Writes OUT/attack.json, OUT/robustness.png (mIoU and pAcc against ε) and OUT/examples.png
     (clean and adversarial predictions under the strongest attack).
 

@@ -1,7 +1,7 @@
 """The dataset interface every loader implements, and the pieces shared by the file loaders.
 
 A dataset item is `(image, label)`: image (3, H, W) float32 in [0, 1], label (H, W) int64 with
-training ids and 255 for ignored pixels (DESIGN.md §2). Raw label files are converted with a
+training ids and 255 for ignored pixels (docs/design.md §2). Raw label files are converted with a
 256-entry lookup table; a raw value mapped to -1 is invalid and raises `InputError` naming the
 file, because a silently wrong label poisons every number computed from it.
 """

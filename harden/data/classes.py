@@ -1,7 +1,7 @@
 """Class names, palettes and id conversions of the supported datasets.
 
 Ids are those of training (Cityscapes train IDs, VOC indices, ADE20K indices minus one); the
-ignore index is 255 everywhere (DESIGN.md §2). Loaders convert their raw label files on load.
+ignore index is 255 everywhere (docs/design.md §2). Loaders convert their raw label files on load.
 """
 
 from __future__ import annotations

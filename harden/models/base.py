@@ -1,7 +1,7 @@
 """What every segmentation model in the registry is: pixels in [0, 1] in, logits out.
 
 `SegmentationModel.forward(x)` takes float RGB (B, 3, H, W) in [0, 1], normalises it inside the
-model (so the threat model lives in pixel space, DESIGN.md §2) and returns logits (B, K, H, W)
+model (so the threat model lives in pixel space, docs/design.md §2) and returns logits (B, K, H, W)
 at input resolution. `forward_with_features` also returns the decoder's penultimate feature map,
 the intermediate representation RP-PGD's prototype loss works on.
 

@@ -15,7 +15,7 @@ permutohedral lattice over the whole image), and each kernel is normalised to su
 the neighbours, as CRF-RNN's implementation normalises its filter responses — so a kernel's
 weight is the largest number of logits it can move a pixel by.
 
-The output is the last iteration's logits z, not Q: harden models return logits (DESIGN.md §2).
+The output is the last iteration's logits z, not Q: harden models return logits (docs/design.md §2).
 Gradients flow to the unaries, the kernel weights and — through the bilateral kernel — the image.
 """
 

@@ -2,7 +2,7 @@
 
 Attention is global but "efficient": keys and values come from the token map shrunk by a
 strided convolution (reduction ratio R per stage), so N keys = N queries / R² — the case where
-MAS must use the number of KEYS (DESIGN.md §3).
+MAS must use the number of KEYS (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Robust Attention Mechanism (RAM paper §4; DESIGN.md §3): MAS and RAD in attention layers.
+"""The Robust Attention Mechanism (RAM paper §4; docs/design.md §3): MAS and RAD in attention layers.
 
 - `ops`: `harden::mas` and `harden::rad` custom ops.
 - `counter_rng`: the specification of RAD's counter-based generator, with test vectors.

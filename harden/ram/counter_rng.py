@@ -2,10 +2,10 @@
 
 RAD's drop mask must be reproducible bit for bit by PyTorch, numpy, ONNX standard ops (the
 function body of the exported `harden::Rad` node), a Triton kernel and a TensorRT plugin, with
-the seed fed at run time (DESIGN.md §3). So the mask is a pure function of
+the seed fed at run time (docs/design.md §3). So the mask is a pure function of
 (seed, call counter, element position) built from integer arithmetic only: +, ×, floor
 division and non-negative remainder on int64, never overflowing and never needing the bitwise
-ops TensorRT lacks (DESIGN.md §4).
+ops TensorRT lacks (docs/design.md §4).
 
 Specification (all values are int64; `mod` is the non-negative remainder, as ONNX `Mod` with
 fmod=0, numpy `%` and `torch.remainder` compute it for a positive divisor):

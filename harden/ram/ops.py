@@ -2,7 +2,7 @@
 
 Custom ops, rather than plain functions, so that `torch.compile`, `torch.export` and the ONNX
 exporter see one node per MAS/RAD call, which export translates to the `harden` ONNX domain
-(DESIGN.md §4). Each op has a fake (meta) implementation for tracing and an autograd formula.
+(docs/design.md §4). Each op has a fake (meta) implementation for tracing and an autograd formula.
 """
 
 from __future__ import annotations

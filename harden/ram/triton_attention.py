@@ -4,7 +4,7 @@
 
 The forward kernel walks the keys in tiles with an online softmax (Dao et al., FlashAttention
 2): per query row it keeps the running maximum m, the running sum l of exp(z − m) and the
-unnormalised output. MAS only changes the logits, z = k_MAS·softsign(a) (DESIGN.md §3). RAD
+unnormalised output. MAS only changes the logits, z = k_MAS·softsign(a) (docs/design.md §3). RAD
 multiplies the normalised weight p/l by keep·s; since l does not depend on the mask, the kernel
 drops elements of p as it accumulates p·v and divides by l once at the end: exactly RAD(M)·V.
 The keep mask is the one of `harden.ram.counter_rng` (row r = flat index of (b, h, query),
