@@ -5,6 +5,8 @@ take their summaries from here and refuse an attack that has none.
 
 from typing import Final
 
+from harden.errors import InputError
+
 ATTACK_SUMMARIES: Final = {
     "fgsm": "FGSM: one signed-gradient step of ε on CE (Goodfellow et al.)",
     "fgsm-ll": "FGSM II: one step towards each pixel's least likely class (Kurakin et al.)",
@@ -45,3 +47,11 @@ PATCH_SUMMARIES: Final = {
     "eot": "dag averaged over 8 RAD draws per step (adaptive to RAD)",
     "autoattack": "APGD-CE and Square inside the patch, worst per image (A.8)",
 }
+
+
+def check_attack_names(names: tuple[str, ...]) -> list[str]:
+    """The names, if every one is a registered L∞ attack; InputError (exit 2) naming the choices."""
+    unknown = [n for n in names if n not in ATTACK_SUMMARIES]
+    if unknown:
+        raise InputError(f"unknown attack {', '.join(unknown)}; choose from {', '.join(ATTACK_SUMMARIES)}")
+    return list(names)

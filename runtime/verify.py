@@ -51,7 +51,8 @@ from harden.runtime.twins import GRAPH, Deployment, reference_model
 from harden.runtime.verify_checks import verify_checks
 from harden.runtime.verify_state import Agreement, Parity, VerifyState, fingerprint, load_state, save_state
 
-BLACK_BOX = ("square", "noise")  # run on the engine itself, by queries
+# the attacks the registry records as black-box run on the engine itself, by queries
+BLACK_BOX = tuple(name for name, entry in ATTACKS.items() if entry.kind == "black-box")
 
 
 # The phases of verify.json's "seconds". Each is timed exclusively: time spent in a phase nested

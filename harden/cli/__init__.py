@@ -17,27 +17,18 @@ from typing import Any
 import click
 
 from harden import __version__
+from harden.cli._exits import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INCONCLUSIVE,
+    BadInput,
+    Failed,
+    Inconclusive,
+)
 from harden.errors import InputError
 from harden.torchrun_exit import is_torchrun_rank, leave_rank
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-class BadInput(click.ClickException):
-    exit_code = EXIT_BAD_INPUT
-
-
-class Failed(click.ClickException):
-    exit_code = EXIT_FAILED
-
-
-EXIT_INCONCLUSIVE = 3  # harden verify: no gate failed but one could not decide (fails closed)
-
-
-class Inconclusive(click.ClickException):
-    exit_code = EXIT_INCONCLUSIVE
-
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INCONCLUSIVE", "BadInput", "Failed", "Inconclusive", "cli", "main"]
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM

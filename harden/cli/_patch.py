@@ -50,7 +50,7 @@ def run_patch_command(
     from harden.attacks.patch import PatchMask
     from harden.attacks.patch_report import format_patch_table, write_patch_report
     from harden.attacks.protocols import patch_protocol
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
     from harden.cli._options import resolve_device
     from harden.run import open_run
     from harden.visualize import palette_for

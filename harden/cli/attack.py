@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES
+from harden.attack_catalogue import ATTACK_SUMMARIES, PATCH_SUMMARIES, check_attack_names
 from harden.cli._options import (
     EPS_LIST,
     NAMES,
@@ -107,7 +107,7 @@ def attack_command(
     """
     from harden.attacks.protocols import robustness_protocol
     from harden.attacks.report import format_table, write_attack_report
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
     from harden.memory import require_model_fits
     from harden.run import load_model, open_run
     from harden.visualize import palette_for
@@ -139,11 +139,3 @@ def attack_command(
     click.echo("wrote " + ", ".join(str(p) for p in written))
     if not result.summary["sound"]:
         raise Failed("a sanity check failed (see above): these robustness numbers cannot be trusted")
-
-
-def check_attack_names(names: tuple[str, ...]) -> list[str]:
-    """The names, if every one is a registered L∞ attack; InputError (exit 2) naming the choices."""
-    unknown = [n for n in names if n not in ATTACK_SUMMARIES]
-    if unknown:
-        raise InputError(f"unknown attack {', '.join(unknown)}; choose from {', '.join(ATTACK_SUMMARIES)}")
-    return list(names)

@@ -54,7 +54,7 @@ def demo_command(
     Exit code 1 when a verification gate fails (the reports say which and why), 3 when one could
     not decide within --images.
     """
-    from harden.cli import Failed, Inconclusive
+    from harden.cli._exits import Failed, Inconclusive
     from harden.cli.export import export_command
     from harden.cli.train import train_command
     from harden.cli.verify import verify_command

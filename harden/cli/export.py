@@ -106,7 +106,7 @@ def export_command(
       harden export runs/psp --out exports/psp-trt --precision int8 --trt \\
           --trt-shapes min=512x1024,opt=1024x2048,max=1024x2048 --trt-batch 1 1 4 --trt-workspace 8GiB
     """
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
     from harden.export.pipeline import ExportOptions, export_run
 
     options = ExportOptions(

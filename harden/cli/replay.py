@@ -47,7 +47,7 @@ def replay_command(
       harden replay reports/demo exports/demo --artefact model.int8.onnx
       harden replay reports/demo/evidence rebuilt/model.fp32.onnx --out reports/rebuild
     """
-    from harden.cli import Failed, Inconclusive
+    from harden.cli._exits import Failed, Inconclusive
     from harden.cli._options import resolve_device
     from harden.outputs import exclusive
     from harden.runtime.engines import open_engine

@@ -59,7 +59,7 @@ def _common(command: Any) -> Any:
 
 
 def _attack_list(names: tuple[str, ...]) -> tuple[str, ...]:
-    from harden.cli.attack import check_attack_names
+    from harden.attack_catalogue import check_attack_names
 
     return tuple(check_attack_names(names))
 
@@ -168,7 +168,7 @@ def crf_command(
     from harden._io import write_json
     from harden.attacks import is_randomised
     from harden.attacks.base import eot_default
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
     from harden.models.compose import compose
     from harden.models.crf import crf_unaries
     from harden.run import open_run

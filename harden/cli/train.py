@@ -197,7 +197,7 @@ def train_command(
     **settings: Any,
 ) -> None:  # fmt: skip
     """Parse → `prepare_run` and `train` (harden/training/loop.py) → print the summary line."""
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
     from harden.config import check_amp, check_world_size
     from harden.errors import InputError
     from harden.outputs import exclusive
@@ -253,7 +253,7 @@ def _model_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def _launch_torchrun(nproc: int) -> None:
     """Run this same command under torchrun with `nproc` processes (and without --nproc)."""
-    from harden.cli import Failed
+    from harden.cli._exits import Failed
 
     args = sys.argv[1:]
     kept: list[str] = []

@@ -170,8 +170,8 @@ def verify_command(
 ) -> None:  # fmt: skip
     """Parse → `verify_release` (runtime/verification.py) → print the gates; exit 1 if one failed, 3 if
     one could not decide."""
-    from harden.cli import Failed, Inconclusive
-    from harden.cli.attack import check_attack_names
+    from harden.attack_catalogue import check_attack_names
+    from harden.cli._exits import Failed, Inconclusive
     from harden.devices import local_rank_from_environment, resolve_device
     from harden.memory import require_model_fits
     from harden.runtime.twins import InterfaceOptions, load_twins, open_deployment
