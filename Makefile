@@ -14,7 +14,7 @@ DEMO_DIR    ?= runs/demo
 DEMO_MODEL  ?= segformer_tiny
 DEMO_EPOCHS ?= 30
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# the fast lane: every test that neither trains, exports nor verifies a model (~25 s on 2 cores)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

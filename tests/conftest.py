@@ -14,6 +14,47 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The fast lane, `pytest -m "not slow"` (README "Development"), leaves out every test that trains,
+# exports or verifies a model — those using the session's runs and exports below, and the modules
+# whose tests build their own — and the few unit tests that take over a second on 2 cores
+# (measured with --durations; docs/benchmarks.md has both lanes' times). CI runs everything.
+SLOW_FIXTURES = frozenset({"demo", "trained_run", "ram_run", "fp32_export"})
+SLOW_MODULES = frozenset(
+    {
+        "test_adversarial_training",
+        "test_bring_your_own",
+        "test_export_fuse",
+        "test_export_onnx",
+        "test_external_models",
+        "test_faults",
+        "test_multiscale_crf",
+        "test_packaging",
+        "test_training",
+        "test_twin_conformance",
+    }
+)
+SLOW_TESTS = frozenset(
+    {
+        "test_mas_rows_never_exceed_threshold",
+        "test_custom_ops_pass_opcheck",
+        "test_op_registration_passes_opcheck",
+        "test_every_kernel_compiles_to_ptx_for_hopper",
+        "test_a_rad_model_gets_eot_by_default_and_allow_random_is_not_sound",
+        "test_attention_map_of_a_huge_image_is_refused_with_a_size_that_fits",
+        "test_import_harden_is_cheap",
+        "test_resume_keeps_the_saved_epoch_count_unless_epochs_is_given",
+        "test_attention_map_draws_baseline_and_ram",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.stem in SLOW_MODULES or name in SLOW_TESTS or SLOW_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

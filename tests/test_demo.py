@@ -2,13 +2,7 @@
 
 import json
 
-from click.testing import CliRunner
-
-from harden.cli import cli
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from cli_helpers import run_cli as _run
 
 
 def test_demo_runs_the_whole_pipeline_and_verifies_both_precisions(demo):

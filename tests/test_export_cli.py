@@ -7,16 +7,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run_cli as _run
 
-from harden.cli import cli
 from harden.errors import InputError
 from harden.export.arithmetic import SATURATION_FREE_WEIGHT, int8_weights
 from harden.export.manifest import load_onnx, read_manifest, sha256_file, verify_files
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

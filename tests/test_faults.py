@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from cli_helpers import assert_refused as _refused
+from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -30,13 +31,6 @@ from harden.errors import InputError
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and p.name != ".harden.lock"}
-
-
-def _refused(result: Result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in result.output, (word, result.output)
 
 
 @pytest.fixture
@@ -173,13 +167,20 @@ def test_staging_of_a_killed_export_is_swept(ram_run, tmp_path) -> None:  # type
     assert not stale.exists() and live.exists()
 
 
+def _default_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_stop_training_with_their_exit_code_and_leave_a_resumable_run(tmp_path, signum, code) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     args = [sys.executable, "-m", "harden", "train", "--model", "pspnet_tiny", "--epochs", "200", "--image-size",
             "32x64", "--train-images", "8", "--val-images", "2", "--batch-size", "4", "--no-progress",
             "--out", str(run)]  # fmt: skip
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a shell that starts the suite in the background without job control makes its children
+    # ignore SIGINT, and Python then never raises KeyboardInterrupt: give the child the default
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=_default_interrupt)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (run / "state.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.2)

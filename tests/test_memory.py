@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from cli_helpers import assert_refused as _refused
+from cli_helpers import run_cli as _run
 from PIL import Image
 
-from harden.cli import cli
 from harden.errors import InputError
 from harden.memory import (
     LIMIT_VARIABLE,
@@ -28,18 +28,6 @@ from harden.memory import (
     peak_tensor_bytes,
     require_fits,
 )
-
-
-def _run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _refused(result: Result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in result.output, (word, result.output)
-
 
 # ---------------------------------------------------------------- the estimate itself
 

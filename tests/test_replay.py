@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from cli_helpers import run_cli as _run
+from click.testing import Result
 from onnx import numpy_helper
 
-from harden.cli import cli
 from harden.export.manifest import load_onnx
-
-
-def _run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def _replay(evidence: Path, deployed: Path, out: Path, *extra: object) -> tuple[Result, dict]:

@@ -4,16 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run_cli as _run
 
 import harden.export.tensorrt
-from harden.cli import cli
 from harden.errors import InputError
 from harden.export.trt_options import TrtBuildOptions, TrtShapes, parse_bytes, shapes_from
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_the_default_profile_is_the_run_size_not_a_fixed_one():

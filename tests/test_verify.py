@@ -14,10 +14,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import run_cli as _run
 from PIL import Image
 
-from harden.cli import cli
 from harden.export.manifest import MANIFEST_FILE, file_entry
 from harden.export.ort_session import ort_session
 from harden.export.precision import to_int8
@@ -27,10 +26,6 @@ from harden.runtime.graph_twin import GraphTwin
 
 FAST = ["--images", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2", "--eot", "2", "--draws", "2",
         "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 TESTCASE_CHILDREN = {"skipped", "failure", "system-out", "system-err"}

@@ -7,18 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run_cli as _run
 
 import harden.runtime.verify
-from harden.cli import cli
 
 # 4 images in batches of 2: two batches, so there is a batch to interrupt after and one per rank.
 ARGS = ["--images", "4", "--batch-size", "2", "--iters", "2", "--queries", "5", "--divergence-steps", "2",
         "--eot", "2", "--draws", "2", "--eps", "8/255", "--attack", "fgsm,pgd", "--no-progress"]  # fmt: skip
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def _figures(report_dir):
