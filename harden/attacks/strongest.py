@@ -32,12 +32,13 @@ from harden.attacks.padam import PAdam
 from harden.attacks.threat import ThreatModel
 from harden.attacks.worst_case import ImageCounts, LowestPerImage, worst_case
 
-# (attack, loss, radius schedule), in the order they run. Two red-ε members from random starts
-# explore (class-balanced Mask-CE first: it spreads the budget over small classes, which the mIoU
-# counts as much as large ones); the rest continue from the ensemble's worst point at the full ε
-# — a red-ε member would wander off it at 2ε. Class-balanced Mask-CE closes the chain: from the
-# point the others reached it lowers the mIoU most. PAdam-CE and the red-ε Mask-CE and Mask-Sph
-# members were left out: in the chain they never lowered the worst case (docs/attacks.md).
+# (attack, loss, radius schedule), in the order they run. Two red-ε members explore: class-balanced
+# Mask-CE from a random start (it spreads the budget over small classes, which the mIoU counts as
+# much as large ones), then JS, which is given the ensemble's point but first searches at 2ε and
+# so wanders off it. The rest continue from the ensemble's worst point at the full ε.
+# Class-balanced Mask-CE closes the chain: from the point the others reached it lowers the mIoU
+# most. PAdam-CE and the red-ε Mask-CE and Mask-Sph members were left out: in the chain they
+# never lowered the worst case (docs/attacks.md).
 MEMBERS: tuple[tuple[str, str, tuple[tuple[float, float], ...]], ...] = (
     ("apgd", "mask-ce-bal", REDUCED_RADIUS),
     ("apgd", "jsd", REDUCED_RADIUS),
