@@ -7,7 +7,8 @@
 #   1. the machine: GPUs, torch/CUDA, Triton, ONNX Runtime providers;
 #   2. pytest -m gpu: fused RAM kernel values and gradients vs the reference ops (1k/4k/16k keys);
 #   3. AMP training steps (bf16) of segformer_tiny + RAM on the GPU, then its fp32 export;
-#   4. harden verify --device cuda on that export (one process), and with torchrun + NCCL over
+#   4. harden attack --attack strongest (the chained ensemble) on the GPU, on that run;
+#      harden verify --device cuda on that export (one process), and with torchrun + NCCL over
 #      two GPUs when there are two;
 #   5. bench/fused_ram_attention.py: fused vs unfused RAM vs flash SDPA (latency, peak memory);
 #   6. bench/verify_throughput.py at 512x1024 (segformer_b0, pspnet_r50) with the time split.
@@ -73,6 +74,8 @@ except ImportError: print('triton missing')
 step "pytest -m gpu" yes 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_fused_attention.py
 step "train on $DEVICE${AMP[*]:+ (AMP bf16)}" no 240 "$PY" -m harden train "${TRAIN[@]}" --device "$DEVICE" "${AMP[@]}" --out "$WORK/run"
 step "export fp32" no 240 "$PY" -m harden export "$WORK/run" --out "$WORK/export" --parity-images 2
+step "attack strongest on $DEVICE" no 240 "$PY" -m harden attack "$WORK/run" --attack strongest --eps 8/255 --iters 5 \
+  --images 8 --eot 2 --device "$DEVICE" --no-progress --out "$WORK/attack"
 step "verify --device $DEVICE" no 300 "$PY" -m harden verify "$WORK/export" --twin graph --twin "$WORK/run" \
   --device "$DEVICE" --out "$WORK/verify-1" "${FAST[@]}"
 if [ "$GPUS" -ge 2 ]; then
