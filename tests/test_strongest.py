@@ -28,6 +28,18 @@ class _Linear(nn.Module):
         return self.conv(x)
 
 
+def _correctly_predicted(
+    count: int, seed: int, low: float = 0.25, width: float = 0.5
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The linear model, `count` images in [low, low + width] and labels equal to its predictions."""
+    model = _Linear().eval()
+    torch.manual_seed(seed)
+    images = torch.rand(count, 3, 8, 8) * width + low
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    return model, images, labels
+
+
 def test_the_preset_holds_both_public_ensembles_losses_at_the_benchs_budget() -> None:
     attack = create_attack("strongest", ThreatModel(8 / 255))
     assert isinstance(attack, Strongest)
@@ -48,11 +60,7 @@ def test_the_preset_holds_both_public_ensembles_losses_at_the_benchs_budget() ->
 
 
 def test_a_member_skips_images_already_without_a_correct_pixel() -> None:
-    model = _Linear().eval()
-    torch.manual_seed(1)
-    images = torch.rand(3, 3, 8, 8) * 0.5 + 0.25
-    with torch.no_grad():
-        predicted = model(images).argmax(1)
+    model, images, predicted = _correctly_predicted(3, seed=1)
     labels = predicted.clone()
     labels[0] = (predicted[0] + 1) % 4  # image 0: every pixel already wrong before any attack
     attack = create_attack("strongest", ThreatModel(8 / 255), steps=3, seed=0)
@@ -71,11 +79,7 @@ def test_a_member_skips_images_already_without_a_correct_pixel() -> None:
 def test_later_members_start_from_where_the_ensemble_stands() -> None:
     # once every image has lost all its correct pixels, the remaining members run on nothing and
     # offer the worst image found so far
-    model = _Linear().eval()
-    torch.manual_seed(2)
-    images = torch.rand(2, 3, 8, 8)
-    with torch.no_grad():
-        labels = model(images).argmax(1)
+    model, images, labels = _correctly_predicted(2, seed=2, low=0.0, width=1.0)
     attack = create_attack("strongest", ThreatModel(1.0), steps=20, seed=0)  # ε = 1: anything goes
     outputs = attack.run_members(model, images, labels)
     accuracies = [pixel_accuracy_per_image(model(o.images), labels) for o in outputs.values()]
@@ -90,11 +94,7 @@ def test_later_members_start_from_where_the_ensemble_stands() -> None:
 
 
 def test_each_member_after_the_first_continues_from_the_ensembles_worst_image() -> None:
-    model = _Linear().eval()
-    torch.manual_seed(3)
-    images = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
-    with torch.no_grad():
-        labels = model(images).argmax(1)
+    model, images, labels = _correctly_predicted(2, seed=3)
     attack = create_attack("strongest", ThreatModel(4 / 255), steps=2, seed=0)
     starts: dict[str, torch.Tensor | None] = {}
     for member in attack.members:
@@ -115,11 +115,7 @@ def _recording_start(member: Attack, perturb: Perturb, starts: dict[str, torch.T
 
 
 def test_a_start_point_replaces_the_random_start() -> None:
-    model = _Linear().eval()
-    torch.manual_seed(4)
-    images = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
-    with torch.no_grad():
-        labels = model(images).argmax(1)
+    model, images, labels = _correctly_predicted(2, seed=4)
     eps = 8 / 255
     start = images + eps * torch.sign(torch.randn_like(images))  # a corner of the ball
     # one PAdam step moves each value by at most its learning rate (2/255) from where it starts
