@@ -162,7 +162,7 @@ class Attack:
     def start_point(self, images: torch.Tensor, threat: ThreatModel | None = None) -> torch.Tensor:
         """The first iterate in `threat` (default: the attack's): `start_from` when an ensemble set
         it, else a uniform point of the ball."""
-        threat = threat or self.threat
+        threat = self.threat if threat is None else threat
         if self.start_from is not None:
             return threat.project(self.start_from.to(images.device), images)
         return threat.random_start(images)

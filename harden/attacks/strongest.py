@@ -96,8 +96,10 @@ class Strongest(Attack):
             gradients = GradientStats()
             if standing.numel() > 0:
                 member.start_from = _chosen_by_miou(pool)[standing] if pool else None
-                output = member(model, images[standing], labels[standing])
-                member.start_from = None
+                try:
+                    output = member(model, images[standing], labels[standing])
+                finally:  # a later call of this member starts afresh, even after an error
+                    member.start_from = None
                 candidate[standing] = output.images
                 gradients = output.gradients
                 logits = self.predict(model, candidate)
