@@ -88,7 +88,27 @@ def _reports_match_their_schemas(tmp_path_factory: pytest.TempPathFactory):  # t
             harden.schemas.validate(report)
         except Exception as err:  # jsonschema.ValidationError: name the file and the failing field
             invalid.append(f"{path}: {getattr(err, 'json_path', '')} {getattr(err, 'message', err)}")
+        invalid += _typed_round_trip(report, path)
     assert not invalid, "reports that do not match their schema:\n" + "\n".join(invalid)
+
+
+def _typed_round_trip(report: dict, path: Path) -> list[str]:  # type: ignore[type-arg]
+    """A verify.json read back as a `VerifyReport` writes exactly the same JSON: nothing the
+    renderers or readers need is dropped, nothing is invented."""
+    from harden.runtime.report.record import SCHEMA, VerifyReport
+
+    if report.get("schema") != SCHEMA:
+        return []
+    again = VerifyReport.from_dict(report, str(path)).to_dict()
+    return [] if again == report else [f"{path}: VerifyReport does not round-trip ({_first_difference(report, again)})"]
+
+
+def _first_difference(a: object, b: object, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, ...) != b.get(key, ...):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}")
+    return f"{where}: {a!r:.80} written, {b!r:.80} read back"
 
 
 @pytest.fixture(scope="session")

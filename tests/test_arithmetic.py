@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import harden.runtime.verify
+import harden.runtime.verify_audits
 from harden.cli import cli
 from harden.export.arithmetic import (
     SATURATION_FREE_WEIGHT,
@@ -133,7 +133,7 @@ def test_verify_reports_the_audit_and_fails_on_it_alone(fp32_export, tmp_path, m
         weights = type(weights)(weights.tensors + 3, 3, 127, "conv.weight_quantized")
         return judge(_comparison(0.945), "int8", weights, cpu_int8({"avx2"}), f"ONNX Runtime CPU ({path.name})")
 
-    monkeypatch.setattr(harden.runtime.verify, "audit_file", deviating)
+    monkeypatch.setattr(harden.runtime.verify_audits, "audit_file", deviating)
     report = tmp_path / "fail"
     result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report), *fast])
     assert result.exit_code == 1, result.output

@@ -11,7 +11,8 @@ from cli_helpers import run_cli as _run
 
 from harden.errors import InputError
 from harden.export.arithmetic import SATURATION_FREE_WEIGHT, int8_weights
-from harden.export.manifest import load_onnx, read_manifest, sha256_file, verify_files
+from harden.export.files import load_onnx, sha256_file
+from harden.export.manifest import ExportManifest, read_manifest, verify_files
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def test_int8_export_writes_checked_files_parity_and_a_manifest_that_verifies(ra
         "parity.json",
     ]
     manifest = read_manifest(out)
+    typed = ExportManifest.read(out)  # every part typed: the int8 record carries its recipe and arithmetic
+    assert typed.to_dict() == manifest and typed.calibration() is not None and typed.engine_arithmetic
     assert verify_files(out) == ["model.fp32.onnx", "model.int8.onnx"]
     assert manifest["checkpoint"]["sha256"] == sha256_file(ram_run / "model.safetensors")
     assert manifest["rad_seed_input"] is True and manifest["ram"]["rad"] is True

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import harden
 from harden.export.onnx_export import IMAGE, RAD_SEED, export_onnx
 from harden.export.onnx_ops import DOMAIN, PLUGIN_NAMESPACE
 from harden.export.parity import check_parity
@@ -121,6 +122,8 @@ def test_every_tiny_model_exports_and_matches_pytorch(tmp_path, name, ram):
     assert result.harden_nodes.get("Rad", 0) == (expected_nodes if ram == "mas+rad" else 0)
     assert (RAD_SEED in result.inputs) == (ram == "mas+rad")
     static = model.export_static_size is not None
+    source = str(Path(harden.__file__).resolve().parent.parent).encode()
+    assert source not in result.path.read_bytes()  # no source path: the bytes do not depend on the checkout
     assert result.inputs[IMAGE] == (["batch", 3, 64, 64] if static else ["batch", 3, "height", "width"])
 
     images = torch.rand(3, 3, 64, 64)

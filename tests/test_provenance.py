@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from harden.cli import cli
-from harden.export.manifest import MANIFEST_FILE, file_entry
+from harden.export.manifest import MANIFEST_FILE, FileRecord
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.provenance import float32_attention, int8_provenance
 from harden.runtime.twins import open_deployment
@@ -35,7 +35,10 @@ def _resign(export, name, change):
     change(model)
     onnx.save_model(model, str(path))
     manifest = json.loads((export / MANIFEST_FILE).read_text())
-    manifest["onnx"] = [{**e, **file_entry(path, export)} if e["path"] == name else e for e in manifest["onnx"]]
+    manifest["onnx"] = [
+        {**e, **FileRecord.of(path, export, e["precision"]).to_dict()} if e["path"] == name else e
+        for e in manifest["onnx"]
+    ]
     (export / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 

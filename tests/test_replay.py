@@ -17,7 +17,7 @@ from cli_helpers import run_cli as _run
 from click.testing import Result
 from onnx import numpy_helper
 
-from harden.export.manifest import load_onnx
+from harden.export.files import load_onnx
 
 
 def _replay(evidence: Path, deployed: Path, out: Path, *extra: object) -> tuple[Result, dict]:

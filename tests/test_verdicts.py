@@ -23,7 +23,7 @@ from harden.attacks.evaluate import AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts
 from harden.cli import cli
 from harden.data import open_dataset
-from harden.export.manifest import MANIFEST_FILE, file_entry
+from harden.export.manifest import MANIFEST_FILE, FileRecord
 from harden.runtime.confidence import agreement_interval, decide, images_to_decide
 from harden.runtime.engines import Engine, OnnxRuntimeEngine
 from harden.runtime.gates import Gates, evaluate_gates, verdict_of
@@ -211,7 +211,7 @@ def _resign(export, tmp_path, name, model):
     path = out / "model.fp32.onnx"
     onnx.save(model, str(path))
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    manifest["onnx"] = [file_entry(path, out, precision=e["precision"]) if e["path"] == path.name else e
+    manifest["onnx"] = [FileRecord.of(path, out, e["precision"]).to_dict() if e["path"] == path.name else e
                         for e in manifest["onnx"]]  # fmt: skip
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     return out

@@ -17,7 +17,7 @@ import torch
 from cli_helpers import run_cli as _run
 from PIL import Image
 
-from harden.export.manifest import MANIFEST_FILE, file_entry
+from harden.export.manifest import MANIFEST_FILE, FileRecord
 from harden.export.ort_session import ort_session
 from harden.export.precision import to_int8
 from harden.ram import fixed_rad_seed
@@ -92,7 +92,7 @@ def _redeploy(export_dir, tmp_path, name, change):
     change(model)
     onnx.save(model, str(path))
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    manifest["onnx"] = [file_entry(path, out, precision=e["precision"]) if e["path"] == name else e
+    manifest["onnx"] = [FileRecord.of(path, out, e["precision"]).to_dict() if e["path"] == name else e
                         for e in manifest["onnx"]]  # fmt: skip
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     return out
@@ -223,7 +223,7 @@ def test_badly_calibrated_int8_fails(ram_run, fp32_export, tmp_path):
     dark = (0.02 * torch.rand(1, 3, 64, 64).numpy() for _ in range(4))  # nothing like the data
     to_int8(broken / "model.fp32.onnx", broken / "model.int8.onnx", dark, with_rad=True)
     manifest = json.loads((broken / MANIFEST_FILE).read_text())
-    manifest["onnx"].append(file_entry(broken / "model.int8.onnx", broken, precision="int8"))
+    manifest["onnx"].append(FileRecord.of(broken / "model.int8.onnx", broken, "int8").to_dict())
     manifest["precision"] = "int8"
     (broken / MANIFEST_FILE).write_text(json.dumps(manifest))
     result = _run("verify", broken, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "r", *FAST)

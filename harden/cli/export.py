@@ -107,7 +107,8 @@ def export_command(
           --trt-shapes min=512x1024,opt=1024x2048,max=1024x2048 --trt-batch 1 1 4 --trt-workspace 8GiB
     """
     from harden.cli._exits import Failed
-    from harden.export.pipeline import ExportOptions, export_run
+    from harden.export.options import ExportOptions
+    from harden.export.pipeline import export_run
 
     options = ExportOptions(
         precision=precision,

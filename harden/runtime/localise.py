@@ -24,12 +24,12 @@ import torch
 
 from harden.attacks.evaluate import DRAW_SEED
 from harden.data import SegmentationDataset, collate_pad
-from harden.export.manifest import load_onnx
+from harden.export.files import load_onnx
 from harden.export.ort_session import ort_session
 from harden.ram import fixed_rad_seed
 from harden.runtime.gates import GateResult
 from harden.runtime.graph_twin import GraphTwin
-from harden.runtime.verify import VerifyResult
+from harden.runtime.verify_result import VerifyResult
 
 PARITY_GATES: Final = ("clean-agreement[graph]", "clean-miou-delta[graph]", "adversarial-agreement[graph]")
 

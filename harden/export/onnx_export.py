@@ -26,6 +26,7 @@ from harden.export.onnx_ops import functions_for, plugin_attributes, register_sc
 from harden.ram import has_rad, robust_cores, set_rad_seed
 
 OPSET: Final = 18  # what torch 2.13's dynamo exporter targets natively; TensorRT ≥ 10 parses it
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata torch's exporter writes
 IR_VERSION: Final = 10  # opset 18's IR; ONNX Runtime 1.31 rejects onnx.helper's newer default
 IMAGE: Final = "image"
 RAD_SEED: Final = "rad_seed"
@@ -123,6 +124,7 @@ def export_onnx(model: nn.Module, path: Path, image_size: tuple[int, int] = (64,
     assert program is not None
     proto = program.model_proto
     _name_dimensions(proto, ["batch", None, "height", "width"])
+    _drop_stack_traces(proto.graph)
     finish_model(proto)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
@@ -139,6 +141,20 @@ def _name_dimensions(proto: onnx.ModelProto, names: list[str | None]) -> None:
         for d in value.type.tensor_type.shape.dim:
             if d.dim_param in renames:
                 d.dim_param = renames[d.dim_param]
+
+
+def _drop_stack_traces(graph: onnx.GraphProto) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold the absolute paths of the
+    source files that traced the model, so the same checkpoint exported from another checkout,
+    virtual environment or machine would get other bytes and another sha256."""
+    for node in graph.node:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _drop_stack_traces(subgraph)
 
 
 def finish_model(proto: onnx.ModelProto) -> None:

@@ -13,7 +13,7 @@ from harden._io import atomic_open, write_json
 from harden.attacks.evaluate import DRAW_SEED
 from harden.attacks.threat import format_eps
 from harden.export.arithmetic import machine_facts
-from harden.export.manifest import versions
+from harden.export.files import versions
 from harden.runtime.gates import GateResult, verdict_of
 from harden.runtime.replay import ReplayResult
 from harden.runtime.traceability import harden_source

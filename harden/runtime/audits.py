@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harden.attacks.checks import Check
-from harden.export.manifest import Manifest
+from harden.export.manifest import ExportManifest
 from harden.ram import robust_cores
 from harden.runtime.engines import Engine
 from harden.runtime.graph_twin import GraphTwin
@@ -32,7 +32,7 @@ from harden.runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
 CLIP_LIMIT = 0.02  # min-max calibration on a few images saturated < 1 % on held-out ones (measured)
 
 
-def expected_harden_nodes(source: nn.Module | None, manifest: Manifest | None) -> dict[str, Any]:
+def expected_harden_nodes(source: nn.Module | None, manifest: ExportManifest | None) -> dict[str, Any]:
     """What the deployed graph must contain: MAS and RAD layer counts, thresholds and p."""
     if source is not None:
         cores = [core for _, core in robust_cores(source)]
@@ -40,12 +40,12 @@ def expected_harden_nodes(source: nn.Module | None, manifest: Manifest | None) -
         rad = [c.config.drop_p for c in cores if c.drops]
         return {"mas": len(mas), "rad": len(rad), "thresholds": sorted(set(mas)), "ps": sorted(set(rad))}
     counts = manifest.harden_nodes if manifest is not None else {}
-    ram = (manifest.ram if manifest is not None else None) or {}
+    ram = manifest.ram if manifest is not None else None
     return {
         "mas": counts.get("Mas", 0) + counts.get("MaskedMas", 0),
         "rad": counts.get("Rad", 0),
-        "thresholds": [ram["threshold"]] if ram.get("mas") and counts else [],
-        "ps": [ram["drop_p"]] if ram.get("rad") and ram.get("drop_p", 0) > 0 and counts else [],
+        "thresholds": [ram.threshold] if ram is not None and ram.mas and counts else [],
+        "ps": [ram.drop_p] if ram is not None and ram.rad and ram.drop_p > 0 and counts else [],
     }
 
 

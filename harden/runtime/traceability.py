@@ -44,11 +44,7 @@ def calibration_overlap(deployment: Deployment, verified_pixels: set[str]) -> di
     """Whether the verified images are disjoint from the int8 calibration images the export
     recorded: by recipe when they come from another data source or split, by pixel hashes when
     they come from the same; "unknown" when the export recorded none (fp32, fp16, unsigned)."""
-    recipe = None
-    if deployment.manifest is not None:
-        for record in deployment.manifest.onnx:
-            if record.calibration is not None:
-                recipe = record.calibration
+    recipe = deployment.manifest.calibration() if deployment.manifest is not None else None
     if recipe is None:
         return {"disjoint": None, "detail": "no calibration recorded (not an int8 harden export)"}
     from harden.export.pipeline import calibration_images
@@ -56,12 +52,13 @@ def calibration_overlap(deployment: Deployment, verified_pixels: set[str]) -> di
     try:
         calibration = calibration_images(recipe)
     except Exception as err:  # the recipe's data is not on this machine: say so rather than guess
-        return {"disjoint": None, "recipe": recipe, "detail": f"calibration images not reproducible here ({err})"}
+        detail = f"calibration images not reproducible here ({err})"
+        return {"disjoint": None, "recipe": recipe.to_dict(), "detail": detail}
     pixels = {_pixel_sha256(c[0]) for c in calibration}  # compared at the export's image size
     shared = len(pixels & verified_pixels)
     return {
         "disjoint": shared == 0,
-        "recipe": recipe,
+        "recipe": recipe.to_dict(),
         "shared_images": shared,
         "detail": "no verified image is a calibration image" if shared == 0 else
         f"{shared} verified image(s) were also int8 calibration images: the verdict is optimistic for them",

@@ -127,8 +127,8 @@ def build_engine(onnx_path: Path, engine_path: Path, options: TrtBuildOptions) -
     The optimisation profile, workspace and timing cache come from `options`; the timing cache
     is read before the build when it exists and written back after it.
     """
+    from harden.export.files import load_onnx
     from harden.export.fuse_attention import fuse_robust_attention_
-    from harden.export.manifest import load_onnx
 
     trt = require_tensorrt()
     register_plugins()

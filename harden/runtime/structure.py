@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from harden.attacks.checks import Check
-from harden.export.manifest import Manifest
+from harden.export.manifest import ExportManifest
 from harden.ram import has_rad
 from harden.runtime.twins import Deployment
 
@@ -216,17 +216,14 @@ def _describe(difference: Difference, level: str) -> str:
 _FRESH: dict[tuple[object, ...], bytes] = {}
 
 
-def export_size(manifest: Manifest) -> tuple[int, int]:
+def export_size(manifest: ExportManifest) -> tuple[int, int]:
     """The size the export traced at: a static input's own (H, W), else the recorded option or
     calibration size, else any (dynamic graphs do not depend on it)."""
-    for dims in (manifest.raw.get("inputs") or {}).values():
-        if isinstance(dims, list) and len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]):
-            return int(dims[2]), int(dims[3])
-    options = manifest.raw.get("options") or {}
-    record = next((r for r in manifest.onnx if r.calibration), None)
-    calibrated = (record.calibration or {}).get("image_size") if record else None
-    size = options.get("image_size") or calibrated
-    return (int(size[0]), int(size[1])) if isinstance(size, list | tuple) and len(size) == 2 else (64, 64)
+    for dims in manifest.inputs.values():
+        if len(dims) == 4 and isinstance(dims[2], int) and isinstance(dims[3], int):
+            return dims[2], dims[3]
+    recipe = manifest.calibration()
+    return manifest.options.image_size or (recipe.image_size if recipe else (64, 64))
 
 
 def fresh_export(source: nn.Module, deployment: Deployment, scratch: Path) -> Path:
@@ -238,9 +235,10 @@ def fresh_export(source: nn.Module, deployment: Deployment, scratch: Path) -> Pa
     manifest = deployment.manifest
     assert manifest is not None, "a signed deployment"
     record = manifest.record(deployment.onnx.name)
-    recipe = (record.calibration if record else None) or {}
+    recipe = record.calibration if record else None
     size = export_size(manifest)
-    key = (manifest.checkpoint_sha256, deployment.precision, size, recipe.get("rad"), recipe.get("weights"))
+    rad, weights = (recipe.rad, recipe.weights) if recipe else (has_rad(source), "reduced")
+    key = (manifest.checkpoint_sha256, deployment.precision, size, rad, weights)
     target = scratch / f"fresh.{deployment.precision}.onnx"
     if key in _FRESH:
         target.write_bytes(_FRESH[key])
@@ -254,6 +252,6 @@ def fresh_export(source: nn.Module, deployment: Deployment, scratch: Path) -> Pa
         to_fp16(fp32, target)
     else:  # one calibration image: the Q/DQ structure does not depend on the ranges it measures
         image = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
-        to_int8(fp32, target, iter([image]), bool(recipe.get("rad", has_rad(model))), recipe.get("weights", "reduced"))
+        to_int8(fp32, target, iter([image]), rad, weights)
     _FRESH[key] = target.read_bytes()
     return target

@@ -71,7 +71,7 @@ class OnnxRuntimeEngine(Engine):
         self._session: Any = None
 
     def __enter__(self) -> OnnxRuntimeEngine:
-        from harden.export.manifest import load_onnx
+        from harden.export.files import load_onnx
         from harden.export.ort_session import ort_session
         from harden.runtime.interface import find_interface
 

@@ -55,7 +55,7 @@ from harden.runtime.confidence import (
     images_to_decide,
     miou_of_weighted,
 )
-from harden.runtime.verify import VerifyResult
+from harden.runtime.verify_result import VerifyResult
 from harden.runtime.verify_state import Agreement, Parity
 
 # how far below its own export's recorded parity a deployed file may fall (sampling: verify's
@@ -280,9 +280,8 @@ def arithmetic_shift(result: VerifyResult) -> float:
     """How far this machine's engine may move an agreement measured with the file as written: the
     share of pixels where the engine-arithmetic audit of THIS run saw the deployed kernels and the
     file as written disagree (0 when they agree, or when there is no such audit)."""
-    comparison = result.engine_arithmetic.get("comparison")
-    agreement = comparison.get("argmax_agreement") if isinstance(comparison, dict) else None
-    return 0.0 if agreement is None else max(0.0, 1.0 - float(agreement))
+    verdict = result.engine_arithmetic.verdict
+    return 0.0 if verdict is None else max(0.0, 1.0 - verdict.comparison.argmax_agreement)
 
 
 def clean_parity_gates(
@@ -334,8 +333,8 @@ def evaluate_gates(
     out.append(
         GateResult.exact(
             "engine-arithmetic",
-            arithmetic["status"] != "fail",
-            ("n/a: " if arithmetic["status"] == "n/a" else "") + arithmetic["detail"],
+            arithmetic.status != "fail",
+            ("n/a: " if arithmetic.status == "n/a" else "") + arithmetic.text,
         )
     )
     out.append(_sanity_gate(result.checks))
@@ -350,7 +349,7 @@ def evaluate_gates(
             "decision boundaries): agreement",
         )  # fmt: skip
         out.append(gate)
-    if result.divergence["ran"]:
+    if result.divergence.ran:
         gate = estimated_gate(
             "divergence", agreement_intervals([result.divergence_counts], confidence), gates.adversarial_agreement,
             at_least=True, percent=True, describe="on divergence-search images the engine agrees with the fp32 "

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from harden.json_fields import Fields
+
 # |int8 weight| up to this keeps a pair of u8·s8 products within int16: 2·255·64 = 32640 ≤ 32767.
 SATURATION_FREE_WEIGHT: Final = 64
 # Argmax agreement of the deployed kernels with the file as written, per precision. fp32 differs
@@ -230,6 +232,54 @@ class ArithmeticVerdict:
         out["comparison"]["miou_change"] = self.comparison.miou_change
         out["detail"] = self.detail()
         return out
+
+    @classmethod
+    def from_dict(cls, f: Fields) -> ArithmeticVerdict:
+        """Read back what `to_dict` wrote (the derived `detail` and `miou_change` are recomputed)."""
+        c = f.required_object("comparison")
+        comparison = ArithmeticComparison(
+            images=c.integer("images", low=0, high=10**9),
+            max_abs_diff=c.number("max_abs_diff"),
+            argmax_agreement=c.number("argmax_agreement"),
+            miou_deployed=c.number("miou_deployed"),
+            miou_as_written=c.number("miou_as_written"),
+        )
+        return cls(
+            engine=f.string("engine"),
+            precision=f.string("precision"),
+            cpu=f.string("cpu"),
+            comparison=comparison,
+            min_agreement=f.number("min_agreement"),
+            int8_weight_tensors=f.integer("int8_weight_tensors", low=0),
+            int8_weights_beyond_bound=f.integer("int8_weights_beyond_bound", low=0),
+            passed=f.boolean("passed"),
+            cause=f.string("cause", optional=True),
+            remedy=f.string("remedy", optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class ArithmeticRecord:
+    """The engine's kernels on this hardware vs the file as written: a verdict, or n/a and why."""
+
+    status: str  # pass | fail | n/a
+    verdict: ArithmeticVerdict | None = None
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.detail if self.verdict is None else self.verdict.detail()
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.verdict is None:
+            return {"status": self.status, "detail": self.detail}
+        return {"status": self.status, **self.verdict.to_dict()}
+
+    @classmethod
+    def from_dict(cls, f: Fields) -> ArithmeticRecord:
+        if f.string("status") == "n/a":
+            return cls("n/a", None, f.string("detail"))
+        return cls(f.string("status"), ArithmeticVerdict.from_dict(f))
 
 
 REMEDY_SATURATION: Final = (

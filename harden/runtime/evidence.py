@@ -45,7 +45,7 @@ from harden._io import atomic_open, safetensors_bytes, write_json
 from harden.attacks.threat import format_eps
 from harden.data.classes import IGNORE_INDEX
 from harden.errors import InputError
-from harden.export.manifest import sha256_file
+from harden.export.files import sha256_file
 from harden.memory import available_bytes
 
 SCHEMA = "harden-evidence-v1"

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from harden.errors import InputError
-from harden.export.manifest import MANIFEST_FILE, Manifest, load_onnx, sha256_file, verify_files
+from harden.export.files import load_onnx, sha256_file
+from harden.export.manifest import MANIFEST_FILE, ExportManifest, verify_files
 from harden.run import MODEL_FILE
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.interface import ModelInterface, find_interface, fixed_image_size, output_classes
@@ -44,7 +45,7 @@ class Deployment:
     """
 
     root: Path
-    manifest: Manifest | None
+    manifest: ExportManifest | None
     artefact: Path
     onnx: Path
     precision: str
@@ -100,7 +101,7 @@ def open_deployment(
             f"{path} is a harden export: its manifest says how it is fed and what it is compared with; "
             "--input/--output/--pixel-range/--mean/--std/--reference are for files without one"
         )
-    manifest = Manifest.read(path)
+    manifest = ExportManifest.read(path)
     verify_files(path, manifest)
     onnx_files = {f.path: f.precision for f in manifest.onnx}
     engines = {f.path: f.precision for f in manifest.engines}

@@ -28,6 +28,7 @@ from harden.runtime import (  # noqa: F401  (each registers its ops in the table
     torch_ops_nn,
     torch_ops_ort,
     torch_ops_resize,
+    torch_ops_shape,
 )
 from harden.runtime.op_table import KNOWN_OPSETS, OPS, WANTED_OUTPUTS, Attributes, NodeInputs, Op, Value, resolve
 

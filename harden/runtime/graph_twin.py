@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from harden.export.manifest import load_onnx
+from harden.export.files import load_onnx
 from harden.ram import RadSeeds, fixed_rad_seed
 from harden.runtime.graph_program import GraphProgram, Observer, domain_of, op_name, opsets_of, topological
 from harden.runtime.interface import ModelInterface, find_interface

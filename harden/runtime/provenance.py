@@ -68,7 +68,7 @@ def int8_provenance(deployment: Deployment) -> Check:
         return Check("int8-provenance", "fail", f"cannot re-derive the int8 calibration: {err}")
     with tempfile.TemporaryDirectory(prefix="harden-provenance-") as scratch:
         again = Path(scratch) / "int8.onnx"
-        to_int8(deployment.reference_onnx, again, iter(images), bool(recipe.get("rad")), recipe.get("weights", "full"))
+        to_int8(deployment.reference_onnx, again, iter(images), recipe.rad, recipe.weights)
         expected = quantisation_parameters(onnx.load(str(again)))
     deployed = quantisation_parameters(onnx.load(str(deployment.onnx), load_external_data=False))
     if list(expected) != list(deployed):
@@ -102,7 +102,7 @@ def int8_provenance(deployment: Deployment) -> Check:
         "int8-provenance",
         "pass",
         f"all {len(expected)} Q/DQ scales and zero points equal a re-calibration with the recorded recipe "
-        f"({recipe.get('images')} {recipe.get('data')} images, seed {recipe.get('seed')})",
+        f"({recipe.images} {recipe.data} images, seed {recipe.seed})",
     )
 
 
