@@ -27,7 +27,8 @@ from harden.export.manifest import ExportManifest
 from harden.ram import robust_cores
 from harden.runtime.engines import Engine
 from harden.runtime.graph_twin import GraphTwin
-from harden.runtime.torch_ops import QUANT_RANGE, float32_attribute, per_axis
+from harden.runtime.torch_ops import QUANT_RANGE
+from harden.runtime.torch_ops_quant import float32_attribute, per_axis
 
 CLIP_LIMIT = 0.02  # min-max calibration on a few images saturated < 1 % on held-out ones (measured)
 

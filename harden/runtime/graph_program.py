@@ -27,6 +27,7 @@ from harden.runtime import (  # noqa: F401  (each registers its ops in the table
     torch_ops_more,
     torch_ops_nn,
     torch_ops_ort,
+    torch_ops_quant,
     torch_ops_resize,
     torch_ops_shape,
 )

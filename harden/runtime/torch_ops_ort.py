@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from harden.runtime.op_table import latest, register
-from harden.runtime.torch_ops import QUANT_RANGE, Attributes, Value, _round_ste, _t, op, per_axis
+from harden.runtime.torch_ops import QUANT_RANGE, Attributes, Value, _t, op
 from harden.runtime.torch_ops_conv import _conv
+from harden.runtime.torch_ops_quant import _round_ste, per_axis
 
 MS = "com.microsoft"
 

@@ -29,7 +29,8 @@ from harden.runtime.confidence import Outcome
 from harden.runtime.engines import Engine, open_engine
 from harden.runtime.evidence import FOLDER as EVIDENCE_FOLDER
 from harden.runtime.evidence import EvidenceWriter
-from harden.runtime.gates import METHOD, GateResult, Gates, evaluate_gates, read_gate_file, verdict_of
+from harden.runtime.gate_values import Gates, read_gate_file
+from harden.runtime.gates import METHOD, GateResult, evaluate_gates, verdict_of
 from harden.runtime.localise import localise_failed_parity
 from harden.runtime.report import write_reports
 from harden.runtime.traceability import data_record
