@@ -93,7 +93,7 @@ def test_later_members_start_from_where_the_ensemble_stands() -> None:
     assert bool((pixel_accuracy_per_image(model(worst), labels) == 0).all())
 
 
-def test_each_member_after_the_first_continues_from_the_ensembles_worst_image() -> None:
+def test_chained_members_continue_from_the_ensembles_worst_image_and_fresh_ones_do_not() -> None:
     model, images, labels = _correctly_predicted(2, seed=3)
     attack = create_attack("strongest", ThreatModel(4 / 255), steps=2, seed=0)
     starts: dict[str, torch.Tensor | None] = {}
@@ -103,6 +103,10 @@ def test_each_member_after_the_first_continues_from_the_ensembles_worst_image() 
     names = list(outputs)
     assert starts[names[0]] is None  # the first starts at a random point of the ball
     assert starts[names[1]] is not None and torch.equal(starts[names[1]], outputs[names[0]].images)
+    for member, chained in zip(attack.members[1:], attack.chained[1:], strict=True):
+        assert (starts[member.name] is not None) == chained
+    # the last two start fresh: candidates unlike the chain's for the mIoU assignment
+    assert attack.chained[-2:] == [False, False] and all(attack.chained[1:-2])
     assert all(m.start_from is None for m in attack.members)  # nothing left behind for a later call
 
 
