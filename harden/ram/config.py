@@ -55,6 +55,19 @@ class RAMConfig:
             parts.append("learnable logit gain")
         return " + ".join(parts) if parts else "identity"
 
+    def in_words(self) -> str:
+        """The settings as a sentence, for reports (`describe` is the short form)."""
+        parts = []
+        if self.mas:
+            parts.append(f"MAS caps every attention weight at {self.threshold}")
+        if self.rad:
+            parts.append(f"RAD drops attention weights with p = {self.drop_p} at inference (attacked with EOT)")
+        if self.temperature is not None:
+            parts.append(f"attention logits divided by {self.temperature}")
+        if self.learnable:
+            parts.append("a learnable attention scale per layer")
+        return "; ".join(parts) if parts else "present but every part off"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

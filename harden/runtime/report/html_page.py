@@ -145,18 +145,7 @@ def _header(report: VerifyReport) -> str:
 
 def ram_in_words(ram: RAMConfig | None) -> str:
     """RAM settings as a sentence (the header), not a Python dict."""
-    if ram is None:
-        return "no Robust Attention Mechanism recorded"
-    parts = []
-    if ram.mas:
-        parts.append(f"MAS caps every attention weight at {ram.threshold}")
-    if ram.rad:
-        parts.append(f"RAD drops attention weights with p = {ram.drop_p} at inference (attacked with EOT)")
-    if ram.temperature is not None:
-        parts.append(f"attention logits divided by {ram.temperature}")
-    if ram.learnable:
-        parts.append("a learnable attention scale per layer")
-    return "RAM: " + ("; ".join(parts) if parts else "present but every part off")
+    return "no Robust Attention Mechanism recorded" if ram is None else "RAM: " + ram.in_words()
 
 
 def _headline_table(report: VerifyReport) -> str:

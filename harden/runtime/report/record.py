@@ -77,11 +77,6 @@ class DeploymentRecord:
     interface_text: str
     reference: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["ram"] = self.ram.to_dict() if self.ram else None
-        return out
-
     @classmethod
     def from_dict(cls, f: Fields) -> DeploymentRecord:
         ram = f.raw_object("ram", optional=True)
@@ -121,9 +116,6 @@ class ParityRecord:
 class ParitySection:
     clean: dict[str, list[ParityRecord]]  # twin → one per RAD draw
     adversarial: dict[str, ParityRecord]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, f: Fields) -> ParitySection:
@@ -178,9 +170,6 @@ class WorstCaseAt:
     twins: dict[str, Scores | None]
     per_image: list[ImageWorst]
     per_class_iou: dict[str, list[float | None]]  # "engine" (under the mIoU assignment) and "clean"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, f: Fields) -> WorstCaseAt:
@@ -269,21 +258,9 @@ class VerifyReport:
     seconds: dict[str, float]  # per phase (harden.runtime.verify_result)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema": SCHEMA}
-        for part in dataclasses.fields(self):
-            value = getattr(self, part.name)
-            if hasattr(value, "to_dict"):
-                out[part.name] = value.to_dict()
-            elif part.name in ("rows", "worst_case"):
-                out[part.name] = [v.to_dict() for v in value]
-            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-                out[part.name] = dataclasses.asdict(value)
-            elif part.name in ("audits", "checks", "gates"):
-                out[part.name] = [dataclasses.asdict(v) for v in value]
-            elif part.name == "clean":
-                out[part.name] = {k: dataclasses.asdict(v) for k, v in value.items()}
-            else:
-                out[part.name] = value
+        out: dict[str, Any] = {"schema": SCHEMA, **dataclasses.asdict(self)}
+        out["rows"] = [row.to_dict() for row in self.rows]  # a twin's row has no seconds
+        out["engine_arithmetic"] = self.engine_arithmetic.to_dict()  # the verdict's figures, flat
         return out
 
     @classmethod
