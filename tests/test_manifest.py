@@ -139,8 +139,9 @@ def test_the_written_keys_are_the_record_fields() -> None:
         (lambda m: m.update(parity={"int8": {"argmax_agreement": 2}}), "parity.int8"),
         (lambda m: m["onnx"][1]["calibration"].update(image_size=[64]), "'image_size' must be [height, width]"),
         (lambda m: m.update(opset="18"), "field 'opset' must be an integer"),
+        (lambda m: m["options"].update(trt=False), "options: malformed export options (--trt-batch configure"),
     ],
-    ids=["no-options", "ram-unknown", "parity-malformed", "recipe-size", "opset-a-string"],
+    ids=["no-options", "ram-unknown", "parity-malformed", "recipe-size", "opset-a-string", "options-contradict"],
 )
 def test_a_malformed_part_names_itself(change: Callable[[dict[str, Any]], None], message: str) -> None:
     written = _every_part().to_dict()

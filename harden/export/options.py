@@ -107,5 +107,5 @@ class ExportOptions:
             if values.get("trt_timing_cache") is not None:
                 values["trt_timing_cache"] = Path(values["trt_timing_cache"])
             return cls(**values)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, InputError) as err:  # InputError: options that contradict each other
             raise InputError(f"{where}: malformed export options ({err}); export again") from err
