@@ -9,16 +9,18 @@ from harden.runtime.gates import EXPORT_PARITY_MARGIN, Gates, clean_parity_gates
 from harden.runtime.verify_state import Parity
 
 
-def _parity(agreement: float, pixels: int = 20_000) -> Parity:
-    """A real Parity accumulator over `pixels` pixels of which a fraction `agreement` agree."""
-    labels = torch.zeros(1, 1, pixels, dtype=torch.long)
-    twin = torch.zeros(1, 2, 1, pixels)
+def _parity(agreement: float, pixels: int = 2_500, images: int = 8) -> Parity:
+    """A real Parity accumulator over `images` images of `pixels` pixels, in each of which a
+    fraction `agreement` agree. Every image alike: the interval has zero width, so each gate
+    below is decided by construction (the image is the unit: one image would decide nothing)."""
+    labels = torch.zeros(images, 1, pixels, dtype=torch.long)
+    twin = torch.zeros(images, 2, 1, pixels)
     twin[:, 0] = 1.0
     engine = twin.clone()
     flipped = round((1 - agreement) * pixels)
     engine[:, 1, 0, :flipped] = 2.0
     parity = Parity()
-    parity.add(twin, engine, labels, num_classes=2, ids=torch.tensor([0]))
+    parity.add(twin, engine, labels, num_classes=2, ids=torch.arange(images))
     return parity
 
 

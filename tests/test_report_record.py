@@ -76,7 +76,7 @@ def _report() -> VerifyReport:
 
     parity = ParityRecord(0.999, 0.01, 4096, 0.001)
     return VerifyReport(
-        verdict="pass", confidence=Confidence(0.95, 0.95, [4], 4, "wilson-clustered"), machine=machine_facts(),
+        verdict="pass", confidence=Confidence(0.95, [4], 4, "asymptotic confidence sequence"), machine=machine_facts(),
         created="2026-12-04T00:00:00+00:00", command="harden verify x",
         deployment=DeploymentRecord("x", "model.fp32.onnx", "onnxruntime", "fp32", None, None,
                                     {"model.fp32.onnx": "a" * 64}, None, False, {"input": "image", "output": "logits"},
@@ -89,7 +89,8 @@ def _report() -> VerifyReport:
         divergence=DivergenceFigures(False, None, 0),
         rows=[AttackRow("engine", "fgsm", "graph", "white-box", 4 / 255, 0.5, 0.3, 1.5),
               AttackRow("graph", "fgsm", "graph", "white-box", 4 / 255, 0.5, 0.3)],
-        worst_case=[WorstCaseAt(4 / 255, "4/255", Scores(0.3, 0.5), {"graph": None}, [ImageWorst(0.5, "fgsm[graph]:x")],
+        worst_case=[WorstCaseAt(4 / 255, "4/255", Scores(0.3, 0.5), {"graph": None},
+                                {"graph": Scores(0.3, 0.5)}, [ImageWorst(0.5, "fgsm[graph]:x")],
                                 {"engine": [0.2, None], "clean": [0.5, None]})],
         audits=[Check("weights", "n/a", "no source")],
         engine_arithmetic=ArithmeticRecord("n/a", None, "compared by parity"), localisation=None, not_judged=[],
@@ -118,8 +119,8 @@ def test_gate_names_read_as_structure() -> None:
 
 def test_a_report_of_another_schema_or_with_a_wrong_field_is_refused(tmp_path: Path) -> None:
     written = _report().to_dict()
-    with pytest.raises(InputError, match="harden-verify-report-v3"):
-        VerifyReport.from_dict({**written, "schema": "harden-verify-report-v2"}, "verify.json")
+    with pytest.raises(InputError, match="harden-verify-report-v4"):
+        VerifyReport.from_dict({**written, "schema": "harden-verify-report-v3"}, "verify.json")
     with pytest.raises(InputError, match="field 'images' must be an integer"):
         VerifyReport.from_dict({**written, "images": "4"}, "verify.json")
     (tmp_path / "verify.json").write_text("{")

@@ -24,9 +24,15 @@ from harden.attacks.worst_case import ImageCounts
 from harden.cli import cli
 from harden.data import open_dataset
 from harden.export.manifest import MANIFEST_FILE, FileRecord
-from harden.runtime.confidence import agreement_interval, decide, images_to_decide
+from harden.runtime.confidence import (
+    absolute_difference_interval,
+    agreement_interval,
+    decide,
+    images_to_decide,
+    ratio_interval,
+)
 from harden.runtime.engines import Engine, OnnxRuntimeEngine
-from harden.runtime.gates import Gates, evaluate_gates, verdict_of
+from harden.runtime.gates import GateResult, Gates, estimated_gate, evaluate_gates, holm, verdict_of
 from harden.runtime.graph_twin import GraphTwin
 from harden.runtime.structure import rewritten
 from harden.runtime.twins import load_twins, open_deployment
@@ -156,20 +162,47 @@ def test_the_verdict_does_not_move_with_the_engines_arithmetic(ram_run, int8_exp
 
 
 def test_intervals_decide_three_ways_and_say_how_many_images_would_decide():
-    # 10 images of 1,000 pixels at 99 % agreement: clearly above 0.95, clearly below 0.999
-    agree, pixels = np.full(10, 990), np.full(10, 1000)
+    # 16 images of 1,000 pixels at about 99 % agreement (a fixed sample, so the figures are fixed)
+    agree = np.array([991, 988, 990, 993, 989, 990, 987, 992, 990, 991, 989, 990, 988, 992, 990, 990])
+    pixels = np.full(16, 1000)
     interval = agreement_interval(agree, pixels, 0.95)
+    assert interval.point == pytest.approx(0.99)
     assert decide(interval, 0.95, at_least=True) == "pass" and decide(interval, 0.999, at_least=True) == "fail"
     assert decide(interval, 0.99, at_least=True) == "inconclusive"
     assert images_to_decide(interval, 0.99) is None  # the estimate sits on the gate: no count decides
-    near = decide(interval, 0.9885, at_least=True)
-    assert near == "inconclusive" and images_to_decide(interval, 0.9885) >= 1
-    # clustering: the same pixels split unevenly over images is a wider interval than evenly
-    uneven = agreement_interval(np.array([1000] * 9 + [900]), pixels, 0.95)
-    assert uneven.high - uneven.low > interval.high - interval.low
-    # a higher confidence widens the interval
+    near = decide(interval, 0.9889, at_least=True)
+    assert near == "inconclusive" and images_to_decide(interval, 0.9889) >= 1
+    # the image is the unit: the same pixels split unevenly over images is a wider interval
+    uneven = agreement_interval(np.array([1000] * 8 + [980] * 8), pixels, 0.95)
+    assert uneven.point == interval.point and uneven.high - uneven.low > interval.high - interval.low
+    # a higher confidence widens the interval; one image bounds nothing (inconclusive, not fail)
     wider = agreement_interval(agree, pixels, 0.999)
     assert wider.low < interval.low and wider.high > interval.high
+    single = agreement_interval(agree[:1], pixels[:1], 0.95)
+    assert decide(single, 0.5, at_least=True) == "inconclusive"
+
+
+def test_every_image_alike_gives_a_zero_width_interval_and_holm_names_only_what_it_can() -> None:
+    """Identical per-image counts on both sides (an engine that is its twin) give a ratio of
+    exactly 1 and a difference of exactly 0 with zero width, at any number of images. Two gates
+    that each fail at their own level are named by Holm only as far as the family allows."""
+    rng = np.random.default_rng(0)
+    counts = tuple(rng.integers(1, 100, (6, 3)) for _ in range(3))
+    assert ratio_interval(counts, counts, 0.95).text() == "1.0000 [1.0000, 1.0000]"
+    assert absolute_difference_interval(counts, counts, 0.95).text() == "0.0000 [0.0000, 0.0000]"
+
+    def gate(name: str, agreement: list[int]) -> GateResult:
+        interval = agreement_interval(np.array(agreement), np.full(len(agreement), 1000), 0.95)
+        return estimated_gate(name, [interval], 0.99, at_least=True, describe="agreement")
+
+    clear = gate("clear", [900, 910, 905, 895, 900, 902, 898, 901])  # far below 0.99
+    marginal = gate("marginal", [984, 988, 980, 991, 984, 986, 990, 983])  # just below at its own level
+    assert clear.outcome == marginal.outcome == "fail"
+    assert clear.fail_p is not None and marginal.fail_p is not None and clear.fail_p < 0.025 < marginal.fail_p < 0.05
+    judged = {g.name: g for g in holm([clear, marginal], 0.95)}
+    assert judged["clear"].outcome == "fail"
+    assert judged["marginal"].outcome == "inconclusive" and "Holm" in judged["marginal"].detail
+    assert {g.name: g.outcome for g in holm([marginal], 0.95)} == {"marginal": "fail"}  # alone, no correction
 
 
 def test_images_auto_stops_once_every_gate_is_decided(fp32_export, ram_run, tmp_path):

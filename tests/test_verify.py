@@ -150,7 +150,7 @@ def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_pat
     assert result.exit_code == 0, result.output
     assert "verification PASSED" in result.output
     summary = json.loads((report / "verify.json").read_text())
-    assert summary["schema"] == "harden-verify-report-v3" and summary["verdict"] == "pass"
+    assert summary["schema"] == "harden-verify-report-v4" and summary["verdict"] == "pass"
     assert summary["deployment"]["files"]["model.fp32.onnx"]
     status = {c["name"]: c["status"] for c in summary["checks"]}
     assert status.pop("white>surrogate") == "n/a" and set(status.values()) == {"pass"}  # two surrogates: no premise

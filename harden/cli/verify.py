@@ -54,12 +54,13 @@ Fail closed: a failed audit, a failed sanity check, or no images fails. A sanity
 premise the attack list leaves out (iterative>single needs fgsm) is n/a and says why.
 
 Every gate on a figure measured on the images decides from its confidence interval
-(--confidence, default 0.95; clustered Wilson for agreements, a paired bootstrap over images
-for mIoU figures and survival ratios): pass when the interval clears the gate, fail when it
-misses it, inconclusive when it straddles it, with about how many more images would decide.
---images auto verifies in batches (looks at 1, 2, 4, … batches, up to --max-images) until
-every gate is decided; each look uses a stricter level so the whole sequence keeps the stated
-error rate.
+(--confidence, default 0.95): pass when the interval clears the gate, fail when it misses it,
+inconclusive when it straddles it, with about how many more images would decide. The image is
+the unit, and each interval belongs to a confidence sequence that holds at every number of
+images at once (docs/verdicts.md): --images auto looks after every batch, up to --max-images,
+until every gate is decided, and a resumed or extended run may look again, at no cost in
+confidence. A PASS needs every gate; the gates a FAIL names are controlled together (Holm).
+The survival gate compares the engine and each twin on the same candidate images.
 
 Writes OUT/verify.json, OUT/junit.xml (one test case per gate) and OUT/report.html.
 The state is saved after every batch, so an interrupted run continues with --resume.

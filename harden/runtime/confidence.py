@@ -1,4 +1,4 @@
-"""Confidence intervals for the release gates, and the three outcomes they decide.
+"""Confidence sequences for the release gates, and the three outcomes they decide.
 
 Every gate that judges a figure measured on a sample of images decides from an interval at the
 run's confidence (default 0.95), never from the point estimate alone:
@@ -8,52 +8,66 @@ run's confidence (default 0.95), never from the point estimate alone:
 - **inconclusive** otherwise — it fails closed (the release does not pass) and says roughly how
   many more images would decide (`images_to_decide`).
 
-Two interval families, both paired over images (the engine and the twin see the same images and
-the same RAD draws, so the image-to-image spread cancels in their difference):
+The interval is one member of a **confidence sequence**: it covers the figure's population value
+at every number of images at once, so `--images auto` may look after every batch, and a resumed
+or extended run may look again, without inflating the error rate (docs/verdicts.md §2). It is
+the Gaussian-mixture *asymptotic confidence sequence* of Waudby-Smith, Arbour, Sinha, Kennedy &
+Ramdas ("Time-uniform central limit theory and asymptotic confidence sequences", Ann. Statist.
+2024), the time-uniform analogue of a CLT interval:
 
-- `agreement_interval`: a proportion of pixels (argmax agreement). Pixels of one image are not
-  independent, so the interval is Wilson's with the effective sample size of a cluster sample
-  (Kish's design effect from the spread of the per-image proportions; never below 1, so with no
-  spread it is the plain Wilson interval over pixels).
-- `bootstrap_interval`: any figure computed from per-image counts (an mIoU, an mIoU difference, a
-  survival ratio): a percentile bootstrap that resamples images, with a FIXED generator seed so
-  the interval — and the verdict — are the same on every machine and every run.
+    figure ± σ̂ · √( 2(nρ² + 1) / (n²ρ²) · ln(√(nρ² + 1) / α) )
 
-The bootstrap keeps each image's worst-case choice (which attack, member and RAD draw) fixed and
-resamples images: the interval states the sampling uncertainty of the images, not of the attack.
+over n images, where σ̂ is the standard deviation of the images' *influence values* on the figure
+(the delta method: how much each image moves it). The **image is the unit**: every figure — a
+share of pixels, an mIoU, an mIoU difference or ratio — is a smooth function of per-image counts,
+so its influence values are per image, and pixels of one image never count as independent.
+ρ is fixed before any data (tightest at `TUNED_AT` images), so the sequence is the same for any
+plan, look or budget.
+
+Why not a nonparametric betting sequence (Waudby-Smith & Ramdas, JRSS-B 2024)? For a mean of
+[0, 1] figures it is exact at every n, but it cannot certify a mean ≥ τ before
+n ≥ ln(1/α) / (1 − τ) images even when every image agrees perfectly — 2,996 images for the fp32
+clean-agreement gate (0.999) at α = 0.05 — because one image in a thousand could disagree
+completely. The asymptotic sequence shares the CLT's blind spot (a failure rarer than about one
+image in n is not seen) and nothing worse; bench/sequential_gates.py measures its error rate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 
-BOOTSTRAP_SAMPLES = 2000
-BOOTSTRAP_SEED = 20_261_203  # fixed: the same resamples on every machine, so the same verdict
+TUNED_AT = 32  # the number of images the sequence is tightest at (ρ is fixed before any data)
 MAX_MORE_IMAGES = 100_000  # beyond this, "more images" is reported as not a practical way to decide
+METHOD = "asymptotic confidence sequence (Gaussian mixture) on per-image influence values"
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its two-sided interval at `confidence`."""
+    """A point estimate and its two-sided interval at `confidence`; `spread` is the standard
+    deviation of the per-image influence values the width came from (0: every image alike)."""
 
     point: float
     low: float
     high: float
     confidence: float
-    method: str  # "wilson-clustered" or "bootstrap"
+    method: str
     images: int
+    spread: float = math.nan
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {"point": self.point, "low": self.low, "high": self.high, "confidence": self.confidence,
-                "method": self.method, "images": self.images}  # fmt: skip
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """JSON has no infinity: an unbounded side (one image) is null."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {"point": finite(self.point), "low": finite(self.low), "high": finite(self.high),
+                "confidence": self.confidence, "method": self.method, "images": self.images}  # fmt: skip
 
     def text(self, digits: int = 4, percent: bool = False) -> str:
         if percent:
@@ -61,72 +75,116 @@ class Interval:
         return f"{self.point:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def z_value(confidence: float) -> float:
-    """The two-sided normal quantile for `confidence` (1.96 at 0.95)."""
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
+def _rho_squared(alpha: float) -> float:
+    """ρ² that makes the sequence tightest at TUNED_AT images (the paper's closed form)."""
+    log_term = -2 * math.log(alpha)
+    return (log_term + math.log(log_term + 1)) / TUNED_AT
+
+
+def half_width(images: int, confidence: float, spread: float = 1.0) -> float:
+    """The sequence's half-width after `images` images for influence values of standard deviation
+    `spread` (∞ before two images: one image says nothing about the spread)."""
+    if images < 2:
+        return math.inf
+    alpha = 1 - confidence
+    r2 = _rho_squared(alpha)
+    n = float(images)
+    return spread * math.sqrt(2 * (n * r2 + 1) / (n * n * r2) * math.log(math.sqrt(n * r2 + 1) / alpha))
+
+
+def sequence_interval(point: float, influence: np.ndarray, confidence: float) -> Interval:
+    """The confidence-sequence interval of a figure `point` with per-image `influence` values
+    (mean zero by construction; their spread sets the width)."""
+    influence = np.asarray(influence, dtype=np.float64)
+    n = len(influence)
+    if n == 0 or not math.isfinite(point) or not np.isfinite(influence).all():
+        return Interval(point, math.nan, math.nan, confidence, METHOD, n)
+    spread = float(np.sqrt(np.mean(influence**2))) if n >= 2 else math.nan
+    half = half_width(n, confidence, spread) if n >= 2 else math.inf
+    return Interval(point, point - half, point + half, confidence, METHOD, n, spread)
+
+
+def fail_p_value(interval: Interval, threshold: float, *, at_least: bool) -> float:
+    """The anytime-valid p-value of "the figure is on the wrong side of the threshold", from the
+    mixture martingale behind the sequence: the interval at confidence 1 − p just touches the
+    threshold. 1 when the point is on the right side; Holm's correction across gates uses it."""
+    gap = (threshold - interval.point) if at_least else (interval.point - threshold)
+    if not math.isfinite(interval.point) or not math.isfinite(interval.low):
+        return 1.0 if interval.images > 0 else 0.0
+    if gap <= 0 or not interval.images >= 2:
+        return 1.0
+    if interval.spread <= 0 or not math.isfinite(interval.spread):
+        return 0.0
+    n, r2 = float(interval.images), _rho_squared(1 - interval.confidence)
+    s = n * gap / interval.spread  # the sum of standardised influence values
+    log_p = 0.5 * math.log(n * r2 + 1) - r2 * s * s / (2 * (n * r2 + 1))
+    return min(1.0, math.exp(log_p))
 
 
 def agreement_interval(agree: np.ndarray, pixels: np.ndarray, confidence: float) -> Interval:
-    """Wilson interval for Σagree / Σpixels with pixels clustered by image (`agree`, `pixels`:
-    one entry per image; an image seen under several RAD draws is one cluster)."""
+    """Σagree / Σpixels (`agree`, `pixels`: one entry per image; an image seen under several RAD
+    draws is one unit): a ratio of per-image means, whose influence values are the ratio
+    estimator's residuals (a_i − p·n_i) / n̄."""
     agree, pixels = np.asarray(agree, dtype=np.float64), np.asarray(pixels, dtype=np.float64)
     total = float(pixels.sum())
     if total <= 0:
-        return Interval(math.nan, math.nan, math.nan, confidence, "wilson-clustered", len(pixels))
+        return Interval(math.nan, math.nan, math.nan, confidence, METHOD, len(pixels))
     p = float(agree.sum()) / total
-    m = len(pixels)
-    deff = 1.0
-    binomial = p * (1 - p) / total
-    if m > 1 and binomial > 0:
-        residual = agree - p * pixels  # ratio-estimator residuals of each image
-        clustered = m / (m - 1) * float((residual**2).sum()) / total**2
-        deff = max(1.0, clustered / binomial)
-    low, high = _wilson(p, total / deff, z_value(confidence))
-    return Interval(p, low, high, confidence, "wilson-clustered", m)
+    return sequence_interval(p, (agree - p * pixels) / pixels.mean(), confidence)
 
 
-def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+def miou_influence(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[float, np.ndarray]:
+    """mIoU of per-image counts (N, K) summed over images, and each image's influence on it
+    (the delta method): IoU_k = t̄_k / ū_k moves by (tp_ik·ū_k − t̄_k·u_ik) / ū_k² per image;
+    classes with an empty union are left out, as `worst_case.miou` does."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    union = tp + fp + fn
+    t_mean, u_mean = tp.mean(0), union.mean(0)
+    present = u_mean > 0
+    if not present.any():
+        return math.nan, np.full(len(tp), math.nan)
+    iou = t_mean[present] / u_mean[present]
+    per_class = (tp[:, present] * u_mean[present] - t_mean[present] * union[:, present]) / u_mean[present] ** 2
+    return float(iou.mean()), per_class.mean(1)
 
 
-def bootstrap_interval(
-    statistic: Callable[[np.ndarray], np.ndarray], images: int, confidence: float, point: float
-) -> Interval:
-    """Percentile bootstrap over images. `statistic(weights)` takes a (B, N) matrix of how often
-    each image is drawn in each resample and returns the B statistics (NaN where undefined, e.g.
-    a ratio over a zero denominator: those resamples are left out)."""
-    if images == 0:
-        return Interval(math.nan, math.nan, math.nan, confidence, "bootstrap", 0)
-    generator = np.random.default_rng(BOOTSTRAP_SEED)
-    draws = generator.integers(0, images, size=(BOOTSTRAP_SAMPLES, images))
-    weights = np.zeros((BOOTSTRAP_SAMPLES, images), dtype=np.float64)
-    np.add.at(weights, (np.arange(BOOTSTRAP_SAMPLES)[:, None], draws), 1.0)
-    values = np.asarray(statistic(weights), dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0 or not math.isfinite(point):
-        return Interval(point, math.nan, math.nan, confidence, "bootstrap", images)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(values, [tail, 1 - tail])
-    # a resampled figure can sit on either side of the full-sample one; the interval holds it
-    return Interval(point, float(min(low, point)), float(max(high, point)), confidence, "bootstrap", images)
+def miou_interval_of(counts: tuple[np.ndarray, np.ndarray, np.ndarray], confidence: float) -> Interval:
+    point, influence = miou_influence(*counts)
+    return sequence_interval(point, influence, confidence)
 
 
-def miou_of_weighted(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """mIoU of each resample: tp/fp/fn (N, K) per image, weights (B, N) → (B,); classes with an
-    empty union in a resample are left out of its mean, as `worst_case.miou` does."""
-    tp_b, fp_b, fn_b = weights @ tp, weights @ fp, weights @ fn
-    union = tp_b + fp_b + fn_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp_b / np.maximum(union, 1e-12), np.nan)
-        return np.nanmean(np.where(np.isnan(iou).all(1, keepdims=True), np.nan, iou), axis=1)
+def ratio_interval(numerator: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   denominator: tuple[np.ndarray, np.ndarray, np.ndarray], confidence: float) -> Interval:  # fmt: skip
+    """mIoU(numerator) / mIoU(denominator) on the same images (paired): influence
+    (ψ_a − R·ψ_b) / b. Identical counts on both sides give exactly 1 with zero width."""
+    a, psi_a = miou_influence(*numerator)
+    b, psi_b = miou_influence(*denominator)
+    if not b > 0:
+        return Interval(math.nan, math.nan, math.nan, confidence, METHOD, len(psi_a))
+    ratio = a / b
+    return sequence_interval(ratio, (psi_a - ratio * psi_b) / b, confidence)
+
+
+def absolute_difference_interval(first: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                  second: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                  confidence: float) -> Interval:  # fmt: skip
+    """|mIoU(first) − mIoU(second)| on the same images (paired): the sequence of the signed
+    difference, folded at 0 (the absolute value is not smooth there)."""
+    a, psi_a = miou_influence(*first)
+    b, psi_b = miou_influence(*second)
+    signed = sequence_interval(a - b, psi_a - psi_b, confidence)
+    if not math.isfinite(signed.low):
+        return Interval(abs(a - b), signed.low, signed.high, confidence, METHOD, signed.images, signed.spread)
+    low = 0.0 if signed.low <= 0 <= signed.high else min(abs(signed.low), abs(signed.high))
+    high = max(abs(signed.low), abs(signed.high))
+    return Interval(abs(a - b), low, high, confidence, METHOD, signed.images, signed.spread)
 
 
 def decide(interval: Interval, threshold: float, *, at_least: bool) -> Outcome:
     """pass / fail / inconclusive for "figure ≥ threshold" (`at_least`) or "figure ≤ threshold".
-    An interval that could not be computed (no images) fails."""
-    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+    An interval that could not be computed (no images, no figure) fails; one that is unbounded
+    (a single image) is inconclusive."""
+    if math.isnan(interval.low) or math.isnan(interval.high):
         return "fail"
     good, bad = (interval.low >= threshold, interval.high < threshold) if at_least else (
         interval.high <= threshold, interval.low > threshold)  # fmt: skip
@@ -135,12 +193,19 @@ def decide(interval: Interval, threshold: float, *, at_least: bool) -> Outcome:
 
 def images_to_decide(interval: Interval, threshold: float) -> int | None:
     """Roughly how many more images would move the interval off the threshold, if the point
-    estimate stays where it is: the half-width shrinks as 1/√n. None when the point sits on the
-    threshold (no number of images decides it) or the count is beyond any practical run."""
-    half = (interval.high - interval.low) / 2
+    estimate and the spread stay where they are. None when the point sits on the threshold (no
+    number of images decides it) or the count is beyond any practical run."""
     gap = abs(interval.point - threshold)
-    if not (math.isfinite(half) and math.isfinite(gap)) or gap < 1e-12 or interval.images == 0:
+    if not math.isfinite(gap) or gap < 1e-12 or interval.images == 0:
         return None
-    needed = math.ceil(interval.images * (half / gap) ** 2)
-    more = max(1, needed - interval.images)
-    return more if more <= MAX_MORE_IMAGES else None
+    spread = interval.spread if math.isfinite(interval.spread) else 0.5  # one image: assume a wide spread
+    needed = max(interval.images, 2)
+    while half_width(needed, interval.confidence, spread) >= gap:
+        needed *= 2
+        if needed > MAX_MORE_IMAGES + interval.images:
+            return None
+    low = max(needed // 2, interval.images, 1)
+    while low < needed:  # the smallest count whose half-width is below the gap
+        middle = (low + needed) // 2
+        low, needed = (middle + 1, needed) if half_width(middle, interval.confidence, spread) >= gap else (low, middle)
+    return max(1, needed - interval.images)

@@ -33,7 +33,7 @@ a machine whose kernels compute the file differently does not move the verdict.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,17 +44,17 @@ from harden.attacks.worst_case import ImageCounts, WorstCase
 from harden.runtime.confidence import (
     Interval,
     Outcome,
+    absolute_difference_interval,
     agreement_interval,
-    bootstrap_interval,
     decide,
+    fail_p_value,
     images_to_decide,
-    miou_of_weighted,
+    miou_interval_of,
+    ratio_interval,
 )
 from harden.runtime.gate_values import EXPORT_PARITY_MARGIN, Gates
 from harden.runtime.verify_result import VerifyResult
 from harden.runtime.verify_state import Agreement, Parity
-
-METHOD = "clustered Wilson intervals for agreements, paired bootstrap over images for mIoU figures"
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class GateResult:
     interval: Interval | None = None
     threshold: float | None = None
     more_images: int | None = None  # inconclusive: roughly how many more images would decide
+    fail_p: float | None = None  # anytime-valid p-value of "this gate fails" (Holm across gates; not reported)
 
     @property
     def passed(self) -> bool:
@@ -114,7 +115,35 @@ def estimated_gate(
             else " — INCONCLUSIVE: the interval straddles the gate and the estimate sits on it; more images "
             "will not decide, a different threshold or a better deployment would"
         )
-    return GateResult(name, outcome, detail, worst, threshold, more)
+    # the gate fails if any draw fails: Bonferroni over the draws inside the gate
+    fail_p = min(1.0, len(intervals) * min(fail_p_value(i, threshold, at_least=at_least) for i in intervals))
+    return GateResult(name, outcome, detail, worst, threshold, more, fail_p)
+
+
+def holm(gates: list[GateResult], confidence: float) -> list[GateResult]:
+    """Family-wise error control of the gates a verdict names as failed.
+
+    A PASS is the intersection of every gate passing, so each gate at level α already bounds the
+    chance of a wrong PASS by α (an intersection-union test needs no correction). A FAIL names
+    gates, and each name is a claim: Holm's step-down procedure over the estimated gates' fail
+    p-values keeps the chance that ANY named failure is wrong below α. A gate whose interval
+    failed at its own level but does not survive Holm becomes inconclusive and says so.
+    Exact gates (audits, data, checks) state facts of the run and are not part of the family."""
+    alpha = 1 - confidence
+    family = sorted((g for g in gates if g.fail_p is not None), key=lambda g: g.fail_p or 0.0)
+    confirmed: set[str] = set()
+    for rank, gate in enumerate(family):
+        if (gate.fail_p or 0.0) > alpha / (len(family) - rank):
+            break
+        confirmed.add(gate.name)
+    out = []
+    for gate in gates:
+        if gate.outcome == "fail" and gate.fail_p is not None and gate.name not in confirmed:
+            detail = (f"{gate.detail} — INCONCLUSIVE: fails at its own level, not after Holm's correction over "
+                      f"{len(family)} estimated gates (p = {gate.fail_p:.3g})")  # fmt: skip
+            gate = replace(gate, outcome="inconclusive", detail=detail)
+        out.append(gate)
+    return out
 
 
 def _chosen(candidates: list[ImageCounts], choice: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,34 +161,22 @@ def agreement_intervals(agreements: list[Agreement], confidence: float) -> list[
 
 
 def miou_delta_interval(parity: Parity, confidence: float) -> Interval:
-    """|mIoU(engine) − mIoU(twin)| on the same images, bootstrapped over images (paired)."""
+    """|mIoU(engine) − mIoU(twin)| on the same images (paired)."""
     assert parity.twin is not None and parity.engine is not None
     twin, engine = parity.twin, parity.engine
-
-    def statistic(weights: np.ndarray) -> np.ndarray:
-        return np.abs(miou_of_weighted(engine.tp, engine.fp, engine.fn, weights)
-                      - miou_of_weighted(twin.tp, twin.fp, twin.fn, weights))  # fmt: skip
-
-    return bootstrap_interval(statistic, len(parity.twin.total), confidence, parity.miou_delta())
+    return absolute_difference_interval((engine.tp, engine.fp, engine.fn), (twin.tp, twin.fp, twin.fn), confidence)
 
 
 def survival_interval(engine: list[ImageCounts], engine_worst: WorstCase, twin: list[ImageCounts],
                       twin_worst: WorstCase, confidence: float) -> Interval:  # fmt: skip
     """engine worst-case mIoU / twin worst-case mIoU, each image keeping its worst-case choice on
-    each side, bootstrapped over images (paired: the same resample on both sides)."""
-    engine_counts, twin_counts = _chosen(engine, engine_worst.miou_choice), _chosen(twin, twin_worst.miou_choice)
-    point = engine_worst.miou / twin_worst.miou if twin_worst.miou > 0 else math.nan
-
-    def statistic(weights: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return miou_of_weighted(*engine_counts, weights) / miou_of_weighted(*twin_counts, weights)
-
-    return bootstrap_interval(statistic, len(engine_worst.miou_choice), confidence, point)
+    each side (paired: the same images on both sides)."""
+    return ratio_interval(_chosen(engine, engine_worst.miou_choice), _chosen(twin, twin_worst.miou_choice),
+                          confidence)  # fmt: skip
 
 
 def miou_interval(candidates: list[ImageCounts], worst: WorstCase, confidence: float) -> Interval:
-    counts = _chosen(candidates, worst.miou_choice)
-    return bootstrap_interval(lambda w: miou_of_weighted(*counts, w), len(worst.miou_choice), confidence, worst.miou)
+    return miou_interval_of(_chosen(candidates, worst.miou_choice), confidence)
 
 
 def _sanity_gate(checks: list[Check]) -> GateResult:
@@ -281,7 +298,7 @@ def evaluate_gates(
                 gates.min_robust_miou, at_least=True, describe="engine worst-case mIoU",
             )  # fmt: skip
             out.append(gate)
-    return out
+    return holm(out, confidence)
 
 
 def verdict_of(gates: list[GateResult]) -> Outcome:

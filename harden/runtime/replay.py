@@ -41,6 +41,7 @@ from harden.runtime.gates import (
     Gates,
     agreement_intervals,
     estimated_gate,
+    holm,
     miou_interval,
     survival_interval,
 )
@@ -173,4 +174,4 @@ def replay_gates(result: ReplayResult, gates: Gates, confidence: float) -> list[
             floor = [miou_interval(side.replayed, replayed, confidence)]
             out.append(estimated_gate(f"robust-miou@{text}", floor, gates.min_robust_miou, at_least=True,
                                   describe="replayed worst-case mIoU"))  # fmt: skip
-    return out
+    return holm(out, confidence)

@@ -14,6 +14,7 @@ from harden.attacks.evaluate import DRAW_SEED
 from harden.attacks.threat import format_eps
 from harden.export.arithmetic import machine_facts
 from harden.export.files import versions
+from harden.runtime.confidence import METHOD
 from harden.runtime.gates import GateResult, verdict_of
 from harden.runtime.replay import ReplayResult
 from harden.runtime.traceability import harden_source
@@ -30,8 +31,7 @@ def summarise(result: ReplayResult, gates: list[GateResult], settings: dict[str,
         "verdict": verdict_of(gates),
         "confidence": {
             "level": confidence,
-            "method": "as harden verify: clustered Wilson intervals for agreements, "
-            "paired bootstrap over images for the survival ratio",
+            "method": f"as harden verify: {METHOD}",
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,

@@ -25,12 +25,12 @@ from harden.errors import InputError
 from harden.models.external import is_external
 from harden.outputs import exclusive
 from harden.run import read_config
-from harden.runtime.confidence import Outcome
+from harden.runtime.confidence import METHOD, Outcome
 from harden.runtime.engines import Engine, open_engine
 from harden.runtime.evidence import FOLDER as EVIDENCE_FOLDER
 from harden.runtime.evidence import EvidenceWriter
 from harden.runtime.gate_values import Gates, read_gate_file
-from harden.runtime.gates import METHOD, GateResult, evaluate_gates, verdict_of
+from harden.runtime.gates import GateResult, evaluate_gates, verdict_of
 from harden.runtime.localise import localise_failed_parity
 from harden.runtime.report import write_reports
 from harden.runtime.traceability import data_record
@@ -95,10 +95,10 @@ def verification_data(
 
 @dataclass(frozen=True)
 class Confidence:
-    """The confidence the gates decide at and, with `--images auto`, the looks of the sequential
-    rule. Each look is judged at `per_look` = 1 − (1 − level) / number of looks (Bonferroni over
-    the looks), so the chance that ANY look decides wrongly stays below 1 − level: stopping at the
-    first decided look keeps the stated error rate."""
+    """The confidence the gates decide at and, with `--images auto`, the looks: after every batch
+    up to the budget. Every interval is one member of a confidence sequence
+    (`harden.runtime.confidence`), valid at every number of images at once, so no look costs
+    another any confidence, and a resumed or extended run may look again."""
 
     level: float = 0.95
     looks: tuple[int, ...] = ()  # numbers of images after which to judge; empty: once, on all images
@@ -109,23 +109,15 @@ class Confidence:
 
     @classmethod
     def auto(cls, level: float, batch_size: int, max_images: int) -> Confidence:
-        """Looks at batch, 2×batch, 4×batch, … images, and at `max_images` (the budget)."""
+        """A look after every batch, and at `max_images` (the budget)."""
         if max_images < batch_size:
             raise InputError(f"--max-images {max_images} is below --batch-size {batch_size}: nothing to look at")
-        looks, n = [], batch_size
-        while n < max_images:
-            looks.append(n)
-            n *= 2
-        return cls(level, (*looks, max_images))
-
-    @property
-    def per_look(self) -> float:
-        return 1 - (1 - self.level) / max(1, len(self.looks))
+        return cls(level, (*range(batch_size, max_images, batch_size), max_images))
 
     def record(self, images_used: int) -> dict[str, Any]:
         """verify.json's `confidence`."""
         taken = [n for n in self.looks if n <= images_used] or [images_used]
-        return {"level": self.level, "per_look": self.per_look, "looks": taken, "images_used": images_used,
+        return {"level": self.level, "looks": taken, "images_used": images_used,
                 "method": METHOD}  # fmt: skip
 
 
@@ -182,7 +174,7 @@ def _verify_and_judge(
     eps_values = list(options.eps_values)
 
     def decided(partial: VerifyResult) -> bool:
-        outcome = verdict_of(evaluate_gates(partial, gates, eps_values, confidence.per_look))
+        outcome = verdict_of(evaluate_gates(partial, gates, eps_values, confidence.level))
         log(f"  look at {partial.images} images: {outcome}")
         return outcome != "inconclusive"
 
@@ -198,7 +190,7 @@ def _verify_and_judge(
                         looks=list(confidence.looks) or None, decided=decided, evidence=writer)  # fmt: skip
     verdict = Verdict([])
     if result is not None:  # rank 0: judge and report
-        results = evaluate_gates(result, gates, eps_values, confidence.per_look)
+        results = evaluate_gates(result, gates, eps_values, confidence.level)
         results = localise_failed_parity(result, results, twins.get(GRAPH), dataset, str(device))
         class_names = deployment.manifest.class_names if deployment.manifest else list(dataset.class_names)
         settings = {**dataclasses.asdict(options), "gates": gates.to_dict()}

@@ -267,6 +267,7 @@ def _finish(
         eot=plan.eot,
         engine=engine_eval,
         twin_evaluations=twin_evals,
+        shared_runs={name: list(runs.values()) for name, runs in state.shared_runs.items()},
         clean_parity=state.clean_parity,
         adversarial_parity=state.adversarial_parity,
         divergence=divergence,

@@ -10,7 +10,7 @@ import torch
 
 from harden.attacks import ATTACKS, ThreatModel
 from harden.attacks.checks import Check
-from harden.attacks.evaluate import Evaluation
+from harden.attacks.evaluate import AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts, WorstCase, worst_case
 from harden.errors import InputError
 from harden.export.arithmetic import ArithmeticRecord
@@ -96,6 +96,7 @@ class VerifyResult:
     eot: int
     engine: Evaluation  # every candidate predicted by the engine
     twin_evaluations: dict[str, Evaluation]  # each twin's own white-box attacks, predicted by the twin
+    shared_runs: dict[str, list[AttackRun]]  # each twin's predictions of every candidate the engine was shown
     clean_parity: dict[str, list[Parity]]  # twin → one per draw
     adversarial_parity: dict[str, Parity]
     divergence: DivergenceFigures
@@ -113,7 +114,14 @@ class VerifyResult:
         return [c for r in self.engine.runs if r.eps == eps for c in r.candidates.values()]
 
     def twin_candidates_at(self, twin: str, eps: float) -> list[ImageCounts]:
-        """The twin's own white-box candidates at ε, as the twin predicted them."""
+        """The same candidates as `engine_candidates_at` (the same images, in the same order), as
+        `twin` predicted them: the two worst cases are taken over one candidate set (like for like)."""
+        shared = {(r.attack, r.crafted_on): r for r in self.shared_runs[twin] if r.eps == eps}
+        return [shared[(r.attack, r.crafted_on)].candidates[key]
+                for r in self.engine.runs if r.eps == eps for key in r.candidates]  # fmt: skip
+
+    def twin_own_candidates_at(self, twin: str, eps: float) -> list[ImageCounts]:
+        """The twin's own white-box candidates at ε, as the twin predicted them (its robustness curve)."""
         runs = self.twin_evaluations[twin].runs
         return [c for r in runs if r.eps == eps and r.kind == "white-box" for c in r.candidates.values()]
 
@@ -121,5 +129,11 @@ class VerifyResult:
         return worst_case(self.engine_candidates_at(eps))
 
     def twin_worst_at(self, twin: str, eps: float) -> WorstCase | None:
+        """The twin's worst case over every candidate the engine was shown at ε (what survival compares)."""
         candidates = self.twin_candidates_at(twin, eps)
+        return worst_case(candidates) if candidates else None
+
+    def twin_own_worst_at(self, twin: str, eps: float) -> WorstCase | None:
+        """The twin's worst case over its own white-box attacks at ε."""
+        candidates = self.twin_own_candidates_at(twin, eps)
         return worst_case(candidates) if candidates else None

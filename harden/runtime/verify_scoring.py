@@ -90,7 +90,10 @@ class Scorer:
                 state.clean_parity[name][d].add(twin_logits, engine_logits, labels, self.num_classes, ids)
 
     def evaluate(self, batch: Batch, run: AttackRun, member: str, adversarial: torch.Tensor, twin: str | None) -> None:
-        """Predict adversarial images on the engine (and on the twin that crafted them) per draw."""
+        """Predict adversarial images on the engine and on EVERY twin per draw: the survival gate
+        compares the engine's worst case with each twin's over the same candidates (like for
+        like). `twin` crafted them (None: the engine or the divergence search did): its own
+        predictions also count as its white-box run and as adversarial parity."""
         for d in range(self.draws):
             key = f"{member}@{d}"
             engine_logits = self.on_engine(adversarial, d)
@@ -99,15 +102,22 @@ class Scorer:
             accuracy = torch.from_numpy(counts.accuracy_per_image()).float()
             source = f"{run.attack}/{member} on {run.crafted_on}, draw {d}"
             batch.offer(accuracy, adversarial, engine_prediction, source)
-            if twin is None:
-                continue
-            twin_logits = self.on_twin(self.twins[twin], adversarial, d)
-            twin_run = self.state.twin_runs[twin].setdefault(
-                (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
-            )
-            twin_run.add(key, class_map(twin_logits), batch.labels, self.num_classes)
-            self.state.adversarial_parity[twin].add(twin_logits, engine_logits, batch.labels, self.num_classes,
-                                                    batch.ids)  # fmt: skip
+            for name, model in self.twins.items():
+                twin_logits = self.on_twin(model, adversarial, d)
+                twin_prediction = class_map(twin_logits)
+                shared = self.state.shared_runs[name].setdefault(
+                    (run.attack, run.crafted_on, batch.eps), AttackRun(run.attack, batch.eps, run.kind, {},
+                                                                       crafted_on=run.crafted_on)
+                )  # fmt: skip
+                shared.add(key, twin_prediction, batch.labels, self.num_classes)
+                if name != twin:
+                    continue
+                twin_run = self.state.twin_runs[name].setdefault(
+                    (run.attack, batch.eps), AttackRun(run.attack, batch.eps, "white-box", {})
+                )
+                twin_run.add(key, twin_prediction, batch.labels, self.num_classes)
+                self.state.adversarial_parity[name].add(twin_logits, engine_logits, batch.labels, self.num_classes,
+                                                        batch.ids)  # fmt: skip
 
     def disagreement(self, reference: nn.Module, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
         valid = labels != IGNORE_INDEX

@@ -25,7 +25,8 @@ from harden.attacks.evaluate import AttackRun
 from harden.attacks.worst_case import ImageCounts
 from harden.errors import InputError
 
-STATE_FORMAT: Final = "harden-verify-state-v2"  # v2: agreement counted per image (confidence intervals)
+# v2: agreement counted per image (confidence intervals); v3: every twin scores every candidate
+STATE_FORMAT: Final = "harden-verify-state-v3"
 
 
 @dataclass
@@ -133,6 +134,9 @@ class VerifyState:
         self.batches = 0  # batches of the data accumulated so far
         self.engine_runs: dict[tuple[str, str, float], AttackRun] = {}  # (attack, crafted_on, ε)
         self.twin_runs: dict[str, dict[tuple[str, float], AttackRun]] = {name: {} for name in twins}
+        # every candidate the engine was shown, as each twin predicts it, keyed like engine_runs:
+        # the survival gate compares the engine's and a twin's worst case over the SAME images
+        self.shared_runs: dict[str, dict[tuple[str, str, float], AttackRun]] = {name: {} for name in twins}
         self.clean_engine = [ImageCounts.empty(num_classes) for _ in range(draws)]
         self.clean_twin = {name: [ImageCounts.empty(num_classes) for _ in range(draws)] for name in twins}
         self.clean_parity = {name: [Parity() for _ in range(draws)] for name in twins}
@@ -149,6 +153,9 @@ class VerifyState:
         for name, runs in other.twin_runs.items():
             for twin_key, run in runs.items():
                 _merge_run(self.twin_runs[name].setdefault(twin_key, _empty_like(run)), run)
+        for name, shared in other.shared_runs.items():
+            for shared_key, run in shared.items():
+                _merge_run(self.shared_runs[name].setdefault(shared_key, _empty_like(run)), run)
         for d in range(self.draws):
             self.clean_engine[d] = self.clean_engine[d].extend(other.clean_engine[d])
             for name in self.clean_twin:
@@ -170,6 +177,9 @@ class VerifyState:
             "batches": self.batches,
             "engine_runs": [_run_to_dict(run) for run in self.engine_runs.values()],
             "twin_runs": {name: [_run_to_dict(run) for run in runs.values()] for name, runs in self.twin_runs.items()},
+            "shared_runs": {
+                name: [_run_to_dict(run) for run in runs.values()] for name, runs in self.shared_runs.items()
+            },
             "clean_engine": [_counts_to_dict(c) for c in self.clean_engine],
             "clean_twin": {name: [_counts_to_dict(c) for c in counts] for name, counts in self.clean_twin.items()},
             "clean_parity": {name: [_parity_to_dict(p) for p in ps] for name, ps in self.clean_parity.items()},
@@ -187,6 +197,8 @@ class VerifyState:
             state.engine_runs[(run.attack, run.crafted_on, run.eps)] = run
         for name, runs in data["twin_runs"].items():
             state.twin_runs[name] = {(run.attack, run.eps): run for run in map(_run_from_dict, runs)}
+        for name, runs in data["shared_runs"].items():
+            state.shared_runs[name] = {(run.attack, run.crafted_on, run.eps): run for run in map(_run_from_dict, runs)}
         state.clean_engine = [_counts_from_dict(c) for c in data["clean_engine"]]
         state.clean_twin = {name: [_counts_from_dict(c) for c in cs] for name, cs in data["clean_twin"].items()}
         state.clean_parity = {name: [_parity_from_dict(p) for p in ps] for name, ps in data["clean_parity"].items()}

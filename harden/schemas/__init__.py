@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 REPORT_SCHEMAS = {
-    "harden-verify-report-v3": "verify.schema.json",
+    "harden-verify-report-v4": "verify.schema.json",
     "harden-replay-report-v1": "replay.schema.json",
     "harden-evidence-v1": "evidence.schema.json",
     "harden-attack-report-v1": "attack.schema.json",

@@ -1,6 +1,6 @@
 """Verification reports, each written atomically: JSON, JUnit XML and one self-contained HTML page.
 
-- `verify.json` (schema `harden-verify-report-v3`): deployment and its sha256s, twins, seeds,
+- `verify.json` (schema `harden-verify-report-v4`): deployment and its sha256s, twins, seeds,
   tool versions, clean and robust scores on the engine and on each twin, parity, divergence,
   per-image worst cases, audits, sanity checks, gates and the verdict.
 - `junit.xml`: one test case per gate (a failure carries the gate's detail), for CI systems.

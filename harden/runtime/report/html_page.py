@@ -90,13 +90,15 @@ def _threshold_text(gate: GateRecord) -> str:
 
 
 def _confidence_text(c: Confidence) -> str:
+    alpha = 1 - c.level
     text = (f"Each gate on a sampled figure decides from its {c.level:.0%} interval ({c.method}): pass when the "
             "interval clears the gate, fail when it misses it, inconclusive (fails closed) when it straddles it. "
-            f"{c.images_used} images")  # fmt: skip
-    if len(c.looks) > 1 or c.per_look != c.level:
-        looks = ", ".join(str(n) for n in c.looks)
-        text += (f"; --images auto looked at {looks} images, each look at {c.per_look:.4g} so that the whole "
-                 "sequence keeps the stated error rate")  # fmt: skip
+            f"A PASS needs every gate to pass, so a deployment that misses any gate passes with probability at "
+            f"most {alpha:.0%}; the gates a FAIL names are wrong together with probability at most {alpha:.0%} "
+            "(Holm across the estimated gates). The intervals hold at every number of images at once, so "
+            f"looking again does not change these rates. {c.images_used} images")  # fmt: skip
+    if len(c.looks) > 1:
+        text += f"; --images auto looked at {', '.join(str(n) for n in c.looks)} images"
     return text + "."
 
 

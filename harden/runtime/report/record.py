@@ -2,7 +2,7 @@
 
 `summary.summarise` builds it from the run; `junit`, `html_page` and `figures` render it; `harden
 replay` and anyone else read verify.json back through `VerifyReport.read`. The JSON it writes is
-schema `harden-verify-report-v3` (harden/schemas/verify.schema.json); tests/test_report_record.py
+schema `harden-verify-report-v4` (harden/schemas/verify.schema.json); tests/test_report_record.py
 holds the schema and these classes to each other in both directions.
 
 Typed where harden computes with a part (scores, rows, worst cases, parity, gates, checks, the
@@ -27,7 +27,7 @@ from harden.json_fields import Fields
 from harden.ram.config import RAMConfig
 from harden.runtime.verify_result import DivergenceFigures
 
-SCHEMA: Final = "harden-verify-report-v3"
+SCHEMA: Final = "harden-verify-report-v4"
 FIX: Final = "it is not a verify.json written by this harden; run `harden verify` again"
 
 
@@ -51,14 +51,13 @@ class Confidence:
     """The level every interval was computed at; with --images auto, the looks taken."""
 
     level: float
-    per_look: float
     looks: list[int]
     images_used: int
     method: str
 
     @classmethod
     def from_dict(cls, f: Fields) -> Confidence:
-        return cls(f.number("level"), f.number("per_look"), f.integers("looks"), f.integer("images_used", low=0),
+        return cls(f.number("level"), f.integers("looks"), f.integer("images_used", low=0),
                    f.string("method"))  # fmt: skip
 
 
@@ -162,24 +161,31 @@ class ImageWorst:
 
 @dataclass(frozen=True)
 class WorstCaseAt:
-    """The worst case at one ε: the engine's and each twin's scores, per image, per class."""
+    """The worst case at one ε: the engine's and each twin's scores, per image, per class.
+    `twins`: each twin's worst case over its own white-box attacks (its robustness curve);
+    `twins_same_candidates`: each twin's worst case over every candidate the engine was shown,
+    what the survival gate compares the engine with (like for like)."""
 
     eps: float
     eps_text: str
     engine: Scores | None
     twins: dict[str, Scores | None]
+    twins_same_candidates: dict[str, Scores | None]
     per_image: list[ImageWorst]
     per_class_iou: dict[str, list[float | None]]  # "engine" (under the mIoU assignment) and "clean"
 
     @classmethod
     def from_dict(cls, f: Fields) -> WorstCaseAt:
-        twins = f.raw_object("twins")
+        twins, same = f.raw_object("twins"), f.raw_object("twins_same_candidates")
         per_image = [ImageWorst(p.number("pixel_accuracy"), p.string("attack")) for p in f.objects("per_image")]
         return cls(
             eps=f.number("eps"),
             eps_text=f.string("eps_text"),
             engine=_scores_or_none(f, "engine"),
             twins={t: _scores_or_none(Fields(twins, f"{f.where}: twins", FIX), t) for t in twins},
+            twins_same_candidates={
+                t: _scores_or_none(Fields(same, f"{f.where}: twins_same_candidates", FIX), t) for t in same
+            },
             per_image=per_image,
             per_class_iou=f.raw_object("per_class_iou"),
         )

@@ -12,7 +12,8 @@ from harden.attacks.threat import format_eps
 from harden.attacks.worst_case import ImageCounts, WorstCase
 from harden.export.arithmetic import machine_facts
 from harden.export.files import versions
-from harden.runtime.gates import METHOD, GateResult, verdict_of
+from harden.runtime.confidence import METHOD
+from harden.runtime.gates import GateResult, verdict_of
 from harden.runtime.report.record import (
     AttackRow,
     Confidence,
@@ -101,7 +102,7 @@ def summarise(
 
 def single_look(level: float, images: int) -> dict[str, Any]:
     """verify.json's `confidence` for a run judged once, on all its images."""
-    return {"level": level, "per_look": level, "looks": [images], "images_used": images, "method": METHOD}
+    return {"level": level, "looks": [images], "images_used": images, "method": METHOD}
 
 
 def _parity(parity: Parity) -> ParityRecord:
@@ -133,7 +134,8 @@ def _worst_case_at(result: VerifyResult, eps: float) -> WorstCaseAt:
         eps=eps,
         eps_text=format_eps(eps),
         engine=_scores(engine),
-        twins={t: _scores(result.twin_worst_at(t, eps)) for t in result.twins},
+        twins={t: _scores(result.twin_own_worst_at(t, eps)) for t in result.twins},
+        twins_same_candidates={t: _scores(result.twin_worst_at(t, eps)) for t in result.twins},
         per_image=per_image,
         per_class_iou={
             "engine": _class_iou(result, eps, engine),
