@@ -19,3 +19,13 @@ def assert_refused(result: Result, *words: str) -> None:
     assert "Traceback" not in result.output
     for word in words:
         assert word in result.output, (word, result.output)
+
+
+# Gate values that every estimated gate clears by construction: each interval lies inside its
+# figure's range (an agreement, a survival ratio ≥ 0; an mIoU difference ≤ 1), so a threshold at
+# the range's edge passes whatever images the run draws. Tests whose subject is not the verdict on
+# a sampled figure (reports, audits, checks, resume, CLI plumbing) pass these, so that no test's
+# outcome is decided by sampling noise on a few images (issue 45; docs/verdicts.md §5). The exact
+# gates (data, audits, engine arithmetic, sanity checks) still decide.
+DECIDED_BY_CONSTRUCTION = ("--gate", "clean_agreement=0", "--gate", "clean_miou_delta=1",
+                           "--gate", "adversarial_agreement=0", "--gate", "survival=0")  # fmt: skip

@@ -20,7 +20,8 @@ Ramdas ("Time-uniform central limit theory and asymptotic confidence sequences",
 over n images, where σ̂ is the standard deviation of the images' *influence values* on the figure
 (the delta method: how much each image moves it). The **image is the unit**: every figure — a
 share of pixels, an mIoU, an mIoU difference or ratio — is a smooth function of per-image counts,
-so its influence values are per image, and pixels of one image never count as independent.
+so its influence values are per image (the ratio estimator's residuals for a share of pixels, the
+jackknife for mIoU figures), and pixels of one image never count as independent.
 ρ is fixed before any data (tightest at `TUNED_AT` images), so the sequence is the same for any
 plan, look or budget.
 
@@ -35,16 +36,29 @@ image in n is not seen) and nothing worse; bench/sequential_gates.py measures it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 
+from harden.runtime import betting
+
 Outcome = Literal["pass", "fail", "inconclusive"]
 
+# Below MIN_IMAGES images a spread estimated from the images is too unreliable for the asymptotic
+# sequence: with per-image agreements skewed as adversarial ones are (most near 1, a few far
+# below), a sequence deciding from 16 images passed a gate sitting on its threshold in 6.9 % of
+# 3,000 simulated runs, from 24 in 5.2 %, from 32 in 4.6 % (bench/sequential_gates.py; α = 5 %).
+# Until then only a figure that is the same on every image (zero spread: an engine that is its
+# twin) decides. A delayed start keeps the sequence valid (Bibaut, Kallus & Lindon 2024).
+MIN_IMAGES = 32
 TUNED_AT = 32  # the number of images the sequence is tightest at (ρ is fixed before any data)
 MAX_MORE_IMAGES = 100_000  # beyond this, "more images" is reported as not a practical way to decide
 METHOD = "asymptotic confidence sequence (Gaussian mixture) on per-image influence values"
+# Agreement gates also carry a nonparametric betting sequence (harden.runtime.betting); α is
+# split between the two (a union bound), the asymptotic one taking ASYMPTOTIC_SHARE of it.
+ASYMPTOTIC_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ class Interval:
     method: str
     images: int
     spread: float = math.nan
+    # per-image shares behind a betting sequence (agreement gates with equal pixels per image)
+    shares: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         """JSON has no infinity: an unbounded side (one image) is null."""
@@ -76,49 +92,82 @@ class Interval:
 
 
 def _rho_squared(alpha: float) -> float:
-    """ρ² that makes the sequence tightest at TUNED_AT images (the paper's closed form)."""
-    log_term = -2 * math.log(alpha)
+    """ρ² that makes the one-sided boundary tightest near TUNED_AT images (the closed form of
+    Waudby-Smith et al. for the two-sided boundary at 2α, which the one-sided one approximates)."""
+    log_term = -2 * math.log(2 * alpha)
     return (log_term + math.log(log_term + 1)) / TUNED_AT
 
 
 def half_width(images: int, confidence: float, spread: float = 1.0) -> float:
-    """The sequence's half-width after `images` images for influence values of standard deviation
-    `spread` (∞ before two images: one image says nothing about the spread)."""
+    """The distance from the figure to each of its one-sided bounds after `images` images, for
+    influence values of standard deviation `spread` (∞ before two images: one image says nothing
+    about the spread). The one-sided normal-mixture boundary (Howard, Ramdas, McAuliffe & Sekhon,
+    Ann. Statist. 2021, eq. 14): a sum of n standardised values stays below
+    √((n + 1/ρ²) · 2 ln(√(nρ² + 1) / (2α) + 1)) at every n with probability ≥ 1 − α."""
     if images < 2:
         return math.inf
-    alpha = 1 - confidence
+    alpha = ASYMPTOTIC_SHARE * (1 - confidence)
     r2 = _rho_squared(alpha)
     n = float(images)
-    return spread * math.sqrt(2 * (n * r2 + 1) / (n * n * r2) * math.log(math.sqrt(n * r2 + 1) / alpha))
+    boundary = math.sqrt((n + 1 / r2) * 2 * math.log(math.sqrt(n * r2 + 1) / (2 * alpha) + 1))
+    return spread * boundary / n
 
 
-def sequence_interval(point: float, influence: np.ndarray, confidence: float) -> Interval:
+def small_sample_spread(influence: np.ndarray, confidence: float) -> float:
+    """The influence values' standard deviation, with Bessel's n − 1 and Student's t in place of the
+    normal quantile (t_ν / z at the one-sided level, ν = n − 1; Cornish–Fisher's expansion of t):
+    a spread estimated from a few images is often too small, and the asymptotic sequence takes it
+    as known. bench/sequential_gates.py measured the wrong-pass rate at the threshold with and
+    without it (docs/benchmarks.md)."""
+    n = len(influence)
+    sd = float(np.sqrt(np.sum(influence**2) / (n - 1)))
+    z, nu = NormalDist().inv_cdf(confidence), n - 1
+    t = z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
+    t += (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * nu**3)
+    return sd * t / z
+
+
+def sequence_interval(
+    point: float, influence: np.ndarray, confidence: float, bounds: tuple[float, float] = (0.0, 1.0)
+) -> Interval:
     """The confidence-sequence interval of a figure `point` with per-image `influence` values
-    (mean zero by construction; their spread sets the width)."""
+    (mean zero by construction; their spread sets the width), cut to the figure's own range
+    `bounds` (a share or an mIoU lies in [0, 1]; a ratio is ≥ 0)."""
     influence = np.asarray(influence, dtype=np.float64)
     n = len(influence)
     if n == 0 or not math.isfinite(point) or not np.isfinite(influence).all():
         return Interval(point, math.nan, math.nan, confidence, METHOD, n)
-    spread = float(np.sqrt(np.mean(influence**2))) if n >= 2 else math.nan
+    spread = small_sample_spread(influence, confidence) if n >= 2 else math.nan
     half = half_width(n, confidence, spread) if n >= 2 else math.inf
-    return Interval(point, point - half, point + half, confidence, METHOD, n, spread)
+    if n < MIN_IMAGES and spread > 0:  # too few images to trust a spread: the burn-in decides nothing
+        half = math.inf
+    low, high = max(bounds[0], point - half), min(bounds[1], point + half)
+    return Interval(point, low, high, confidence, METHOD, n, spread)
 
 
 def fail_p_value(interval: Interval, threshold: float, *, at_least: bool) -> float:
-    """The anytime-valid p-value of "the figure is on the wrong side of the threshold", from the
-    mixture martingale behind the sequence: the interval at confidence 1 − p just touches the
-    threshold. 1 when the point is on the right side; Holm's correction across gates uses it."""
+    """The anytime-valid p-value of "the figure is on the wrong side of the threshold": the
+    smallest α at which the interval's sequences exclude the threshold on the pass side. 1 when
+    the point is on the right side; Holm's correction across gates uses it."""
     gap = (threshold - interval.point) if at_least else (interval.point - threshold)
-    if not math.isfinite(interval.point) or not math.isfinite(interval.low):
+    if not math.isfinite(interval.point) or math.isnan(interval.low):
         return 1.0 if interval.images > 0 else 0.0
-    if gap <= 0 or not interval.images >= 2:
+    if gap <= 0:
         return 1.0
-    if interval.spread <= 0 or not math.isfinite(interval.spread):
+    p = 1.0
+    if interval.shares is not None:
+        below = betting.p_value_below if at_least else betting.p_value_above
+        p = min(p, below(interval.shares, threshold) / (1 - ASYMPTOTIC_SHARE))
+    if interval.images < 2 or (interval.images < MIN_IMAGES and interval.spread > 0):
+        return p
+    if interval.spread <= 0:
         return 0.0
-    n, r2 = float(interval.images), _rho_squared(1 - interval.confidence)
+    n, r2 = float(interval.images), _rho_squared(ASYMPTOTIC_SHARE * (1 - interval.confidence))
     s = n * gap / interval.spread  # the sum of standardised influence values
-    log_p = 0.5 * math.log(n * r2 + 1) - r2 * s * s / (2 * (n * r2 + 1))
-    return min(1.0, math.exp(log_p))
+    exponent = r2 * s * s / (2 * (n * r2 + 1))  # the boundary's inverse: the α at which it touches s
+    if exponent > 700:
+        return 0.0
+    return min(p, math.sqrt(n * r2 + 1) / (2 * math.expm1(exponent)) / ASYMPTOTIC_SHARE)
 
 
 def agreement_interval(agree: np.ndarray, pixels: np.ndarray, confidence: float) -> Interval:
@@ -130,49 +179,67 @@ def agreement_interval(agree: np.ndarray, pixels: np.ndarray, confidence: float)
     if total <= 0:
         return Interval(math.nan, math.nan, math.nan, confidence, METHOD, len(pixels))
     p = float(agree.sum()) / total
-    return sequence_interval(p, (agree - p * pixels) / pixels.mean(), confidence)
+    asymptotic = sequence_interval(p, (agree - p * pixels) / pixels.mean(), confidence)
+    if not (pixels == pixels[0]).all() or math.isnan(asymptotic.low):
+        return asymptotic  # shares of unequal images do not average to the pooled figure
+    shares = agree / pixels
+    low, high = betting.bounds(shares, (1 - ASYMPTOTIC_SHARE) * (1 - confidence))
+    return replace(asymptotic, low=max(asymptotic.low, min(low, p)), high=min(asymptotic.high, max(high, p)),
+                   shares=shares)  # fmt: skip
 
 
-def miou_influence(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[float, np.ndarray]:
-    """mIoU of per-image counts (N, K) summed over images, and each image's influence on it
-    (the delta method): IoU_k = t̄_k / ū_k moves by (tp_ik·ū_k − t̄_k·u_ik) / ū_k² per image;
-    classes with an empty union are left out, as `worst_case.miou` does."""
+Counts = tuple[np.ndarray, np.ndarray, np.ndarray]  # per-image tp, fp, fn: (N, K) each
+
+
+def leave_one_out_miou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[float, np.ndarray]:
+    """mIoU of per-image counts summed over images, and the N mIoUs with one image left out;
+    classes with an empty union are left out of a mean, as `worst_case.miou` does."""
     tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
     union = tp + fp + fn
-    t_mean, u_mean = tp.mean(0), union.mean(0)
-    present = u_mean > 0
-    if not present.any():
-        return math.nan, np.full(len(tp), math.nan)
-    iou = t_mean[present] / u_mean[present]
-    per_class = (tp[:, present] * u_mean[present] - t_mean[present] * union[:, present]) / u_mean[present] ** 2
-    return float(iou.mean()), per_class.mean(1)
+
+    def miou(t: np.ndarray, u: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(u > 0, t / np.where(u > 0, u, 1.0), np.nan)
+            present = np.asarray((u > 0).any(-1))
+            return np.where(present, np.nanmean(np.where(present[..., None], iou, 0.0), axis=-1), np.nan)
+
+    full = float(miou(tp.sum(0), union.sum(0)))
+    return full, miou(tp.sum(0) - tp, union.sum(0) - union)
 
 
-def miou_interval_of(counts: tuple[np.ndarray, np.ndarray, np.ndarray], confidence: float) -> Interval:
-    point, influence = miou_influence(*counts)
-    return sequence_interval(point, influence, confidence)
+def jackknife_influence(full: float, left_out: np.ndarray) -> np.ndarray:
+    """Each image's influence on a figure from the figure with that image left out (the
+    jackknife): (n − 1)(mean of the leave-one-out figures − the one without image i). Unlike the
+    delta method it keeps the figure's curvature, which matters on few images."""
+    n = len(left_out)
+    if n < 2 or not math.isfinite(full):
+        return np.full(n, math.nan)
+    return (n - 1) * (left_out.mean() - left_out)
 
 
-def ratio_interval(numerator: tuple[np.ndarray, np.ndarray, np.ndarray],
-                   denominator: tuple[np.ndarray, np.ndarray, np.ndarray], confidence: float) -> Interval:  # fmt: skip
-    """mIoU(numerator) / mIoU(denominator) on the same images (paired): influence
-    (ψ_a − R·ψ_b) / b. Identical counts on both sides give exactly 1 with zero width."""
-    a, psi_a = miou_influence(*numerator)
-    b, psi_b = miou_influence(*denominator)
+def miou_interval_of(counts: Counts, confidence: float) -> Interval:
+    point, left_out = leave_one_out_miou(*counts)
+    return sequence_interval(point, jackknife_influence(point, left_out), confidence)
+
+
+def ratio_interval(numerator: Counts, denominator: Counts, confidence: float) -> Interval:
+    """mIoU(numerator) / mIoU(denominator) on the same images (paired: each left-out image leaves
+    both sides). Identical counts on both sides give exactly 1 with zero width."""
+    a, a_out = leave_one_out_miou(*numerator)
+    b, b_out = leave_one_out_miou(*denominator)
     if not b > 0:
-        return Interval(math.nan, math.nan, math.nan, confidence, METHOD, len(psi_a))
-    ratio = a / b
-    return sequence_interval(ratio, (psi_a - ratio * psi_b) / b, confidence)
+        return Interval(math.nan, math.nan, math.nan, confidence, METHOD, len(a_out))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio_out = a_out / b_out
+    return sequence_interval(a / b, jackknife_influence(a / b, ratio_out), confidence, (0.0, math.inf))
 
 
-def absolute_difference_interval(first: tuple[np.ndarray, np.ndarray, np.ndarray],
-                                  second: tuple[np.ndarray, np.ndarray, np.ndarray],
-                                  confidence: float) -> Interval:  # fmt: skip
+def absolute_difference_interval(first: Counts, second: Counts, confidence: float) -> Interval:
     """|mIoU(first) − mIoU(second)| on the same images (paired): the sequence of the signed
     difference, folded at 0 (the absolute value is not smooth there)."""
-    a, psi_a = miou_influence(*first)
-    b, psi_b = miou_influence(*second)
-    signed = sequence_interval(a - b, psi_a - psi_b, confidence)
+    a, a_out = leave_one_out_miou(*first)
+    b, b_out = leave_one_out_miou(*second)
+    signed = sequence_interval(a - b, jackknife_influence(a - b, a_out - b_out), confidence, (-1.0, 1.0))
     if not math.isfinite(signed.low):
         return Interval(abs(a - b), signed.low, signed.high, confidence, METHOD, signed.images, signed.spread)
     low = 0.0 if signed.low <= 0 <= signed.high else min(abs(signed.low), abs(signed.high))
