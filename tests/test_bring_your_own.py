@@ -11,6 +11,7 @@ from pathlib import Path
 import foreign_models as fm
 import pytest
 import torch
+from cli_helpers import DECIDED_BY_CONSTRUCTION
 from click.testing import CliRunner
 
 from harden.cli import cli
@@ -68,13 +69,13 @@ def _verify(path: Path, report: Path, *extra: str) -> tuple[int, str, dict]:  # 
 def test_a_foreign_file_runs_to_a_verdict_with_parity_reported(foreign, name, tmp_path) -> None:  # type: ignore[no-untyped-def]
     extra = ["--reference", str(foreign[REFERENCE[name]])] if name in REFERENCE else []
     code, output, summary = _verify(foreign[name], tmp_path / "report", *extra)
-    assert code in (0, 1), output  # a verdict, never "bad input"
+    assert code in (0, 1, 3), output  # a verdict, never "bad input"
     assert summary["deployment"]["signed"] is False and "unsigned" in " ".join(summary["not_judged"])
     parity = summary["parity"]["clean"]["graph"][0]
     assert 0 <= parity["max_abs_diff"] < float("inf")
     assert "max |Δlogit|" in output
-    if name in FAITHFUL_FP32:  # the twin is the file: engine and twin agree to float rounding, and it passes
-        assert code == 0, output
+    if name in FAITHFUL_FP32:  # the twin is the file: engine and twin agree to float rounding, and no gate fails
+        assert code != 1, output  # on QUICK's few images a sampled gate may stay undecided (exit 3), never fail
         assert parity["max_abs_diff"] < 1e-3 and parity["agreement"] > 0.999
     else:  # quantised or fp16: the precision twin follows the engine closely
         assert parity["agreement"] > 0.97, parity
@@ -84,9 +85,9 @@ def test_demo_fp32_file_copied_alone_verifies_unsigned(fp32_export, tmp_path) ->
     alone = tmp_path / "elsewhere" / "model.onnx"
     alone.parent.mkdir()
     shutil.copy(fp32_export / "model.fp32.onnx", alone)
-    args = ["--image-size", "64x64", "--eot", "2", "--draws", "2"]
+    args = ["--image-size", "64x64", "--eot", "2", "--draws", "2", *DECIDED_BY_CONSTRUCTION]
     code, output, summary = _verify(alone, tmp_path / "report", *args)
-    assert code == 0, output
+    assert code == 0, output  # sampled gates cleared by construction: the test is about an unsigned file
     assert "unsigned: no manifest" in output
     assert summary["deployment"]["signed"] is False
     audits = {a["name"]: a for a in summary["audits"]}

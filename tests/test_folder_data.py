@@ -78,5 +78,5 @@ def test_verify_a_bare_file_on_an_image_folder(tmp_path) -> None:  # type: ignor
     args = ["verify", str(path), "--data", f"folder:{images},{masks}", "--images", "2", "--attack", "pgd", "--iters",
             "2", "--queries", "5", "--eps", "4/255", "--out", str(tmp_path / "r"), "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code in (0, 1, 3), result.output  # a verdict of any kind: the test is about the data
     assert "verifying" in result.output and (tmp_path / "r" / "verify.json").is_file()

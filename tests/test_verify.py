@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cli_helpers import DECIDED_BY_CONSTRUCTION
 from cli_helpers import run_cli as _run
 from PIL import Image
 
@@ -145,8 +146,11 @@ def test_precision_twin_fake_quantises_with_straight_through_gradients(fp32_expo
 
 
 def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_path):
+    """The reports of a passing verification. The sampled gates are cleared by construction (on 2
+    images their verdict would be sampling noise); audits, engine arithmetic and sanity checks decide."""
     report = tmp_path / "report"
-    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, *FAST)
+    result = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", report, *FAST,
+                  *DECIDED_BY_CONSTRUCTION)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "verification PASSED" in result.output
     summary = json.loads((report / "verify.json").read_text())
@@ -267,7 +271,18 @@ def test_tampered_file_and_bad_gates_are_bad_input(fp32_export, tmp_path):
 def test_a_faithful_export_passes_whatever_the_attack_list(fp32_export, tmp_path, attacks):
     """A sanity check whose premise the attack list leaves out (iterative>single needs a
     single-step AND an iterative attack) is n/a with its reason, not a failure (docs/design.md §6)."""
-    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST, "--attack", attacks)
+    result = _run(
+        "verify",
+        fp32_export,
+        "--twin",
+        "graph",
+        "--out",
+        tmp_path / "r",
+        *FAST,
+        "--attack",
+        attacks,
+        *DECIDED_BY_CONSTRUCTION,
+    )  # the sanity checks decide; the sampled gates are cleared
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
     status = {c["name"]: c["status"] for c in summary["checks"]}
@@ -297,7 +312,8 @@ def test_a_failing_parity_names_the_first_diverging_node(fp32_export, tmp_path, 
     monkeypatch.setitem(OPS, ("", "Erf"), [Impl(lambda inputs, attrs: erf(inputs, attrs) + 0.5)])
     first_erf = next(n.name for n in onnx.load(str(fp32_export / "model.fp32.onnx")).graph.node if n.op_type == "Erf")
     result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST)
-    assert result.exit_code == 1, result.output
+    # the parity gates do not pass (fail, or undecided on 2 images): either way the node is named
+    assert result.exit_code in (1, 3), result.output
     assert f"first diverging node: {first_erf} (Erf" in result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
     assert summary["localisation"]["node"] == first_erf and summary["localisation"]["op_type"] == "Erf"
@@ -313,11 +329,12 @@ def test_a_faithful_export_has_no_diverging_node(fp32_export):
 
 
 def test_a_graph_twin_alone_says_what_it_cannot_judge(fp32_export, ram_run, tmp_path):
-    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST)
+    result = _run("verify", fp32_export, "--twin", "graph", "--out", tmp_path / "r", *FAST, *DECIDED_BY_CONSTRUCTION)
     assert result.exit_code == 0, result.output
     assert "[not judged] whether the export is faithful to the trained model" in result.output
     summary = json.loads((tmp_path / "r" / "verify.json").read_text())
     assert len(summary["not_judged"]) == 2
     assert "What this verdict could not judge" in (tmp_path / "r" / "report.html").read_text()
-    with_source = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "s", *FAST)
+    with_source = _run("verify", fp32_export, "--twin", "graph", "--twin", ram_run, "--out", tmp_path / "s", *FAST,
+                       *DECIDED_BY_CONSTRUCTION)  # fmt: skip
     assert with_source.exit_code == 0 and "[not judged]" not in with_source.output

@@ -23,9 +23,10 @@ from harden.cli._options import SIZE, progress_option
               help="An attention model of the registry (`harden models`).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--image-size", type=SIZE, default="64x128", show_default=True, help="Synthetic image size.")
-@click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--images", type=click.IntRange(min=1), default=32, show_default=True,
               help="At most this many verification images: verify runs with --images auto, in batches of 8, until "
-              "every gate is decided.")  # fmt: skip
+              "every gate is decided (a gate whose figure varies from image to image decides from 32 images on: "
+              "docs/verdicts.md).")  # fmt: skip
 @click.option("--quick", is_flag=True, help="A smoke test of the installation in about a minute: 64x64 images, "
               "2 epochs, batches of 2 images up to 8, few attack iterations. Its numbers mean nothing.")  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")

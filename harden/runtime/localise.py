@@ -100,7 +100,7 @@ def localise_failed_parity(
     node on the first clean images, store it in `result.localisation` and name it in the failed
     gates' details (returned). An engine that cannot expose its intermediates (TensorRT) or a
     run without a graph twin is left as it is."""
-    failed = [g for g in gates if g.outcome == "fail" and g.name in PARITY_GATES]  # not inconclusive ones
+    failed = [g for g in gates if not g.passed and g.name in PARITY_GATES]  # failed, or undecided: not passing
     if not failed or twin is None or result.deployment.artefact.suffix != ".onnx":
         return gates
     images, _ = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
