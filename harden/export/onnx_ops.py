@@ -288,6 +288,18 @@ def _robust_attention_body() -> onnx.FunctionProto:
     )
 
 
+def function_body(op_type: str) -> onnx.FunctionProto:
+    """harden's own function body of `op_type` (no opset import yet): what every export writes,
+    and what `harden.runtime.inlined` recognises once an optimiser has inlined it."""
+    bodies = {
+        MAS: lambda: _mas_body(False),
+        MASKED_MAS: lambda: _mas_body(True),
+        RAD: _rad_body,
+        ROBUST_ATTENTION: _robust_attention_body,
+    }
+    return bodies[op_type]()
+
+
 def functions_for(model: onnx.ModelProto) -> list[onnx.FunctionProto]:
     """The function bodies of the harden ops `model` uses, importing the model's own opset.
 
@@ -298,16 +310,10 @@ def functions_for(model: onnx.ModelProto) -> list[onnx.FunctionProto]:
     used = {n.op_type for n in _all_nodes(model.graph) if n.domain == DOMAIN}
     if ROBUST_ATTENTION in used:
         used |= {MAS, RAD}
-    bodies = {
-        MAS: lambda: _mas_body(False),
-        MASKED_MAS: lambda: _mas_body(True),
-        RAD: _rad_body,
-        ROBUST_ATTENTION: _robust_attention_body,
-    }
     functions = []
     for op_type in OP_TYPES:
         if op_type in used:
-            function = bodies[op_type]()
+            function = function_body(op_type)
             function.opset_import.append(helper.make_opsetid("", opset))
             functions.append(function)
     return functions

@@ -19,14 +19,17 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
 from harden.attacks.checks import Check
 from harden.export.manifest import ExportManifest
 from harden.ram import robust_cores
+from harden.ram.config import RAMConfig
 from harden.runtime.engines import Engine
 from harden.runtime.graph_twin import GraphTwin
+from harden.runtime.inlined import find_inlined
 from harden.runtime.torch_ops import QUANT_RANGE
 from harden.runtime.torch_ops_quant import float32_attribute, per_axis
 
@@ -77,6 +80,25 @@ def graph_ops(deployed: GraphTwin, expected: dict[str, Any], what: str) -> Check
         "pass",
         f"deployed graph has {len(mas_nodes)} MAS (T {thresholds}) and {len(dropping)} RAD nodes (p {ps}), as {what}",
     )
+
+
+def graph_ops_inlined(model: onnx.ModelProto, expected: dict[str, Any], ram: RAMConfig | None) -> Check | None:
+    """The graph-ops audit for a graph with no harden node left: an optimiser that inlined the
+    MAS and RAD functions leaves their bodies, which `harden.runtime.inlined` recognises at the
+    manifest's threshold and drop probability. None when the graph still holds harden nodes (the
+    node count already judged it) or there is nothing to expect."""
+    if any(n.domain == "harden" for n in model.graph.node) or not (expected["mas"] or expected["rad"]):
+        return None
+    threshold = ram.threshold if ram is not None and ram.mas else None
+    drop_p = ram.drop_p if ram is not None and ram.rad else None
+    found = find_inlined(model, threshold, drop_p)
+    counts = f"{found.mas} MAS (T {threshold}) and {found.rad} RAD bodies (p {drop_p})"
+    if found.differs or found.mas != expected["mas"] or found.rad != expected["rad"]:
+        problems = [f"inlined bodies: {counts} where the export manifest has {expected['mas']} MAS and "
+                    f"{expected['rad']} RAD layers", *found.differs[:3]]  # fmt: skip
+        return Check("graph-ops", "fail", "deployed graph: " + "; ".join(problems))
+    return Check("graph-ops", "pass", f"an optimiser inlined MAS and RAD: harden's own {counts} recognised, "
+                 "as the export manifest records them")  # fmt: skip
 
 
 def seed_dependence(engine: Engine, images: torch.Tensor, source_drops: bool) -> Check:
