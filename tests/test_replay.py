@@ -42,12 +42,17 @@ def test_verify_leaves_an_evidence_set_that_verify_json_names(demo) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_a_faithful_rebuild_passes(demo, tmp_path: Path, precision: str) -> None:
+def test_a_faithful_rebuild_reproduces_the_evidence_and_fails_no_gate(demo, tmp_path: Path, precision: str) -> None:
     out, _ = demo
     result, report = _replay(out / f"verify-{precision}", out / "export", tmp_path / "r", "--artefact",
                              f"model.{precision}.onnx")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert report["verdict"] == "pass" and report["clean"]["agreement"] == 1.0
+    # the same file on the same engine reproduces every class map: every image agrees exactly, so
+    # no gate can fail, and the verdict is decided by the count alone — a pass from 32 evidence
+    # images on (the sequences' burn-in), undecided below it (--quick's demo leaves 8)
+    images = report["evidence"]["images"]
+    assert result.exit_code == (0 if images >= 32 else 3), result.output
+    assert report["verdict"] == ("pass" if images >= 32 else "inconclusive")
+    assert report["clean"]["agreement"] == 1.0
     assert all(e["agreement"] == 1.0 for e in report["eps"])
     assert report["engine_forwards"] == report["evidence"]["images"] * 2 * (1 + len(report["eps"]))
     assert (tmp_path / "r" / "replay.html").stat().st_size > 1000 and (tmp_path / "r" / "junit.xml").is_file()
@@ -108,10 +113,13 @@ def test_a_broken_rebuild_fails_naming_its_gates(demo, tmp_path: Path, precision
     rebuilt = tmp_path / f"rebuilt.{precision}.onnx"
     onnx.save(model, str(rebuilt))
     result, report = _replay(out / f"verify-{precision}", rebuilt, tmp_path / "r")
-    assert result.exit_code == 1, result.output
-    failed = {g["name"] for g in report["gates"] if g["outcome"] == "fail"}
-    assert "clean-agreement[recorded]" in failed, failed
-    assert "replay FAILED: " in result.output and "clean-agreement[recorded]" in result.output
+    # the demo's few evidence images fail a gross break outright and leave a subtle one undecided
+    # (below the 32-image burn-in): either way the rebuild does not pass, naming the gate
+    assert result.exit_code in (1, 3), result.output
+    named = {g["name"] for g in report["gates"] if g["outcome"] != "pass"}
+    assert "clean-agreement[recorded]" in named, named
+    assert "the rebuild does not pass" in result.output or "replay FAILED: " in result.output
+    assert "clean-agreement[recorded]" in result.output
 
 
 def _evidence_copy(demo_out: Path, tmp_path: Path) -> Path:

@@ -50,8 +50,10 @@ Outcome = Literal["pass", "fail", "inconclusive"]
 # sequence: with per-image agreements skewed as adversarial ones are (most near 1, a few far
 # below), a sequence deciding from 16 images passed a gate sitting on its threshold in 6.9 % of
 # 3,000 simulated runs, from 24 in 5.2 %, from 32 in 4.6 % (bench/sequential_gates.py; α = 5 %).
-# Until then only a figure that is the same on every image (zero spread: an engine that is its
-# twin) decides. A delayed start keeps the sequence valid (Bibaut, Kallus & Lindon 2024).
+# Until then the asymptotic sequence decides nothing — not even a figure that is the same on every
+# image: an engine that computes its twin exactly on one CPU and to rounding on another would
+# otherwise pass on the first and stay undecided on the second (the verdict would follow the ISA).
+# A delayed start keeps the sequence valid (Bibaut, Kallus & Lindon 2024).
 MIN_IMAGES = 32
 TUNED_AT = 32  # the number of images the sequence is tightest at (ρ is fixed before any data)
 MAX_MORE_IMAGES = 100_000  # beyond this, "more images" is reported as not a practical way to decide
@@ -139,7 +141,7 @@ def sequence_interval(
         return Interval(point, math.nan, math.nan, confidence, METHOD, n)
     spread = small_sample_spread(influence, confidence) if n >= 2 else math.nan
     half = half_width(n, confidence, spread) if n >= 2 else math.inf
-    if n < MIN_IMAGES and spread > 0:  # too few images to trust a spread: the burn-in decides nothing
+    if n < MIN_IMAGES:  # too few images to trust a spread, even a zero one: the burn-in decides nothing
         half = math.inf
     low, high = max(bounds[0], point - half), min(bounds[1], point + half)
     return Interval(point, low, high, confidence, METHOD, n, spread)
@@ -158,7 +160,7 @@ def fail_p_value(interval: Interval, threshold: float, *, at_least: bool) -> flo
     if interval.shares is not None:
         below = betting.p_value_below if at_least else betting.p_value_above
         p = min(p, below(interval.shares, threshold) / (1 - ASYMPTOTIC_SHARE))
-    if interval.images < 2 or (interval.images < MIN_IMAGES and interval.spread > 0):
+    if interval.images < MIN_IMAGES:
         return p
     if interval.spread <= 0:
         return 0.0

@@ -100,7 +100,7 @@ def localise_failed_parity(
     node on the first clean images, store it in `result.localisation` and name it in the failed
     gates' details (returned). An engine that cannot expose its intermediates (TensorRT) or a
     run without a graph twin is left as it is."""
-    failed = [g for g in gates if not g.passed and g.name in PARITY_GATES]  # failed, or undecided: not passing
+    failed = [g for g in gates if g.name in PARITY_GATES and _leans_to_fail(g)]
     if not failed or twin is None or result.deployment.artefact.suffix != ".onnx":
         return gates
     images, _ = collate_pad([dataset[i] for i in range(min(2, len(dataset)))])
@@ -110,8 +110,20 @@ def localise_failed_parity(
             "no node output differs beyond tolerance on the first clean images: the disagreement arises on other "
             "inputs (adversarial ones sit near decision boundaries)"
         )
-        result.localisation = {"node": None, "detail": detail}
+        result.localisation = {"node": None, "op_type": None, "output": None, "max_abs": None, "tolerance": None,
+                               "detail": detail}  # fmt: skip
     else:
         result.localisation = found.to_dict()
         detail = found.detail()
     return [dataclasses.replace(g, detail=f"{g.detail}; {detail}") if g in failed else g for g in gates]
+
+
+def _leans_to_fail(gate: GateResult) -> bool:
+    """A parity gate that failed, or that could not decide with its estimate on the failing side
+    (too few images to fail it): worth naming where the engine diverges."""
+    if gate.outcome == "fail":
+        return True
+    if gate.outcome == "pass" or gate.interval is None or gate.threshold is None:
+        return False
+    at_most = "miou-delta" in gate.name  # |ΔmIoU| ≤ threshold; the agreements are ≥ threshold
+    return gate.interval.point > gate.threshold if at_most else gate.interval.point < gate.threshold
