@@ -138,7 +138,8 @@ def test_verify_reports_the_audit_and_fails_on_it_alone(fp32_export, tmp_path, m
 
     monkeypatch.setattr(harden.runtime.verify_audits, "audit_file", deviating)
     report = tmp_path / "fail"
-    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report), *fast])
+    result = CliRunner().invoke(cli, ["verify", str(fp32_export), "--twin", "graph", "--out", str(report), *fast,
+                                      *DECIDED_BY_CONSTRUCTION])  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "[FAIL] engine-arithmetic" in result.output and "without VNNI" in result.output
     assert "the file is faithful to the model, but this engine on this hardware computes something else" in (

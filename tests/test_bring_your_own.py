@@ -113,8 +113,8 @@ def test_preprocessing_outside_the_graph_is_applied_to_engine_and_twin(foreign, 
     normalised = fm.export(Normalised(unet).eval(), tmp_path / "normalised.onnx")
     _, _, expected = _verify(foreign["unet-ts17"], tmp_path / "plain")
     stated = ["--pixel-range", "255", "--mean", ",".join(map(str, mean)), "--std", ",".join(map(str, std))]
-    code, output, got = _verify(normalised, tmp_path / "normalised", *stated)
-    assert code == 0, output
+    code, output, got = _verify(normalised, tmp_path / "normalised", *stated, *DECIDED_BY_CONSTRUCTION)
+    assert code == 0, output  # sampled gates cleared by construction: the test is about the preprocessing
     assert got["clean"]["engine"]["miou"] == pytest.approx(expected["clean"]["engine"]["miou"], abs=1e-6)
     assert "[0, 255] pixels, normalised by mean" in got["deployment"]["interface_text"]
     _, _, unstated = _verify(normalised, tmp_path / "unstated")
@@ -152,7 +152,9 @@ def test_bad_input_for_a_bare_file_exits_2_with_what_to_do(foreign, fp32_export,
 
 def test_a_users_hf_model_is_the_source_twin_of_its_bare_file(foreign, fp32_export, tmp_path) -> None:  # type: ignore[no-untyped-def]
     source = f"hf:{foreign['segformer-hf-folder']}"
-    code, output, summary = _verify(foreign["segformer-ts17"], tmp_path / "r", "--twin", "graph", "--twin", source)
+    code, output, summary = _verify(
+        foreign["segformer-ts17"], tmp_path / "r", "--twin", "graph", "--twin", source, *DECIDED_BY_CONSTRUCTION
+    )  # the test is about the source twin, not the verdict
     assert code == 0, output
     assert summary["twins"] == ["graph", "source"]
     parity = summary["parity"]["clean"]["source"][0]

@@ -209,11 +209,11 @@ def test_intervals_decide_three_ways_and_say_how_many_images_would_decide():
 
 def test_every_image_alike_gives_a_zero_width_interval_and_holm_names_only_what_it_can() -> None:
     """Identical per-image counts on both sides (an engine that is its twin) give a ratio of
-    exactly 1 and a difference of exactly 0 with zero width, at any number of images. Two gates
+    exactly 1 and a difference of exactly 0 with zero width, from 32 images on. Two gates
     that each fail at their own level are named by Holm only as far as the family allows
     (the figures are fixed, so every outcome here is decided by construction)."""
     rng = np.random.default_rng(0)
-    counts = tuple(rng.integers(1, 100, (6, 3)) for _ in range(3))
+    counts = tuple(rng.integers(1, 100, (32, 3)) for _ in range(3))  # 32 images: the burn-in is over
     assert ratio_interval(counts, counts, 0.95).text() == "1.0000 [1.0000, 1.0000]"
     assert absolute_difference_interval(counts, counts, 0.95).text() == "0.0000 [0.0000, 0.0000]"
     spread = [-40, 0, -80, 30, -40, -20, 20, -50] * 5  # 40 images of 10,000 pixels

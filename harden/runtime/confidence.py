@@ -268,12 +268,12 @@ def images_to_decide(interval: Interval, threshold: float) -> int | None:
     if not math.isfinite(gap) or gap < 1e-12 or interval.images == 0:
         return None
     spread = interval.spread if math.isfinite(interval.spread) else 0.5  # one image: assume a wide spread
-    needed = max(interval.images, 2)
+    needed = max(interval.images, MIN_IMAGES)  # nothing decides before the burn-in is over
     while half_width(needed, interval.confidence, spread) >= gap:
         needed *= 2
         if needed > MAX_MORE_IMAGES + interval.images:
             return None
-    low = max(needed // 2, interval.images, 1)
+    low = max(needed // 2, interval.images, MIN_IMAGES)
     while low < needed:  # the smallest count whose half-width is below the gap
         middle = (low + needed) // 2
         low, needed = (middle + 1, needed) if half_width(middle, interval.confidence, spread) >= gap else (low, middle)
