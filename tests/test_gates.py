@@ -9,10 +9,10 @@ from harden.runtime.gates import EXPORT_PARITY_MARGIN, Gates, clean_parity_gates
 from harden.runtime.verify_state import Parity
 
 
-def _parity(agreement: float, pixels: int = 2_500, images: int = 8) -> Parity:
+def _parity(agreement: float, pixels: int = 1_000, images: int = 32) -> Parity:
     """A real Parity accumulator over `images` images of `pixels` pixels, in each of which a
     fraction `agreement` agree. Every image alike: the interval has zero width, so each gate
-    below is decided by construction (the image is the unit: one image would decide nothing)."""
+    below is decided by construction once the sequences' 32-image burn-in is over."""
     labels = torch.zeros(images, 1, pixels, dtype=torch.long)
     twin = torch.zeros(images, 2, 1, pixels)
     twin[:, 0] = 1.0
