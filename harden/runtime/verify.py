@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,6 +112,7 @@ def verify(
     todo = [i for b in my_batches[state.batches :] for i in range(b * size, min((b + 1) * size, len(dataset)))]
     loader = DataLoader(Subset(dataset, todo), batch_size=size, shuffle=False, collate_fn=collate_pad)
     per_batch = len(options.eps_values) * (len(twins) * len(options.attacks) + len(BLACK_BOX) + int(plan.diverge))
+    facts: dict[str, Any] = {}  # the audits and the engine arithmetic, measured at the first look only
     bar = tqdm(total=len(my_batches) * per_batch, initial=state.batches * per_batch, desc="verify", unit="attack",
                disable=not progress)  # fmt: skip
     try:
@@ -123,7 +125,7 @@ def verify(
                     save_state(state_file, state, identity)
             seen = int(ids[-1]) + 1
             if looks and decided is not None and seen in looks and seen < len(dataset):
-                result = _finish(state, scorer, plan, deployment, dataset, options, images=seen)
+                result = _finish(state, scorer, plan, deployment, dataset, options, images=seen, facts=facts)
                 if decided(result):
                     return result
     finally:
@@ -136,7 +138,7 @@ def verify(
     for other in states[1:]:
         merged.merge(VerifyState.from_dict(other))
     scorer = Scorer(engine, twins, merged, options.examples, device)
-    return _finish(merged, scorer, plan, deployment, dataset, options)
+    return _finish(merged, scorer, plan, deployment, dataset, options, facts=facts)
 
 
 @dataclass(frozen=True)
@@ -230,9 +232,13 @@ def _finish(
     dataset: SegmentationDataset,
     options: VerifyOptions,
     images: int | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> VerifyResult:
     """Evaluations, sanity checks and audits over the whole (merged) state: the first `images`
-    of the data (None: all of them)."""
+    of the data (None: all of them). The deployment audits and the engine-arithmetic audit do not
+    depend on the images seen so far (they use the first images and the data set): `facts` keeps
+    them from the first look for the next ones."""
+    facts = {} if facts is None else facts
     engine, twins = scorer.engine, scorer.twins
     seen = len(dataset) if images is None else images
     engine_eval = scorer.evaluation(list(state.engine_runs.values()), state.clean_engine, seen)
@@ -249,8 +255,10 @@ def _finish(
                                draws=plan.draws, queries=options.queries, seed=options.seed)  # fmt: skip
         engine_logits = outputs_are_logits(engine_module, check_images)
         checks.append(Check("engine-logits", engine_logits.status, "engine: " + engine_logits.detail))
-        found = run_audits(deployment, engine, twins, plan.deployed_twin, plan.reference, check_images)
-        arithmetic = engine_arithmetic(engine, deployment.precision, dataset)
+        if not facts:
+            facts["audits"] = run_audits(deployment, engine, twins, plan.deployed_twin, plan.reference, check_images)
+            facts["arithmetic"] = engine_arithmetic(engine, deployment.precision, dataset)
+        found, arithmetic = list(facts["audits"]), facts["arithmetic"]
     pixels = state.divergence.pixels
     divergence = DivergenceFigures(plan.diverge, state.divergence.agreement if pixels else None, pixels)
     largest = max(options.eps_values)
