@@ -175,6 +175,7 @@ def test_faithful_export_passes_and_writes_reports(ram_run, fp32_export, tmp_pat
     assert "PASS" in page and page.count("data:image/png;base64,") == 3
     assert "does not say the model is robust" in page and "No robust-mIoU floor was set" in page
     assert "Headline: clean → worst case" in page and f"Gates: all {len(summary['gates'])} passed" in page
+    assert "survival vs graph (same candidates)" in page  # the headline's ratio is the gate's (like for like)
     assert summary["command"].startswith("harden ") and summary["created"] in page
     assert "'mas': True" not in page and "MAS caps every attention weight" in page  # RAM settings in words
     # the images shown are the worst ones: their pAcc at ε are the lowest of the per-image worst cases

@@ -151,23 +151,27 @@ def ram_in_words(ram: RAMConfig | None) -> str:
 
 
 def _headline_table(report: VerifyReport) -> str:
-    """Clean and worst-case mIoU / pAcc per ε on the engine and each twin, and the survival ratio."""
+    """Clean and worst-case mIoU / pAcc per ε on the engine and each twin, and the survival ratio.
+    A twin's mIoU and pAcc are its worst case under its own white-box attacks (its robustness
+    curve); the survival ratio is the gate's: both worst cases over the same candidate images."""
     twins = report.twins
     header = ["ε", "engine mIoU", "engine pAcc"]
     for twin in twins:
-        header += [f"{twin} mIoU", f"{twin} pAcc", f"survival vs {twin} (engine / twin mIoU)"]
+        header += [f"{twin} mIoU (own attacks)", f"{twin} pAcc (own attacks)",
+                   f"survival vs {twin} (same candidates)"]  # fmt: skip
 
-    def cells(engine: Scores | None, twin_scores: dict[str, Scores | None]) -> list[str]:
+    def cells(engine: Scores | None, own: dict[str, Scores | None], same: dict[str, Scores | None]) -> list[str]:
         row = [_fmt(engine, "miou"), _fmt(engine, "pixel_accuracy")]
         for twin in twins:
-            other = twin_scores.get(twin)
+            other = same.get(twin)
             ratio = (engine.miou / other.miou) if engine and other and engine.miou is not None and other.miou else None
-            row += [_fmt(other, "miou"), _fmt(other, "pixel_accuracy"), "—" if ratio is None else f"{ratio:.3f}"]
+            row += [_fmt(own.get(twin), "miou"), _fmt(own.get(twin), "pixel_accuracy"),
+                    "—" if ratio is None else f"{ratio:.3f}"]  # fmt: skip
         return row
 
     clean: dict[str, Scores | None] = {t: report.clean.get(t) for t in twins}
-    rows = [("clean", *cells(report.clean["engine"], clean))]
-    rows += [(w.eps_text, *cells(w.engine, w.twins)) for w in report.worst_case]
+    rows = [("clean", *cells(report.clean["engine"], clean, clean))]
+    rows += [(w.eps_text, *cells(w.engine, w.twins, w.twins_same_candidates)) for w in report.worst_case]
     return _table(header, rows)
 
 
