@@ -115,8 +115,14 @@ def estimated_gate(
             else " — INCONCLUSIVE: the interval straddles the gate and the estimate sits on it; more images "
             "will not decide, a different threshold or a better deployment would"
         )
-    # the gate fails if any draw fails: Bonferroni over the draws inside the gate
-    fail_p = min(1.0, len(intervals) * min(fail_p_value(i, threshold, at_least=at_least) for i in intervals))
+    # the gate fails if any draw fails: Bonferroni over the draws inside the gate. An interval that
+    # could not be computed fails closed by rule, not by evidence: no p-value, not in Holm's family
+    computed = all(not (math.isnan(i.low) or math.isnan(i.high)) for i in intervals)
+    fail_p = (
+        min(1.0, len(intervals) * min(fail_p_value(i, threshold, at_least=at_least) for i in intervals))
+        if computed
+        else None
+    )
     return GateResult(name, outcome, detail, worst, threshold, more, fail_p)
 
 
