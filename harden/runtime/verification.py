@@ -171,6 +171,11 @@ def _verify_and_judge(
         looks = f" (until decided; looks at {', '.join(map(str, confidence.looks))})" if confidence.looks else ""
         log(f"verifying {deployment.artefact} ({deployment.precision}) against twins {', '.join(twins)} "
             f"on {len(dataset)} images{looks}{shards} ...")  # fmt: skip
+        if len(dataset) < MIN_IMAGES:
+            log(
+                f"note: {len(dataset)} images are fewer than the {MIN_IMAGES} a gate needs to pass once its figure "
+                "varies from image to image (docs/verdicts.md §2): such gates can fail a gross break here, not pass"
+            )
     eps_values = list(options.eps_values)
 
     def decided(partial: VerifyResult) -> bool:
