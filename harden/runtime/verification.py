@@ -25,7 +25,7 @@ from harden.errors import InputError
 from harden.models.external import is_external
 from harden.outputs import exclusive
 from harden.run import read_config
-from harden.runtime.confidence import METHOD, Outcome
+from harden.runtime.confidence import METHOD, MIN_IMAGES, Outcome
 from harden.runtime.engines import Engine, open_engine
 from harden.runtime.evidence import FOLDER as EVIDENCE_FOLDER
 from harden.runtime.evidence import EvidenceWriter
