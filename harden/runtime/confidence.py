@@ -137,6 +137,8 @@ def sequence_interval(
     `bounds` (a share or an mIoU lies in [0, 1]; a ratio is ≥ 0)."""
     influence = np.asarray(influence, dtype=np.float64)
     n = len(influence)
+    if n == 1 and math.isfinite(point):  # one image: no spread to speak of, the figure's whole range
+        return Interval(point, bounds[0], bounds[1], confidence, METHOD, n)
     if n == 0 or not math.isfinite(point) or not np.isfinite(influence).all():
         return Interval(point, math.nan, math.nan, confidence, METHOD, n)
     spread = small_sample_spread(influence, confidence) if n >= 2 else math.nan
@@ -267,7 +269,9 @@ def images_to_decide(interval: Interval, threshold: float) -> int | None:
     gap = abs(interval.point - threshold)
     if not math.isfinite(gap) or gap < 1e-12 or interval.images == 0:
         return None
-    spread = interval.spread if math.isfinite(interval.spread) else 0.5  # one image: assume a wide spread
+    if not math.isfinite(interval.spread):  # one image: no spread yet, and the burn-in to come
+        return max(1, MIN_IMAGES - interval.images)
+    spread = interval.spread
     needed = max(interval.images, MIN_IMAGES)  # nothing decides before the burn-in is over
     while half_width(needed, interval.confidence, spread) >= gap:
         needed *= 2
