@@ -44,7 +44,7 @@ def demo_command(
     progress: bool,
 ) -> None:
     """Train a small attention model with RAM, export it to ONNX (fp32 and int8) and verify that
-    its robustness survives deployment. About 5 minutes on 2 CPU cores with the defaults.
+    its robustness survives deployment. About 13 minutes on 2 CPU cores with the defaults.
 
     \b
     OUT/run                 the trained run (curves.png: training curves)
