@@ -3,9 +3,15 @@ exceptions propagating (so a traceback fails the test instead of hiding in the o
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import onnx
 from click.testing import CliRunner, Result
 
 from harden.cli import cli
+from harden.export.manifest import MANIFEST_FILE, FileRecord
 
 
 def run_cli(*args: object) -> Result:
@@ -29,3 +35,16 @@ def assert_refused(result: Result, *words: str) -> None:
 # gates (data, audits, engine arithmetic, sanity checks) still decide.
 DECIDED_BY_CONSTRUCTION = ("--gate", "clean_agreement=0", "--gate", "clean_miou_delta=1",
                            "--gate", "adversarial_agreement=0", "--gate", "survival=0")  # fmt: skip
+
+
+def resign(export: Path, out: Path, model: onnx.ModelProto) -> Path:
+    """A copy of `export` in `out` whose fp32 file is `model`, re-hashed in the manifest: what a
+    pipeline that rewrote the file and signed it again produces."""
+    shutil.copytree(export, out)
+    path = out / "model.fp32.onnx"
+    onnx.save(model, str(path))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["onnx"] = [FileRecord.of(path, out, e["precision"]).to_dict() if e["path"] == path.name else e
+                        for e in manifest["onnx"]]  # fmt: skip
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return out

@@ -3,16 +3,16 @@ source twin (issue 45): a faithful re-save passes graph-ops, a body with other p
 another op fails naming it (docs/verdicts.md §4)."""
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
 import pytest
+from cli_helpers import resign
 from click.testing import CliRunner
 
 from harden.cli import cli
-from harden.export.manifest import MANIFEST_FILE, ExportManifest, FileRecord
+from harden.export.manifest import ExportManifest
 from harden.runtime.audits import graph_ops_inlined
 from harden.runtime.inlined import find_inlined
 from harden.runtime.structure import rewritten
@@ -69,14 +69,7 @@ def test_a_resigned_ort_resave_verified_with_the_graph_twin_alone_passes_graph_o
                                                                                    tmp_path) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
     """The case of issue 45: without a source twin, the graph-ops audit failed counting 0 harden
     nodes. One image: the test is about the audit, not the sampled gates."""
-    out = tmp_path / "resaved"
-    shutil.copytree(fp32_export, out)
-    path = out / "model.fp32.onnx"
-    onnx.save(resaved, str(path))
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    manifest["onnx"] = [FileRecord.of(path, out, e["precision"]).to_dict() if e["path"] == path.name else e
-                        for e in manifest["onnx"]]  # fmt: skip
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    out = resign(fp32_export, tmp_path / "resaved", resaved)
     report = tmp_path / "r"
     result = CliRunner().invoke(cli, ["verify", str(out), "--twin", "graph", "--images", "1", "--iters", "2",
                                       "--queries", "5", "--eot", "2", "--draws", "2", "--eps", "8/255", "--attack",

@@ -7,7 +7,6 @@
 - gates decide from intervals: pass, fail, inconclusive, and --images auto until decided."""
 
 import json
-import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_helpers import DECIDED_BY_CONSTRUCTION
+from cli_helpers import DECIDED_BY_CONSTRUCTION, resign
 from click.testing import CliRunner
 
 from harden.attacks.checks import white_box_beats_surrogate
@@ -24,7 +23,6 @@ from harden.attacks.evaluate import AttackRun, Evaluation
 from harden.attacks.worst_case import ImageCounts
 from harden.cli import cli
 from harden.data import open_dataset
-from harden.export.manifest import MANIFEST_FILE, FileRecord
 from harden.runtime.confidence import (
     absolute_difference_interval,
     agreement_interval,
@@ -266,20 +264,6 @@ def test_an_undecided_gate_is_inconclusive_and_exits_3(fp32_export, ram_run, tmp
     assert "INCONCLUSIVE: no gate failed" in (out / "report.html").read_text()
 
 
-def _resign(export, tmp_path, name, model):
-    """A copy of `export` whose fp32 file is `model`, re-hashed in the manifest: what a pipeline
-    that rewrote the file and signed it again produces."""
-    out = tmp_path / name
-    shutil.copytree(export, out)
-    path = out / "model.fp32.onnx"
-    onnx.save(model, str(path))
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    manifest["onnx"] = [FileRecord.of(path, out, e["precision"]).to_dict() if e["path"] == path.name else e
-                        for e in manifest["onnx"]]  # fmt: skip
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return out
-
-
 def _with_trigger(model):
     """A trigger path onto the logits: mean of the red channel > 2 (never on [0, 1] images, so no
     attack or parity check meets it) replaces every logit by 0."""
@@ -304,7 +288,7 @@ def _with_trigger(model):
 
 def test_a_resigned_trigger_path_fails_by_name_and_an_ort_resave_passes(ram_run, fp32_export, tmp_path):
     model = onnx.load(str(fp32_export / "model.fp32.onnx"))
-    triggered = _resign(fp32_export, tmp_path, "trigger", _with_trigger(model))
+    triggered = resign(fp32_export, tmp_path / "trigger", _with_trigger(model))
     onnx.checker.check_model(onnx.load(str(triggered / "model.fp32.onnx")))
     out = tmp_path / "r-trigger"
     result = CliRunner().invoke(cli, ["verify", str(triggered), "--twin", str(ram_run), "--out", str(out), *FAST])
@@ -319,7 +303,7 @@ def test_a_resigned_trigger_path_fails_by_name_and_an_ort_resave_passes(ram_run,
     with tempfile.TemporaryDirectory() as scratch:
         resaved = rewritten(fp32_export / "model.fp32.onnx", "basic", Path(scratch))
     assert sum(n.domain == "harden" for n in resaved.graph.node) == 0  # ORT inlined the MAS/RAD functions
-    faithful = _resign(fp32_export, tmp_path, "resaved", resaved)
+    faithful = resign(fp32_export, tmp_path / "resaved", resaved)
     out = tmp_path / "r-resaved"
     result = CliRunner().invoke(cli, ["verify", str(faithful), "--twin", str(ram_run), "--out", str(out), *FAST,
                                       *DECIDED_BY_CONSTRUCTION])  # the audits decide  # fmt: skip
